@@ -1,0 +1,3 @@
+from mcrecall.cli import main
+
+raise SystemExit(main())
