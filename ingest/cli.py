@@ -1,0 +1,99 @@
+"""Command-line entry points of the ingest part: broker, produce, ingest, triples."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+
+log = logging.getLogger("mcrecall.ingest")
+
+
+def add_broker_arguments(p) -> None:
+    p.add_argument("--port", type=int, default=None,
+                   help="port on 127.0.0.1 (default: the port of [kafka] bootstrap_servers)")
+
+
+def run_broker(args, cfg) -> int:
+    import signal
+    import threading
+
+    from ingest.broker import LocalBroker
+
+    port = args.port
+    if port is None:
+        port = int(cfg.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with LocalBroker(port=port) as broker:
+        print(f"broker listening on {broker.bootstrap_servers} (tansu, memory storage; Ctrl-C stops it)",
+              flush=True)
+        while not stop.wait(0.5):
+            if broker.proc.poll() is not None:
+                print(f"broker exited with code {broker.proc.returncode}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def add_produce_arguments(p) -> None:
+    p.add_argument("file", help="JSONL file, one event per line")
+    p.add_argument("--no-validate", action="store_true",
+                   help="send invalid lines too (they end in the dead-letter topic)")
+
+
+def run_produce(args, cfg) -> int:
+    from ingest.produce import produce_file
+
+    stats = produce_file(args.file, cfg, validate=not args.no_validate)
+    print(f"sent {stats.sent} events to {cfg.kafka.topic}; {stats.invalid} invalid lines not sent")
+    return 0 if stats.invalid == 0 else 1
+
+
+def add_ingest_arguments(p) -> None:
+    p.add_argument("--from-file", metavar="F", help="backfill a JSONL file (no broker needed)")
+    p.add_argument("--until-idle", metavar="SECONDS", type=float, default=None,
+                   help="exit after this many seconds without new events")
+    p.add_argument("--max-events", type=int, default=None, help=argparse_suppress())
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def run_ingest(args, cfg) -> int:
+    from ingest.store import StoreFullError, TripleStore
+
+    if args.from_file:
+        from ingest.backfill import backfill_file
+
+        stats = backfill_file(args.from_file, TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb))
+        print(f"backfilled {stats.events} events from {stats.lines} lines in {stats.seconds:.1f}s; "
+              f"{stats.rejected} rejected" + (f" -> {stats.rejected_path}" if stats.rejected else ""))
+        return 0
+    from ingest.worker import IngestWorker
+
+    worker = IngestWorker(cfg)
+    worker.install_signal_handlers()
+    try:
+        worker.run(until_idle=args.until_idle, max_events=args.max_events)
+    except StoreFullError as e:
+        print(f"mcrecall ingest: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def add_triples_arguments(p) -> None:
+    pass
+
+
+def run_triples(args, cfg) -> int:
+    from ingest.store import TripleStore
+
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(["user_id", "item_id", "score"])
+    for row in TripleStore(cfg.data_dir, readonly=True).iter_triples():
+        w.writerow(row)
+    return 0

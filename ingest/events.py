@@ -1,0 +1,121 @@
+"""Event validation and scoring (DESIGN §1–2).
+
+An event is one JSON object ``{"user_id", "item_id", "action", "ts"?}``. Scores are kept as a
+bitmask of the *distinct* actions ever seen for a (user, item) pair; merging is a bitwise OR, so
+a redelivered, duplicated or reordered event can never change a score.
+
+    score(u, i) = popcount(mask(u, i) & POSITIVE_BITS)   # 0..4
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_ID_BYTES = 128
+
+IMPRESSION = 0x10
+ACTION_BITS = {
+    "impression": IMPRESSION,
+    # a positive action implies exposure, so each also sets the impression bit
+    "click": 0x01 | IMPRESSION,
+    "like": 0x02 | IMPRESSION,
+    "collect": 0x04 | IMPRESSION,
+    "share": 0x08 | IMPRESSION,
+}
+POSITIVE_BITS = 0x0F
+_POPCOUNT = bytes(bin(m & POSITIVE_BITS).count("1") for m in range(256))
+
+
+class BadEvent(ValueError):
+    """An event that breaks the schema; ``reason`` says why (it becomes the DLQ ``error`` header)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Event(NamedTuple):
+    user_id: str
+    item_id: str
+    action: str
+    ts: int | None
+
+    @property
+    def bits(self) -> int:
+        return ACTION_BITS[self.action]
+
+
+def score_of(mask: int) -> int:
+    """Score (0..4) of a stored action mask."""
+    return _POPCOUNT[mask & 0xFF]
+
+
+def mask_for_score(score: int) -> int:
+    """A mask whose score is ``score`` (used to write triples directly, e.g. in tests)."""
+    if not 0 <= int(score) <= 4:
+        raise ValueError(f"score must be in 0..4, got {score!r}")
+    return IMPRESSION | ((1 << int(score)) - 1)
+
+
+def canonical_id(value: Any, field: str) -> str:
+    """Canonicalise an id: integers >= 0 to their decimal string; strings of 1..128 UTF-8 bytes."""
+    if isinstance(value, bool):  # bool is an int subclass in Python; it is not an id
+        raise BadEvent(f"{field} must be a string or a non-negative integer, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise BadEvent(f"{field} must be a non-negative integer, got {value}")
+        return str(value)
+    if isinstance(value, str):
+        n = len(value.encode("utf-8", "surrogatepass"))
+        if n == 0:
+            raise BadEvent(f"{field} is empty")
+        if n > MAX_ID_BYTES:
+            raise BadEvent(f"{field} is {n} bytes long (max {MAX_ID_BYTES})")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadEvent(f"{field} is not valid UTF-8") from None
+        return value
+    raise BadEvent(f"{field} must be a string or a non-negative integer, got {type(value).__name__}")
+
+
+def validate_event(obj: Any) -> Event:
+    """Validate a decoded JSON value; raise :class:`BadEvent` with the reason."""
+    if not isinstance(obj, dict):
+        raise BadEvent(f"event must be a JSON object, got {type(obj).__name__}")
+    for name in ("user_id", "item_id", "action"):
+        if name not in obj:
+            raise BadEvent(f"missing field {name}")
+    user_id = canonical_id(obj["user_id"], "user_id")
+    item_id = canonical_id(obj["item_id"], "item_id")
+    action = obj["action"]
+    if not isinstance(action, str):
+        raise BadEvent(f"action must be a string, got {type(action).__name__}")
+    if action not in ACTION_BITS:
+        raise BadEvent(f"unknown action {action[:64]!r} (expected one of {', '.join(ACTION_BITS)})")
+    ts = obj.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
+        raise BadEvent(f"ts must be an integer (ms since the epoch), got {type(ts).__name__}")
+    return Event(user_id, item_id, action, ts)
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Decode and validate one message value (UTF-8 JSON object of at most 64 KiB)."""
+    if raw is None:
+        raise BadEvent("empty message (null value)")
+    if isinstance(raw, (bytearray, memoryview)):
+        raw = bytes(raw)
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise BadEvent(f"message is {size} bytes (max {MAX_MESSAGE_BYTES})")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as e:
+        raise BadEvent(f"message is not UTF-8: {e.reason} at byte {e.start}") from None
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BadEvent(f"message is not JSON: {e}") from None
+    return validate_event(obj)

@@ -1,0 +1,249 @@
+"""The streaming ingest worker: Kafka topic -> validated, scored triples in LMDB.
+
+Per poll: validate every message (DESIGN §1), send bad ones to ``<topic>.dlq`` with the reason
+and flush that producer, then write the merged pairs AND the offsets that cover them in one LMDB
+transaction. Only after that are offsets committed to Kafka, for lag monitoring only: on every
+partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
+instant harmless (re-reading is idempotent because scores merge by bitwise OR).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from ingest.events import BadEvent, parse_event
+from ingest.kafka_io import dlq_topic
+from ingest.store import StoreFullError, TripleStore
+
+log = logging.getLogger("mcrecall.ingest")
+
+
+@dataclass
+class WorkerStats:
+    events: int = 0
+    bad_events: int = 0
+    batches: int = 0
+    changed_pairs: int = 0
+    started: float = field(default_factory=time.monotonic)
+    exit_reason: str = ""
+
+
+class _SeekToStore(ConsumerRebalanceListener):
+    def __init__(self, worker: "IngestWorker"):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        log.info("partitions_revoked", extra={"partitions": _fmt_tps(revoked)})
+
+    def on_partitions_assigned(self, assigned):
+        self.worker._seek_to_store(assigned)
+        log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
+
+
+def _fmt_tps(tps) -> str:
+    return ",".join(str(tp.partition) for tp in sorted(tps, key=lambda t: t.partition)) or "-"
+
+
+class IngestWorker:
+    """Consume ``[kafka] topic`` into the triple store of ``[store] data_dir``.
+
+    Parameters
+    ----------
+    cfg : mcrecall.config.Config
+    progress_every_s : seconds between progress log lines.
+    """
+
+    def __init__(self, cfg, *, progress_every_s: float = 5.0):
+        self.cfg = cfg
+        self.topic = cfg.kafka.topic
+        self.store = TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb)
+        self.progress_every_s = progress_every_s
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self, *_args) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _connect(self) -> bool:
+        k = self.cfg.kafka
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self.consumer = KafkaConsumer(
+                    bootstrap_servers=k.bootstrap_servers,
+                    group_id=k.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    session_timeout_ms=k.session_timeout_ms,
+                    heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),
+                    max_poll_records=k.max_poll_records,
+                    max_partition_fetch_bytes=4 * 1024 * 1024,
+                    fetch_max_bytes=16 * 1024 * 1024,
+                )
+                self.producer = KafkaProducer(
+                    bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
+                    max_request_size=2 * 1024 * 1024, retries=5,
+                )
+                self.consumer.subscribe([self.topic], listener=_SeekToStore(self))
+                log.info("connected", extra={"bootstrap": k.bootstrap_servers, "topic": self.topic,
+                                             "group": k.group_id})
+                return True
+            except (KafkaError, OSError) as e:
+                log.warning("kafka_unreachable", extra={"bootstrap": k.bootstrap_servers,
+                                                        "error": str(e), "retry_in_s": backoff})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        return False
+
+    def _seek_to_store(self, tps) -> None:
+        stored = self.store.offsets(self.topic)
+        for tp in tps:
+            off = stored.get((tp.topic, tp.partition))
+            if off is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, off)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception:  # closing after an outage must not mask the real exit reason
+                pass
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=5)
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, until_idle: float | None = None, max_events: int | None = None) -> WorkerStats:
+        """Consume until stopped, until ``until_idle`` quiet seconds, or ``max_events``."""
+        if not self._connect():
+            self.stats.exit_reason = "stopped"
+            return self.stats
+        last_data = None  # the idle clock starts once partitions are assigned
+        last_progress = time.monotonic()
+        progress_events = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    records = self.consumer.poll(timeout_ms=500)
+                except KafkaError as e:
+                    log.warning("poll_failed", extra={"error": str(e)})
+                    self._stop.wait(1.0)
+                    continue
+                now = time.monotonic()
+                if records:
+                    try:
+                        self._process(records)
+                    except KafkaError as e:
+                        # nothing of this batch reached the store: read it again from the stored offsets
+                        log.warning("batch_retry", extra={"error": str(e)})
+                        self._seek_to_store(self.consumer.assignment())
+                        self._stop.wait(1.0)
+                        continue
+                    last_data = now
+                elif last_data is None and self.consumer.assignment():
+                    last_data = now
+                if now - last_progress >= self.progress_every_s:
+                    self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
+                    progress_events = self.stats.events + self.stats.bad_events
+                    last_progress = now
+                if until_idle is not None and last_data is not None and now - last_data >= until_idle:
+                    self.stats.exit_reason = f"idle {until_idle:g}s"
+                    break
+                if max_events is not None and self.stats.events + self.stats.bad_events >= max_events:
+                    self.stats.exit_reason = "max_events"
+                    break
+            else:
+                self.stats.exit_reason = "stopped"
+        except StoreFullError as e:
+            self.stats.exit_reason = "store_full"
+            log.error("store_full", extra={"error": str(e)})
+            raise
+        finally:
+            self._log_progress(None, None, final=True)
+            self.close()
+        return self.stats
+
+    def _process(self, records: dict) -> None:
+        pairs: dict[tuple[str, str], int] = {}
+        offsets: dict[tuple[str, int], int] = {}
+        good = bad = 0
+        dlq = dlq_topic(self.topic)
+        futures = []
+        for tp, batch in records.items():
+            for rec in batch:
+                try:
+                    ev = parse_event(rec.value)
+                except BadEvent as e:
+                    bad += 1
+                    futures.append(self.producer.send(
+                        dlq, key=rec.key, value=rec.value if rec.value is not None else b"",
+                        headers=[("error", e.reason.encode("utf-8")),
+                                 ("source-topic", tp.topic.encode()),
+                                 ("source-partition", str(tp.partition).encode()),
+                                 ("source-offset", str(rec.offset).encode())]))
+                    continue
+                good += 1
+                key = (ev.user_id, ev.item_id)
+                pairs[key] = pairs.get(key, 0) | ev.bits
+            if batch:
+                offsets[(tp.topic, tp.partition)] = batch[-1].offset + 1
+        if futures:
+            # the dead letters must be durable before the offsets that skip them are
+            self.producer.flush(timeout=30)
+            for f in futures:
+                f.get(timeout=30)
+        result = self.store.apply(pairs, offsets, events=good, bad_events=bad)
+        self.stats.events += good
+        self.stats.bad_events += bad
+        self.stats.batches += 1
+        self.stats.changed_pairs += result["changed"]
+        try:  # for monitoring only; the store's offsets are the source of truth
+            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                  for (t, p), o in offsets.items()})
+        except (KafkaError, AssertionError) as e:
+            log.debug("kafka_commit_failed", extra={"error": str(e)})
+
+    def _lag(self) -> int | None:
+        # The fetch responses' high watermark, not end_offsets(): the local broker answers the
+        # latter too low. Unknown until a fetch has returned for every assigned partition.
+        total = 0
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                return None
+            total += max(0, hw - self.consumer.position(tp))
+        return total
+
+    def _log_progress(self, window_s, window_events, final=False) -> None:
+        s = self.stats
+        fields = {"events": s.events, "bad": s.bad_events, "batches": s.batches, "changed_pairs": s.changed_pairs}
+        if window_s:
+            fields["events_per_s"] = round(window_events / window_s, 1)
+        try:
+            lag = self._lag() if self.consumer is not None and not final else None
+        except Exception:
+            lag = None
+        fields["lag"] = "unknown" if lag is None else lag
+        if final:
+            fields["elapsed_s"] = round(time.monotonic() - s.started, 1)
+            fields["reason"] = s.exit_reason or "error"
+        log.info("ingest_done" if final else "ingest_progress", extra=fields)
