@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.events import BadEvent, parse_event
+from ingest.events import BadEvent, parse_scored
 from ingest.store import TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
@@ -47,7 +47,7 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                 if not raw.strip():
                     continue  # blank lines separate nothing in JSONL; not an event
                 try:
-                    ev = parse_event(raw)
+                    user_id, item_id, bits = parse_scored(raw)
                 except BadEvent as e:
                     if rejected is None:
                         rejected = open(rejected_path, "w", encoding="utf-8")
@@ -55,8 +55,8 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                                                "raw": raw.decode("utf-8", "replace")}) + "\n")
                     stats.rejected += 1
                     continue
-                key = (ev.user_id, ev.item_id)
-                pairs[key] = pairs.get(key, 0) | ev.bits
+                key = (user_id, item_id)
+                pairs[key] = pairs.get(key, 0) | bits
                 pending_events += 1
                 if pending_events >= batch_size:
                     stats.changed_pairs += store.apply(pairs, events=pending_events)["changed"]

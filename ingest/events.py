@@ -12,6 +12,15 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+try:  # orjson is 2-3x faster and rejects lone surrogates; json is the fallback
+    import orjson
+
+    _loads = orjson.loads
+    _DecodeErrors: tuple = (orjson.JSONDecodeError, RecursionError)
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+    _DecodeErrors = (json.JSONDecodeError, RecursionError)
+
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_ID_BYTES = 128
 
@@ -68,15 +77,17 @@ def canonical_id(value: Any, field: str) -> str:
             raise BadEvent(f"{field} must be a non-negative integer, got {value}")
         return str(value)
     if isinstance(value, str):
-        n = len(value.encode("utf-8", "surrogatepass"))
+        if value.isascii():  # the common case: length in bytes = length in characters
+            n = len(value)
+        else:
+            try:
+                n = len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise BadEvent(f"{field} is not valid UTF-8 (lone surrogate)") from None
         if n == 0:
             raise BadEvent(f"{field} is empty")
         if n > MAX_ID_BYTES:
             raise BadEvent(f"{field} is {n} bytes long (max {MAX_ID_BYTES})")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadEvent(f"{field} is not valid UTF-8") from None
         return value
     raise BadEvent(f"{field} must be a string or a non-negative integer, got {type(value).__name__}")
 
@@ -91,7 +102,7 @@ def validate_event(obj: Any) -> Event:
     user_id = canonical_id(obj["user_id"], "user_id")
     item_id = canonical_id(obj["item_id"], "item_id")
     action = obj["action"]
-    if not isinstance(action, str):
+    if action.__class__ is not str:
         raise BadEvent(f"action must be a string, got {type(action).__name__}")
     if action not in ACTION_BITS:
         raise BadEvent(f"unknown action {action[:64]!r} (expected one of {', '.join(ACTION_BITS)})")
@@ -107,15 +118,40 @@ def parse_event(raw: bytes | str) -> Event:
         raise BadEvent("empty message (null value)")
     if isinstance(raw, (bytearray, memoryview)):
         raw = bytes(raw)
-    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise BadEvent(f"message is {size} bytes (max {MAX_MESSAGE_BYTES})")
+    elif isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise BadEvent(f"message is {len(raw)} bytes (max {MAX_MESSAGE_BYTES})")
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    except UnicodeDecodeError as e:
-        raise BadEvent(f"message is not UTF-8: {e.reason} at byte {e.start}") from None
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
+        obj = _loads(raw)
+    except _DecodeErrors as e:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as u:
+            raise BadEvent(f"message is not UTF-8: {u.reason} at byte {u.start}") from None
         raise BadEvent(f"message is not JSON: {e}") from None
     return validate_event(obj)
+
+
+def parse_scored(raw) -> tuple[str, str, int]:
+    """``(user_id, item_id, action bits)`` of one message: the worker's hot path.
+
+    Same rules and errors as :func:`parse_event`; the common case (string ids of ASCII
+    characters, known action) is checked inline because it runs once per event.
+    """
+    if raw.__class__ is bytes and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            obj = _loads(raw)
+        except _DecodeErrors:
+            obj = None
+        if obj.__class__ is dict:
+            u = obj.get("user_id")
+            i = obj.get("item_id")
+            bits = ACTION_BITS.get(obj.get("action")) if obj.get("action").__class__ is str else None
+            ts = obj.get("ts")
+            if (bits is not None and u.__class__ is str and i.__class__ is str and u.isascii()
+                    and i.isascii() and 0 < len(u) <= MAX_ID_BYTES and 0 < len(i) <= MAX_ID_BYTES
+                    and (ts is None or ts.__class__ is int)):
+                return u, i, bits
+    ev = parse_event(raw)  # the slow path decides, with the precise reason
+    return ev.user_id, ev.item_id, ACTION_BITS[ev.action]

@@ -137,13 +137,18 @@ class TripleStore:
                 changed_users: set[int] = set()
                 changed = 0
                 seq_bytes = _U64.pack(seq)
+                ucache, icache, pairs_db, pack = self._user_cache, self._item_cache, self._pairs, _PAIR.pack
                 for (user_id, item_id), bits in pairs.items():
-                    u = self._index(txn, user_id, self._user_cache, new_users, self._user_ids,
-                                    self._users_by_idx, counters, "n_users")
-                    i = self._index(txn, item_id, self._item_cache, new_items, self._item_ids,
-                                    self._items_by_idx, counters, "n_items")
-                    key = _PAIR.pack(u, i)
-                    old = txn.get(key, db=self._pairs)
+                    u = ucache.get(user_id)
+                    if u is None:
+                        u = self._index(txn, user_id, ucache, new_users, self._user_ids,
+                                        self._users_by_idx, counters, "n_users")
+                    i = icache.get(item_id)
+                    if i is None:
+                        i = self._index(txn, item_id, icache, new_items, self._item_ids,
+                                        self._items_by_idx, counters, "n_items")
+                    key = pack(u, i)
+                    old = txn.get(key, db=pairs_db)
                     old_mask = old[0] if old is not None else 0
                     new_mask = old_mask | bits
                     if old is None or new_mask != old_mask:

@@ -13,13 +13,14 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ingest.events import BadEvent, parse_event
+from ingest.events import BadEvent, parse_scored
 from ingest.kafka_io import dlq_topic
 from ingest.store import StoreFullError, TripleStore
 
@@ -33,6 +34,8 @@ class WorkerStats:
     batches: int = 0
     changed_pairs: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first non-empty poll returned
+    last_batch_at: float | None = None  # monotonic time the last batch was committed
     exit_reason: str = ""
 
 
@@ -41,9 +44,11 @@ class _SeekToStore(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked):
+        self.worker._drain()
         log.info("partitions_revoked", extra={"partitions": _fmt_tps(revoked)})
 
     def on_partitions_assigned(self, assigned):
+        self.worker._drain()  # the store offsets must include the batch still being written
         self.worker._seek_to_store(assigned)
         log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
 
@@ -70,6 +75,9 @@ class IngestWorker:
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
+        # One batch is written to LMDB (fsync releases the GIL) while the next one is fetched.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
+        self._pending: tuple[Future, dict] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_args) -> None:
@@ -155,12 +163,15 @@ class IngestWorker:
                     except KafkaError as e:
                         # nothing of this batch reached the store: read it again from the stored offsets
                         log.warning("batch_retry", extra={"error": str(e)})
+                        self._drain()
                         self._seek_to_store(self.consumer.assignment())
                         self._stop.wait(1.0)
                         continue
                     last_data = now
-                elif last_data is None and self.consumer.assignment():
-                    last_data = now
+                else:
+                    self._drain()  # nothing new: finish the write in flight now
+                    if last_data is None and self.consumer.assignment():
+                        last_data = now
                 if now - last_progress >= self.progress_every_s:
                     self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
                     progress_events = self.stats.events + self.stats.bad_events
@@ -168,7 +179,9 @@ class IngestWorker:
                 if until_idle is not None and last_data is not None and now - last_data >= until_idle:
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
-                if max_events is not None and self.stats.events + self.stats.bad_events >= max_events:
+                pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
+                if max_events is not None and self.stats.events + self.stats.bad_events + pending >= max_events:
+                    self._drain()
                     self.stats.exit_reason = "max_events"
                     break
             else:
@@ -178,11 +191,18 @@ class IngestWorker:
             log.error("store_full", extra={"error": str(e)})
             raise
         finally:
-            self._log_progress(None, None, final=True)
-            self.close()
+            try:
+                self._drain()
+            finally:
+                self._log_progress(None, None, final=True)
+                self.close()
+                self._writer.shutdown(wait=True)
         return self.stats
 
     def _process(self, records: dict) -> None:
+        """Validate one poll's records, dead-letter the bad ones, hand the rest to the writer."""
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.monotonic()
         pairs: dict[tuple[str, str], int] = {}
         offsets: dict[tuple[str, int], int] = {}
         good = bad = 0
@@ -191,7 +211,7 @@ class IngestWorker:
         for tp, batch in records.items():
             for rec in batch:
                 try:
-                    ev = parse_event(rec.value)
+                    user_id, item_id, bits = parse_scored(rec.value)
                 except BadEvent as e:
                     bad += 1
                     futures.append(self.producer.send(
@@ -202,8 +222,8 @@ class IngestWorker:
                                  ("source-offset", str(rec.offset).encode())]))
                     continue
                 good += 1
-                key = (ev.user_id, ev.item_id)
-                pairs[key] = pairs.get(key, 0) | ev.bits
+                key = (user_id, item_id)
+                pairs[key] = pairs.get(key, 0) | bits
             if batch:
                 offsets[(tp.topic, tp.partition)] = batch[-1].offset + 1
         if futures:
@@ -211,14 +231,25 @@ class IngestWorker:
             self.producer.flush(timeout=30)
             for f in futures:
                 f.get(timeout=30)
-        result = self.store.apply(pairs, offsets, events=good, bad_events=bad)
-        self.stats.events += good
-        self.stats.bad_events += bad
+        self._drain()
+        fut = self._writer.submit(self.store.apply, pairs, offsets, events=good, bad_events=bad)
+        self._pending = (fut, {"offsets": offsets, "good": good, "bad": bad})
+
+    def _drain(self) -> None:
+        """Wait for the batch being written; then account for it and commit its offsets."""
+        if self._pending is None:
+            return
+        fut, info = self._pending
+        self._pending = None
+        result = fut.result()  # re-raises StoreFullError in the main thread
+        self.stats.events += info["good"]
+        self.stats.bad_events += info["bad"]
         self.stats.batches += 1
         self.stats.changed_pairs += result["changed"]
-        try:  # for monitoring only; the store's offsets are the source of truth
-            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                  for (t, p), o in offsets.items()})
+        self.stats.last_batch_at = time.monotonic()
+        try:  # for monitoring only (the store's offsets are the truth), so async: no round trip
+            self.consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                  for (t, p), o in info["offsets"].items()})
         except (KafkaError, AssertionError) as e:
             log.debug("kafka_commit_failed", extra={"error": str(e)})
 

@@ -41,7 +41,7 @@ class TrainConfig:
     dim: int = 32
     epochs: int = 10
     similarity: str = "dot"  # dot | cosine
-    objective: str = "squared"  # squared | bce
+    objective: str = "squared"  # squared (seed, ALS) | bce (SGD) | implicit (weighted ALS)
     reg: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -49,9 +49,13 @@ class TrainConfig:
     max_rmse_regression: float = 0.05
     popular_items: int = 100
     negatives: int = 4  # sampled negatives per positive for the bce objective
-    lr: float = 0.05
-    batch_size: int = 65536
+    lr: float = 0.2  # bce: Adagrad step size
+    batch_size: int = 8192  # bce mini-batch (positives); sparse Adagrad wants many steps
     threads: int = 0  # 0 = torch default
+    alpha: float = 3.0  # implicit: confidence c = 1 + alpha * score
+    reg_bce: float = 0.01  # bce: L2 weight per example (the ALS objectives use reg)
+    eval_users: int = 5000  # at most this many users ranked in the held-out evaluation
+    warm_start: bool = True  # start known users/items from the current version's vectors
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,15 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    fold_in: bool = True
-    max_k: int = 10000
-    overfetch: int = 2  # exclude_seen: fetch k*overfetch + |seen| and filter
+    fold_in: bool = True  # users changed since the version was trained get an on-the-fly vector
+    max_k: int = 10000  # larger k is refused (Milvus caps a search at 16384)
+    # exclude_seen: up to exclude_direct_max seen items go to the vector store's exclude list
+    # (one search of k + |seen|); more seen items: rounds of overfetch * k + exclude_direct_max,
+    # x4 each round, filtered here
+    overfetch: int = 2
+    exclude_direct_max: int = 256
+    item_cache_size: int = 100_000  # item vectors kept per client (fold-in, score), all versions
+    foldin_cache_size: int = 50_000  # fold-in vectors keyed by (version, user, user_seq)
 
 
 @dataclass(frozen=True)
@@ -171,8 +181,16 @@ def _validate(cfg: Config) -> Config:
     t, i = cfg.train, cfg.index
     if t.similarity not in ("dot", "cosine"):
         raise ConfigError(f"[train] similarity must be 'dot' or 'cosine', got {t.similarity!r}")
-    if t.objective not in ("squared", "bce"):
-        raise ConfigError(f"[train] objective must be 'squared' or 'bce', got {t.objective!r}")
+    if t.objective not in ("squared", "bce", "implicit"):
+        raise ConfigError(
+            f"[train] objective must be 'squared', 'bce' or 'implicit', got {t.objective!r}"
+        )
+    if min(t.reg, t.reg_bce, t.alpha) < 0 or min(t.lr, t.negatives, t.batch_size) <= 0:
+        raise ConfigError("[train] reg, reg_bce, alpha must be >= 0; lr, negatives, batch_size > 0")
+    if t.max_rmse_regression < 0 or t.popular_items < 0 or t.eval_users <= 0:
+        raise ConfigError("[train] max_rmse_regression, popular_items >= 0; eval_users > 0")
+    if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+        raise ConfigError(f"[train] device must be auto, cpu or cuda[:N], got {t.device!r}")
     if t.dim <= 0 or t.epochs <= 0:
         raise ConfigError("[train] dim and epochs must be positive")
     if not 0.0 < t.holdout_fraction < 1.0:
@@ -181,6 +199,11 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"[index] metric must be L2, IP or COSINE, got {i.metric!r}")
     if cfg.kafka.partitions <= 0:
         raise ConfigError("[kafka] partitions must be positive")
+    sv = cfg.serve
+    if sv.max_k <= 0 or sv.overfetch <= 0 or sv.exclude_direct_max < 0:
+        raise ConfigError("[serve] max_k and overfetch must be positive, exclude_direct_max >= 0")
+    if sv.item_cache_size < 0 or sv.foldin_cache_size < 0:
+        raise ConfigError("[serve] item_cache_size and foldin_cache_size must be >= 0")
     return replace(cfg, index=replace(i, metric=i.metric.upper()))
 
 

@@ -117,3 +117,26 @@ def test_snapshot_and_history(tmp_path):
     store.put_scores(["b"], ["y"], [1])
     assert store.user_seq("a") == s_before and store.user_seq("b") > s_before
     assert snap.seq < store.seq
+
+
+def test_fast_path_agrees_with_full_validation():
+    from ingest.events import ACTION_BITS, parse_scored
+
+    samples = [b'{"user_id":"u1","item_id":"i1","action":"click"}',
+               b'{"user_id":"u1","item_id":"i1","action":"click","ts":true}',
+               b'{"user_id":"","item_id":"i1","action":"click"}',
+               b'{"user_id":"u","item_id":"i1","action":["click"]}',
+               b'{"user_id":"\\u00e9","item_id":7,"action":"share"}',
+               b'{"user_id":"\\ud800","item_id":7,"action":"share"}',
+               b'{"user_id":"u","item_id":"i","action":"like","ts":1.5}']
+    for raw in samples:
+        try:
+            ev = parse_event(raw)
+            expected = (ev.user_id, ev.item_id, ACTION_BITS[ev.action])
+        except BadEvent as e:
+            expected = e.reason
+        try:
+            got = parse_scored(raw)
+        except BadEvent as e:
+            got = e.reason
+        assert got == expected, raw

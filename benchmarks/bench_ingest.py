@@ -1,0 +1,131 @@
+"""Ingest throughput: the worker (topic -> validated scores in LMDB) against the raw kafka-python
+consume rate of the same messages, measured in the same run; plus a file backfill and the
+snapshot that the trainer reads.
+
+    python benchmarks/bench_ingest.py [--events 300000] [--backfill 1000000] [--repeats 3]
+
+Rates are measured from the first non-empty poll to the last message handled (the consumer-group
+join is excluded from both). Prints a markdown table and writes benchmarks/results/ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from kafka import KafkaConsumer  # noqa: E402
+
+from eventlib import random_events  # noqa: E402
+from ingest.backfill import backfill_file  # noqa: E402
+from ingest.broker import LocalBroker  # noqa: E402
+from ingest.produce import produce_lines  # noqa: E402
+from ingest.store import TripleStore  # noqa: E402
+from ingest.worker import IngestWorker  # noqa: E402
+from mcrecall.config import load_config  # noqa: E402
+
+
+def raw_consume_rate(bootstrap, topic, n) -> float:
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
+                      auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
+                      heartbeat_interval_ms=2000, max_poll_records=5000,
+                      max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    got, t0 = 0, None
+    while got < n:
+        recs = c.poll(timeout_ms=500)
+        if recs and t0 is None:
+            t0 = time.monotonic()
+        for batch in recs.values():
+            for r in batch:  # touch each value, as the worker does
+                got += 1 if r.value is not None else 1
+    t1 = time.monotonic()
+    c.close()
+    return n / (t1 - t0)
+
+
+def worker_rate(bootstrap, topic, n) -> tuple[float, dict]:
+    d = tempfile.mkdtemp(prefix="bench-ingest-")
+    cfg = load_config(environ={}).with_overrides(
+        kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": f"w-{uuid.uuid4().hex[:6]}",
+               "session_timeout_ms": 6000}, store={"data_dir": d})
+    w = IngestWorker(cfg, progress_every_s=1e9)
+    st = w.run(max_events=n)
+    return n / (st.last_batch_at - st.first_batch_at), TripleStore(d).counts()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--backfill", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest.md"))
+    args = ap.parse_args()
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+
+    lines = random_events(args.events, 20_000, 10_000, seed=1)
+    rows = []
+    with LocalBroker() as broker:
+        cfg = load_config(environ={}).with_overrides(
+            kafka={"bootstrap_servers": broker.bootstrap_servers, "topic": "bench", "partitions": 4})
+        t = time.monotonic()
+        produce_lines(lines, cfg)
+        produce_s = time.monotonic() - t
+        raw, work = [], []
+        for _ in range(args.repeats):  # alternate, so drift on a noisy machine hits both
+            raw.append(raw_consume_rate(broker.bootstrap_servers, "bench", len(lines)))
+            r, counts = worker_rate(broker.bootstrap_servers, "bench", len(lines))
+            work.append(r)
+    raw_m, work_m = statistics.median(raw), statistics.median(work)
+    rows.append(("produce (kafka-python, acks=all)", f"{len(lines) / produce_s:,.0f} ev/s", "", ""))
+    rows.append(("raw kafka-python consume (baseline)", f"{raw_m:,.0f} ev/s", "1.00", _spread(raw)))
+    rows.append(("worker: validate + score + LMDB txn", f"{work_m:,.0f} ev/s", f"{work_m / raw_m:.2f}", _spread(work)))
+
+    with tempfile.TemporaryDirectory(prefix="bench-backfill-") as d:
+        f = Path(d) / "events.jsonl"
+        bl = random_events(args.backfill, 100_000, 50_000, seed=2, dup_rate=0.1)
+        f.write_bytes(b"\n".join(bl) + b"\n")
+        t = time.monotonic()
+        import json
+        with open(f, "rb") as fh:
+            for line in fh:
+                json.loads(line)
+        parse_s = time.monotonic() - t
+        store = TripleStore(Path(d) / "data")
+        st = backfill_file(f, store, progress_every_s=1e9)
+        rows.append(("read + json.loads only (baseline)", f"{len(bl) / parse_s:,.0f} ev/s", "1.00", ""))
+        rows.append((f"backfill {len(bl):,} events from file", f"{len(bl) / st.seconds:,.0f} ev/s",
+                     f"{parse_s / st.seconds:.2f}", f"{st.seconds:.1f} s total"))
+        snaps = []
+        for _ in range(args.repeats):
+            t = time.monotonic()
+            snap = store.snapshot()
+            snaps.append(time.monotonic() - t)
+        rows.append((f"snapshot {len(snap):,} pairs -> numpy", f"{statistics.median(snaps):.2f} s",
+                     "", f"target < 2 s; {store.counts()['users']:,} users, {store.counts()['items']:,} items"))
+
+    head = "| measurement | median | ratio to baseline | notes |\n|---|---|---|---|\n"
+    table = head + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+    text = (f"# Ingest benchmark\n\n`python benchmarks/bench_ingest.py --events {args.events} "
+            f"--backfill {args.backfill} --repeats {args.repeats}` on {os.cpu_count()} cores, "
+            f"local tansu broker, 4 partitions, medians of {args.repeats}.\n\n{table}\n\n"
+            f"Target: the worker keeps >= 70% of the raw consume rate (ratio {work_m / raw_m:.2f}).\n")
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+def _spread(xs) -> str:
+    return f"runs: {', '.join(f'{x:,.0f}' for x in xs)}"
+
+
+if __name__ == "__main__":
+    main()

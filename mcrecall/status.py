@@ -1,0 +1,94 @@
+"""``mcrecall status``: current version and its evaluation, store counts, offsets, dead letters."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_status_arguments(p) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def collect_status(cfg) -> dict:
+    from ingest.store import TripleStore
+
+    store = TripleStore(cfg.data_dir, readonly=True)
+    out: dict = {
+        "data_dir": str(cfg.data_dir),
+        "store": store.counts(),
+        "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(store.offsets().items())},
+        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": store.counts()["bad_events"]},
+        "version": None,
+    }
+    try:
+        from train.versions import ModelRegistry
+    except ImportError:
+        return out
+    reg = ModelRegistry(cfg.data_dir, readonly=True)
+    current = reg.current_version()
+    if current is not None:
+        meta = reg.metadata(current)
+        out["version"] = current
+        out["versions"] = reg.versions()
+        out["model"] = {k: meta.get(k) for k in ("created_at", "dim", "similarity", "objective", "metric",
+                                                 "backend", "collection", "n_triples", "store_seq")}
+        out["evaluation"] = meta.get("evaluation")
+        out["new_triples_since_version"] = out["store"]["seq"] > int(meta.get("store_seq") or 0)
+    return out
+
+
+def _table(rows) -> str:
+    rows = [(str(a), str(b)) for a, b in rows]
+    w = max((len(a) for a, _ in rows), default=0)
+    return "\n".join(f"  {a:<{w}}  {b}" for a, b in rows)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else v
+
+
+def render(st: dict) -> str:
+    lines = [f"mcrecall status  (data dir: {st['data_dir']})", "", "triple store:"]
+    s = st["store"]
+    lines.append(_table([("pairs", s["pairs"]), ("users", s["users"]), ("items", s["items"]),
+                         ("events stored", s["events"]), ("store seq", s["seq"]),
+                         ("dead letters", f"{st['dead_letters']['count']} -> {st['dead_letters']['topic']}")]))
+    lines += ["", "offsets (next to consume, from the store):"]
+    lines.append(_table(st["offsets"].items()) if st["offsets"] else "  none yet")
+    lines += [""]
+    if st.get("version") is None:
+        lines.append("model: no version published yet (run `mcrecall train`)")
+        return "\n".join(lines)
+    lines.append(f"model: version {st['version']} is current (kept: {st.get('versions')})")
+    lines.append(_table((k, _fmt(v)) for k, v in st["model"].items()))
+    if st.get("new_triples_since_version"):
+        lines.append("  (the store has new triples since this version was trained)")
+    ev = st.get("evaluation")
+    if ev:
+        lines += ["", "evaluation of the current version (held-out):"]
+        lines.append(render_evaluation(ev))
+    return "\n".join(lines)
+
+
+def render_evaluation(ev: dict) -> str:
+    """Flat or nested {name: {metric: value}} evaluation dicts as a table."""
+    if all(isinstance(v, dict) for v in ev.values()):
+        metrics = sorted({m for v in ev.values() for m in v if isinstance(v[m], (int, float))})
+        head = ["", *metrics]
+        rows = [[name, *(_fmt(v.get(m)) for m in metrics)] for name, v in ev.items()]
+        widths = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
+        return "\n".join("  " + "  ".join(f"{str(x):<{w}}" for x, w in zip(r, widths)) for r in [head, *rows])
+    return _table((k, _fmt(v)) for k, v in ev.items() if not isinstance(v, (dict, list)))
+
+
+def run_status(args, cfg) -> int:
+    st = collect_status(cfg)
+    if args.json:
+        json.dump(st, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print(render(st))
+    return 0
