@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 ENV_PREFIX = "MCRECALL_"
 DEFAULT_CONFIG_ENV = "MCRECALL_CONFIG"  # path of a TOML file used when none is given
+TEST_ENV_PREFIX = "MCRECALL_TEST_"  # reserved for the test harness (tests/fixtures_*.py)
 
 
 class ConfigError(ValueError):
@@ -210,7 +211,8 @@ def _validate(cfg: Config) -> Config:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == DEFAULT_CONFIG_ENV:
+        if (not name.startswith(ENV_PREFIX) or name == DEFAULT_CONFIG_ENV
+                or name.startswith(TEST_ENV_PREFIX)):
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")

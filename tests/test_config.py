@@ -31,3 +31,8 @@ def test_bad_environment_override():
         load_config(environ={"MCRECALL_NOPE_X": "1"})
     with pytest.raises(ConfigError, match="boolean"):
         load_config(environ={"MCRECALL_SERVE_FOLD_IN": "maybe"})
+
+
+def test_test_harness_variables_are_not_config():
+    cfg = load_config(environ={"MCRECALL_TEST_KAFKA_IMAGE": "x", "MCRECALL_TEST_KAFKA": "docker"})
+    assert cfg.kafka == load_config(environ={}).kafka

@@ -1,0 +1,284 @@
+"""``mcrecall demo``: the whole system on embedded defaults, end to end, in a few minutes.
+
+Starts a local Kafka-protocol broker and a local Milvus Lite server, streams a synthetic event
+stream (with duplicates and malformed messages) through the ingest worker, trains and publishes
+version 1, serves recalls (a brand-new user through fold-in), keeps streaming while version 2
+trains from a warm start, and writes a report (text + PNG) to the output folder. Every process it
+starts is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import shutil
+import threading
+import time
+from contextlib import ExitStack, redirect_stdout
+from pathlib import Path
+
+OUT_DEFAULT = "demo-output"
+
+
+def add_demo_arguments(p) -> None:
+    p.add_argument("--out", default=OUT_DEFAULT, help=f"output folder (default: {OUT_DEFAULT})")
+    p.add_argument("--events", type=int, default=120_000, help="events in the first stream")
+    p.add_argument("--more-events", type=int, default=60_000, help="events streamed during retraining")
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--items", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+
+
+class Report:
+    """Prints progress and keeps every line for report.txt."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.t0 = time.monotonic()
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def step(self, text: str) -> None:
+        self.say(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+
+
+def run_demo(args, cfg) -> int:
+    out = Path(args.out)
+    if (out / "data").exists():
+        shutil.rmtree(out / "data")
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report()
+    with ExitStack() as stack:
+        return _demo(args, cfg, out, rep, stack)
+
+
+def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
+    from ingest.broker import LocalBroker
+    from ingest.kafka_io import ensure_topic
+    from ingest.produce import make_producer, produce_lines
+    from ingest.store import TripleStore
+    from mcrecall.demo_stream import MALFORMED, DemoWorld
+    from plugins.milvus_server import MilvusLiteServer
+
+    rep.say("mcrecall demo — matrix-completion recall, end to end (embedded defaults)")
+    rep.say(f"output folder: {out.resolve()}")
+    rep.step("starting the local Kafka-protocol broker (tansu, memory storage) ...")
+    broker = LocalBroker(log_file=out / "broker.log").start()
+    stack.callback(broker.stop)
+    rep.step(f"  broker on {broker.bootstrap_servers} (pid {broker.proc.pid})")
+    rep.step("starting the local Milvus Lite server (several processes may share it) ...")
+    milvus = MilvusLiteServer(out / "data" / "milvus", log_path=out / "milvus.log")
+    uri = milvus.start()
+    stack.callback(milvus.stop)
+    rep.step(f"  Milvus Lite on {uri} (pid {milvus.pid})")
+
+    topic = cfg.kafka.topic
+    cfg = cfg.with_overrides(
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 6000},
+        store={"data_dir": str(out / "data")},
+        index={"backend": "milvus", "uri": uri})
+    ensure_topic(broker.bootstrap_servers, topic, cfg.kafka.partitions)
+
+    world = DemoWorld(args.users, args.items, seed=args.seed)
+    producer = make_producer(broker.bootstrap_servers)
+    stack.callback(producer.close)
+
+    # the worker runs for the whole demo as its own process, as it would in production
+    worker = _start_worker(cfg, args, out / "worker.log")
+    stack.callback(_stop_process, worker)
+    rep.step(f"ingest worker started (pid {worker.pid}, log {out / 'worker.log'})")
+    store = TripleStore(cfg.data_dir)
+
+    lines = world.events(args.events)
+    bad = [raw for raw, _ in MALFORMED]
+    stream = _interleave(lines, bad)
+    rep.step(f"producing {len(stream):,} events ({len(users_of(lines)):,} users, {args.items:,} items, "
+             f"{len(bad)} malformed) to topic {topic!r} ...")
+    t = time.monotonic()
+    produce_lines(stream, cfg, validate=False, producer=producer)
+    rep.step(f"  produced in {time.monotonic() - t:.1f}s; the worker consumes concurrently")
+    _wait_ingested(store, len(stream), rep)
+    c = store.counts()
+    rep.step(f"  stored: {c['pairs']:,} scored pairs from {c['events']:,} events; "
+             f"{c['bad_events']} bad events sent to {topic}.dlq")
+
+    rep.step("training version 1 (objective/similarity/metric from the config) ...")
+    v1 = _train(cfg, rep)
+    from serve import RecallClient
+
+    client = RecallClient(cfg)
+    stack.callback(client.close)
+    rep.step(f"version {client.version} is current; recalls:")
+    demo_users = [0, 1, 2]
+    for u in demo_users:
+        _show_recall(client, world, world.user_id(u), rep, taste=list(world.tastes[u]))
+
+    newbie = "newcomer-1"
+    cluster = int(world.tastes[0][0])
+    rep.step(f"a brand-new user {newbie!r} clicks a few items of cluster {cluster} ...")
+    t = time.monotonic()
+    produce_lines(world.new_user_clicks(newbie, cluster), cfg, validate=True, producer=producer)
+    while not store.user_history(newbie)[0] and time.monotonic() - t < 30:
+        time.sleep(0.02)
+    stored_s = time.monotonic() - t
+    _show_recall(client, world, newbie, rep, taste=[cluster], note=f"stored {stored_s:.2f}s after producing; "
+                 "no retraining")
+
+    rep.step(f"streaming {args.more_events:,} more events while version 2 trains (warm start) ...")
+    more = world.events(args.more_events)
+    streamer = threading.Thread(target=_stream_slowly, args=(more, cfg, producer), daemon=True)
+    streamer.start()
+    time.sleep(1.0)
+    v2 = _train(cfg, rep)
+    streamer.join()
+    _wait_ingested(store, len(stream) + len(world.new_user_clicks(newbie, cluster, n=0)) + len(more), rep,
+                   at_least=True)
+    rep.step(f"version {client.version} is current; the same user after retraining:")
+    _show_recall(client, world, world.user_id(demo_users[0]), rep, taste=list(world.tastes[demo_users[0]]))
+
+    rep.step("evaluation per version (held-out pairs; baselines measured in the same run):")
+    from train.versions import ModelRegistry
+
+    reg = ModelRegistry(cfg.data_dir, readonly=True)
+    metas = [reg.metadata(v) for v in (v1, v2) if v is not None and v in reg.versions()]
+    rep.say(_versions_table(metas))
+    rep.step(f"dead-letter topic {topic}.dlq:")
+    for reason, n in _dlq_reasons(broker.bootstrap_servers, f"{topic}.dlq", len(bad)).most_common():
+        rep.say(f"    {n} x {reason}")
+
+    _stop_process(worker)
+    rep.step(f"done in {time.monotonic() - rep.t0:.0f}s; report: {out / 'report.txt'}, {out / 'report.png'}")
+    (out / "report.txt").write_text("\n".join(rep.lines) + "\n")
+    try:
+        from mcrecall.plot import plot_report
+
+        plot_report(metas, out / "report.png")
+    except ImportError as e:  # Pillow is in the [local] extra
+        rep.say(f"(no PNG plot: {e})")
+    return 0
+
+
+def _start_worker(cfg, args, log_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.update({"MCRECALL_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
+                "MCRECALL_KAFKA_TOPIC": cfg.kafka.topic,
+                "MCRECALL_KAFKA_SESSION_TIMEOUT_MS": str(cfg.kafka.session_timeout_ms),
+                "MCRECALL_STORE_DATA_DIR": str(cfg.data_dir)})
+    if args.config:
+        env["MCRECALL_CONFIG"] = str(args.config)
+    return subprocess.Popen([sys.executable, "-m", "mcrecall", "ingest"], env=env,
+                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def _stop_process(proc, timeout=20):
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def users_of(lines) -> set:
+    import json
+
+    return {json.loads(x)["user_id"] for x in lines[:50000]}
+
+
+def _interleave(lines, bad):
+    out = list(lines)
+    step = max(1, len(out) // (len(bad) + 1))
+    for k, raw in enumerate(bad):
+        out.insert((k + 1) * step + k, raw)
+    return out
+
+
+def _wait_ingested(store, n, rep, at_least=False, timeout=120):
+    t = time.monotonic()
+    last = 0.0
+    while time.monotonic() - t < timeout:
+        c = store.counts()
+        done = c["events"] + c["bad_events"]
+        if done >= n:
+            return
+        if time.monotonic() - last > 5:
+            rep.step(f"  ingesting: {done:,}/{n:,} events stored")
+            last = time.monotonic()
+        time.sleep(0.1)
+    raise RuntimeError(f"the worker did not store {n} events within {timeout}s")
+
+
+def _train(cfg, rep):
+    from train.trainer import train_run
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        res = train_run(cfg, log=lambda m: print(m, flush=True))
+    for line in buf.getvalue().splitlines():
+        rep.say("    " + line)
+    if res.status != "published":
+        rep.say(f"    (not published: {res.status})")
+    return res.version
+
+
+def _show_recall(client, world, user_id, rep, taste, note=""):
+    res = client.recall(user_id, k=10, exclude_seen=True)
+    hits = sum(world.cluster_of(r.item_id) in taste for r in res)
+    src = res[0].source if res else "-"
+    rep.say(f"    recall({user_id!r}, 10, exclude_seen=True)  source={src}  version={client.version}  "
+            f"{hits}/10 in the user's clusters {sorted(int(t) for t in taste)}" + (f"  ({note})" if note else ""))
+    rep.say("      " + "  ".join(f"{r.item_id}:{r.score:.2f}" for r in res))
+
+
+def _stream_slowly(lines, cfg, producer, chunks=10, pause=0.5):
+    from ingest.produce import produce_lines
+
+    n = max(1, len(lines) // chunks)
+    for k in range(0, len(lines), n):
+        produce_lines(lines[k:k + n], cfg, validate=True, producer=producer)
+        time.sleep(pause)
+
+
+def _dlq_reasons(bootstrap, dlq, expected, timeout=20):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(dlq, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    reasons = collections.Counter()
+    t = time.monotonic()
+    while sum(reasons.values()) < expected and time.monotonic() - t < timeout:
+        for recs in c.poll(timeout_ms=500).values():
+            for r in recs:
+                h = dict(r.headers)
+                reasons[h.get("error", b"?").decode()[:90]] += 1
+    c.close()
+    return reasons
+
+
+def _versions_table(metas) -> str:
+    rows = [("version", "objective", "triples", "RMSE", "Recall@10", "NDCG@10",
+             "RMSE mean", "Recall@10 popular")]
+    for m in metas:
+        ev = m.get("evaluation", {})
+        mod, mean, pop = ev.get("model", {}), ev.get("global_mean", {}), ev.get("popular", {})
+        rows.append((str(m["version"]), m.get("objective", "?"), f"{m['n_triples']:,}",
+                     _f(mod.get("rmse")), _f(mod.get("recall@10")), _f(mod.get("ndcg@10")),
+                     _f(mean.get("rmse")), _f(pop.get("recall@10"))))
+    w = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("    " + "  ".join(f"{x:>{w[c]}}" for c, x in enumerate(r)) for r in rows)
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
