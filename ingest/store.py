@@ -300,5 +300,12 @@ class TripleStore:
                                snap.score[start:start + batch].tolist()):
                 yield snap.user_ids[u], snap.item_ids[i], int(s)
 
+    def backup(self, dest_dir: str | os.PathLike) -> Path:
+        """A consistent copy of the store as ``<dest_dir>/triples.lmdb`` (safe while writers run)."""
+        dest = Path(dest_dir) / "triples.lmdb"
+        dest.mkdir(parents=True, exist_ok=False)
+        self.env.copy(str(dest), compact=True)
+        return dest
+
     def close(self) -> None:
         """Handles share one environment per process; it is closed at interpreter exit."""

@@ -1,0 +1,296 @@
+r"""Alternating least squares for the ``squared`` (seed) and ``implicit`` objectives.
+
+Objectives
+----------
+``squared`` (the seed's matrix completion, with biases folded into the vectors), dot similarity:
+
+.. math::
+
+    \min_{A,B,c,\beta} \sum_{(u,i,y)\in\Omega} (y - \mu - c_u - \beta_i - a_u^\top b_i)^2
+      + \lambda \Big( \sum_u n_u (\lVert a_u\rVert^2 + c_u^2)
+                    + \sum_i n_i (\lVert b_i\rVert^2 + \beta_i^2) \Big)
+
+μ is the training mean (fixed), n_u / n_i the number of training triples of the row
+("weighted-λ" L2, Zhou et al. 2008: one λ suits sparse and dense rows alike). The biases fold
+into the published vectors exactly: ``user = [a_u, 1, μ + c_u]``, ``item = [b_i, β_i, 1]``, so
+⟨user, item⟩ is the prediction and nearest-neighbour search stays exact.
+
+``implicit`` (weighted matrix factorisation over ALL user×item cells, Hu, Koren & Volinsky 2008):
+
+.. math::
+
+    \min_{A,B} \sum_{u,i} c_{ui} (p_{ui} - a_u^\top b_i)^2
+      + \lambda \Big( \sum_u w_u \lVert a_u\rVert^2 + \sum_i w_i \lVert b_i\rVert^2 \Big)
+
+p_ui = 1 if y_ui > 0 else 0; c_ui = 1 + α y_ui (unobserved and score-0 cells: c = 1, p = 0, so
+negatives are all items, not only the exposed ones); w_u = Σ_i (c_ui - 1) + 1 (weighted-λ again).
+
+``similarity = cosine`` (either objective): predictions are s · cos(a_u, b_i) with a learned
+scale s; rows live on the unit sphere and biases are not used (they do not survive
+normalisation).
+
+Update rule
+-----------
+Each sweep solves every item row with the users fixed, then every user row with the items fixed
+(users last, so the published user vectors are exactly the solutions for the published items;
+``foldin.fold_in`` solves the same system). For a row r with fixed other-side features f_j:
+
+    H_r = Σ_j w_rj f_j f_jᵀ (+ G = FᵀF for ``implicit``),   g_r = Σ_j t_rj f_j
+    dot:     x_r = (H_r + λ_r I)⁻¹ g_r                        (batched Cholesky)
+    cosine:  x_r = argmin_{‖x‖=1} xᵀ H_r x − 2 g_rᵀ x          (eigen-decomposition + secular
+                                                                 equation, exact)
+
+squared: w = 1, t = y − μ − (other side's bias) (dot) or s·y (cosine, H scaled by s²);
+implicit: w = α y, t = 1 + α y over positive triples only (the all-cells part is G).
+Between the two half-sweeps the cosine scale is refit in closed form:
+s = Σ c·t / Σ c² (weighted).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .buckets import Chunk, build_chunks
+
+
+@dataclass
+class ALSResult:
+    user: np.ndarray  # published user vectors (n_users, dim')
+    item: np.ndarray  # published item vectors (n_items, dim')
+    score_scale: float  # prediction = score_scale * <user, item> (1 for dot)
+    mu: float
+    history: list[dict] = field(default_factory=list)
+    gram: np.ndarray | None = None  # implicit: Gram matrix of the published item vectors
+
+
+def _sphere_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """argmin over unit x of xᵀHx − 2gᵀx, batched (the trust-region subproblem on the sphere).
+
+    With H = QΛQᵀ, x = Q (Λ − μ)⁻¹ Qᵀ g for the μ < λ_min that makes ‖x‖ = 1
+    (Moré & Sorensen 1983); in the "hard case" (g ⟂ the bottom eigenvector) the rest of the unit
+    norm goes along that eigenvector.
+    """
+    Hd = H.double()
+    lam, Q = torch.linalg.eigh(Hd)
+    gt = torch.einsum("rkj,rk->rj", Q, g.double())  # Qᵀ g
+    gap = lam - lam[:, :1]  # ≥ 0
+    gsq = gt * gt
+    lo = torch.full_like(lam[:, 0], 1e-12)
+    hi = torch.sqrt(gsq.sum(1)).clamp_min(1e-12) + 1e-12  # at t = ‖g‖, ‖x‖ ≤ 1
+    for _ in range(60):  # bisection in log space on t = λ_min − μ > 0
+        mid = torch.sqrt(lo * hi)
+        norm2 = (gsq / (gap + mid[:, None]) ** 2).sum(1)
+        big = norm2 > 1.0
+        lo = torch.where(big, mid, lo)
+        hi = torch.where(big, hi, mid)
+    t = hi
+    xt = gt / (gap + t[:, None])
+    n2 = (xt * xt).sum(1)
+    hard = n2 < 1.0 - 1e-6
+    if bool(hard.any()):
+        extra = torch.sqrt((1.0 - n2).clamp_min(0.0))
+        xt[:, 0] = torch.where(hard, xt[:, 0] + extra * torch.sign(xt[:, 0] + 1e-30), xt[:, 0])
+    x = torch.einsum("rkj,rj->rk", Q, xt)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return x.to(H.dtype)
+
+
+def _ridge_solve(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    k = H.shape[-1]
+    eye = torch.eye(k, dtype=H.dtype, device=H.device)
+    A = H + lam[:, None, None] * eye
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):  # numerically singular rows: fall back to a general solve
+        return torch.linalg.solve(A, g)
+    return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+
+
+class ALS:
+    """One ALS problem (fixed data, objective and hyper-parameters).
+
+    Parameters
+    ----------
+    user_idx, item_idx, score : training triples (dense indices, scores 0..4).
+    n_users, n_items : table sizes (rows without training triples get the zero vector).
+    objective : ``"squared"`` or ``"implicit"``.
+    similarity : ``"dot"`` or ``"cosine"``.
+    dim, reg, alpha : factor dimension, λ, confidence weight α (implicit).
+    device : torch device.
+    """
+
+    def __init__(self, user_idx, item_idx, score, n_users, n_items, *, objective="squared",
+                 similarity="dot", dim=32, reg=0.1, alpha=10.0, device="cpu", budget=None):
+        self.objective, self.similarity = objective, similarity
+        self.dim, self.reg, self.alpha = dim, float(reg), float(alpha)
+        self.n_users, self.n_items = n_users, n_items
+        self.device = torch.device(device)
+        self.biased = objective == "squared" and similarity == "dot"
+        self.k = dim + 1 if self.biased else dim
+        if budget is None:
+            budget = (1 << 24) if self.device.type == "cuda" else (1 << 21)
+        if objective == "implicit":  # only positive cells carry information beyond G
+            keep = score > 0
+            user_idx, item_idx, score = user_idx[keep], item_idx[keep], score[keep]
+        self.mu = float(score.mean()) if (self.biased and len(score)) else 0.0
+        self.n = len(score)
+        self.u = torch.from_numpy(np.ascontiguousarray(user_idx, dtype=np.int64)).to(self.device)
+        self.i = torch.from_numpy(np.ascontiguousarray(item_idx, dtype=np.int64)).to(self.device)
+        self.y = torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32)).to(self.device)
+        self.user_chunks = build_chunks(user_idx, item_idx, n_users, self.k, self.device, budget)
+        self.item_chunks = build_chunks(item_idx, user_idx, n_items, self.k, self.device, budget)
+        self.scale = 1.0
+
+    # -- initialisation -------------------------------------------------------------------------
+    def init_factors(self, seed: int, user_init=None, item_init=None):
+        """Random N(0, 0.5²/k) rows, replaced by warm-start rows where given (NaN = unknown)."""
+        g = torch.Generator().manual_seed(int(seed))
+        U = torch.randn(self.n_users, self.k, generator=g) * (0.5 / math.sqrt(self.k))
+        V = torch.randn(self.n_items, self.k, generator=g) * (0.5 / math.sqrt(self.k))
+        for T, init in ((U, user_init), (V, item_init)):
+            if init is not None:
+                init = torch.from_numpy(np.asarray(init, dtype=np.float32))
+                known = ~torch.isnan(init).any(1)
+                T[known] = init[known]
+        if self.similarity == "cosine":
+            U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.U, self.V = U.to(self.device), V.to(self.device)
+        if self.similarity == "cosine":
+            self.scale = 1.0 if self.objective == "implicit" else max(1.0, float(self.y.max()))
+
+    # -- one half-sweep -------------------------------------------------------------------------
+    def _solve_side(self, chunks: list[Chunk], X: torch.Tensor, F: torch.Tensor,
+                    other_idx: torch.Tensor, track: bool = False):
+        """Solve all rows of X (in place) with the other side's factors F fixed.
+
+        With ``track``, also record the data term of the objective at the solution, from the
+        normal equations (no pass over the triples): per row xᵀHx − 2xᵀg + Σ_j t_j²
+        (squared; Σ_j t_j for implicit, whose targets are p = 1 with weight t = 1 + αy).
+        """
+        biased, cos, imp = self.biased, self.similarity == "cosine", self.objective == "implicit"
+        if biased:
+            feat = torch.cat([F[:, :-1], torch.ones_like(F[:, :1])], 1)
+            offset = F[:, -1]
+        else:
+            feat, offset = F, None
+        gram = feat.T @ feat if imp else None
+        s = self.scale
+        X.zero_()  # rows without triples: the minimiser of the regulariser alone
+        data = torch.zeros((), dtype=torch.float64, device=X.device)
+        for ch in chunks:
+            Xf = feat[ch.cols]  # (R, L, k)
+            y = self.y[ch.ent] * ch.mask
+            if imp:
+                w = self.alpha * y
+                t = ch.mask + w
+            else:
+                w = ch.mask
+                t = (y - ch.mask * (self.mu + offset[ch.cols])) if biased else y
+            H = torch.bmm((Xf * w.unsqueeze(-1)).transpose(1, 2), Xf)
+            g = torch.bmm(Xf.transpose(1, 2), t.unsqueeze(-1)).squeeze(-1)
+            if imp:
+                H = H + gram
+            if cos:
+                H, g = H * (s * s), g * s
+                x = _sphere_solve(H, g)
+            else:
+                lam = self.reg * ((w.sum(1) + 1.0) if imp else ch.count)
+                x = _ridge_solve(H, g, lam)
+            X[ch.rows] = x
+            if track:
+                const = t.sum(1) if imp else (t * t).sum(1)  # t is 0 on padding
+                quad = torch.einsum("rk,rkj,rj->r", x, H, x)
+                data += (quad - 2 * (x * g).sum(1) + const).double().sum()
+        if track:  # rows without triples have x = 0: they add nothing
+            self._data = float(data)
+
+    def predict(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """Model prediction for pairs (internal factors)."""
+        if self.biased:
+            d = self.dim
+            return (self.mu + self.U[u, d] + self.V[i, d]
+                    + (self.U[u, :d] * self.V[i, :d]).sum(1))
+        return self.scale * (self.U[u] * self.V[i]).sum(1)
+
+    def _refit_scale(self):
+        """Closed-form scale s for cosine: s = Σ t c / Σ w c² over the objective's cells."""
+        c = (self.U[self.u] * self.V[self.i]).sum(1)
+        if self.objective == "implicit":
+            a = self.alpha * self.y
+            num = ((1.0 + a) * c).sum()
+            den = torch.trace((self.U.T @ self.U) @ (self.V.T @ self.V)) + (a * c * c).sum()
+        else:
+            num, den = (self.y * c).sum(), (c * c).sum()
+        if float(den) > 0:
+            self.scale = max(1e-3, float(num / den))
+
+    def loss(self, exact: bool = False) -> dict:
+        """Data term of the objective per training triple (and training RMSE for squared).
+
+        By default the value recorded by the last user half-sweep (free); ``exact`` recomputes
+        it from the triples: squared Σ (y − ŷ)²; implicit Σ_all c (p − x)² =
+        s² tr(UᵀU VᵀV) + Σ_pos [(1 + αy)(1 − x)² − x²].
+        """
+        if exact or not hasattr(self, "_data"):
+            p = self.predict(self.u, self.i)
+            if self.objective == "implicit":
+                all_sq = torch.trace((self.U.T @ self.U) @ (self.V.T @ self.V)) * self.scale ** 2
+                data = float(all_sq + ((1 + self.alpha * self.y) * (1 - p) ** 2 - p * p).sum())
+            else:
+                data = float(((self.y - p) ** 2).sum())
+        else:
+            data = self._data
+        n = max(1, self.n)
+        rmse = float("nan") if self.objective == "implicit" else math.sqrt(max(data, 0.0) / n)
+        return {"loss": data / n, "train_rmse": rmse}
+
+    def fit(self, epochs: int, log: Callable[[str], None] = print,
+            on_sweep: Callable[[int, "ALS"], dict] | None = None) -> list[dict]:
+        history = []
+        for ep in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            self._solve_side(self.item_chunks, self.V, self.U, self.u)
+            if self.similarity == "cosine":  # before the users: they are solved for the final s
+                self._refit_scale()
+            self._solve_side(self.user_chunks, self.U, self.V, self.i, track=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            rec = {"epoch": ep, "seconds": dt, **self.loss()}
+            if on_sweep is not None:
+                rec.update(on_sweep(ep, self))
+            history.append(rec)
+            extra = "".join(f"  {k} {v:.4f}" for k, v in rec.items()
+                            if k not in ("epoch", "seconds", "loss") and isinstance(v, float)
+                            and not math.isnan(v))
+            log(f"  sweep {ep:>3}/{epochs}  loss {rec['loss']:.4f}{extra}  {dt:6.2f} s  "
+                f"{self.n / max(dt, 1e-9) / 1e6:.2f}M triples/s")
+        return history
+
+    # -- publication form -----------------------------------------------------------------------
+    def published(self) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors whose inner product (× score_scale) is the prediction."""
+        U, V = self.U.float().cpu().numpy(), self.V.float().cpu().numpy()
+        if self.biased:
+            d = self.dim
+            ones_u = np.ones((len(U), 1), np.float32)
+            ones_v = np.ones((len(V), 1), np.float32)
+            user = np.hstack([U[:, :d], ones_u, (self.mu + U[:, d:])]).astype(np.float32)
+            item = np.hstack([V[:, :d], V[:, d:], ones_v]).astype(np.float32)
+            return user, item
+        return U.astype(np.float32), V.astype(np.float32)
+
+    @staticmethod
+    def internal_from_published(user, item, objective, similarity, dim, mu):
+        """Invert :meth:`published` (for warm start); rows may be NaN."""
+        if objective == "squared" and similarity == "dot":
+            u = None if user is None else np.hstack([user[:, :dim], user[:, dim + 1:] - mu])
+            v = None if item is None else item[:, :dim + 1]
+            return u, v
+        return user, item

@@ -1,0 +1,162 @@
+r"""Fold a user into a published version: solve one user's vector against fixed item vectors.
+
+NumPy only (serve imports it without torch). ``fold_in`` solves exactly the user-side system of
+the version's training objective (see :mod:`train.als`), so for a user who was in the training
+data, ``fold_in(their item vectors, their training scores, meta)`` returns the vector the last
+training sweep stored (up to float32 rounding). Everything it needs beyond the user's own items
+is in ``meta["foldin"]``:
+
+=============  ==================================================================================
+key            meaning
+=============  ==================================================================================
+objective      ``squared`` | ``implicit`` | ``bce``
+similarity     ``dot`` | ``cosine``
+factors        k, the latent dimension (published vectors may have 2 more: folded biases)
+layout         ``biased``: user = [a, 1, μ + c], item = [b, β, 1]; ``plain``: user = a, item = b
+reg, alpha     λ and α of the objective
+mu             μ, the training mean (``biased``)
+score_scale    s: predicted interest = s · ⟨user, item⟩ (cosine: s · cos)
+gram           ``implicit``: Σ_i b_i b_iᵀ over all published items (the all-cells term)
+neg_pool       ``bce``: item vectors of a fixed uniform sample of items (negatives' expectation)
+negatives      ``bce``: negatives per positive
+=============  ==================================================================================
+
+Systems solved (f_i = the user's item vectors, y_i the scores, n = number of triples):
+
+* squared/dot:   (Σ f̃ f̃ᵀ + λ n I) x = Σ (y − μ − β_i) f̃, f̃ = [b_i, 1]; user = [x_a, 1, μ + x_c]
+* implicit/dot:  (G + Σ α y f fᵀ + λ (α Σ y + 1) I) x = Σ (1 + α y) f     (positives only)
+* cosine:        x = argmin_{‖x‖=1} xᵀ H x − 2 gᵀ x with H, g as above (no λ) and scaled by
+  s², s (squared: H = Σ f fᵀ, g = Σ y f)
+* bce:           regularised logistic regression, positives (y > 0) labelled 1, the negatives
+  term is ``negatives × n_pos`` times the mean loss over ``neg_pool`` (the expectation of the
+  training's uniformly sampled negatives), Newton's method; an approximation of SGD training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sphere_solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """argmin over unit x of xᵀHx − 2gᵀx (trust-region subproblem on the sphere)."""
+    lam, Q = np.linalg.eigh(np.asarray(H, dtype=np.float64))
+    gt = Q.T @ np.asarray(g, dtype=np.float64)
+    gap = lam - lam[0]
+    gsq = gt * gt
+    lo, hi = 1e-12, float(np.sqrt(gsq.sum())) + 1e-12
+    for _ in range(60):
+        mid = np.sqrt(lo * hi)
+        if (gsq / (gap + mid) ** 2).sum() > 1.0:
+            lo = mid
+        else:
+            hi = mid
+    xt = gt / (gap + hi)
+    n2 = float((xt * xt).sum())
+    if n2 < 1.0 - 1e-6:  # hard case
+        xt[0] += np.sqrt(max(0.0, 1.0 - n2)) * np.sign(xt[0] + 1e-30)
+    x = Q @ xt
+    return x / max(np.linalg.norm(x), 1e-30)
+
+
+def _bce_newton(F: np.ndarray, pool: np.ndarray, n_neg: float, lam: float, x0=None,
+                iters: int = 25) -> np.ndarray:
+    """min_x Σ_pos softplus(−xᵀf) + n_neg · mean_pool softplus(xᵀp) + λ (n_pos + n_neg)‖x‖²."""
+    k = F.shape[1]
+    x = np.zeros(k) if x0 is None else np.array(x0, dtype=np.float64)
+    reg = lam * (len(F) + n_neg)
+    for _ in range(iters):
+        zp = F @ x
+        zn = pool @ x
+        sp = 1.0 / (1.0 + np.exp(zp))  # σ(−z)
+        sn = 1.0 / (1.0 + np.exp(-zn))  # σ(z)
+        grad = -(F.T @ sp) + n_neg * (pool.T @ sn) / len(pool) + 2 * reg * x
+        wp = sp * (1 - sp)
+        wn = sn * (1 - sn)
+        hess = (F.T * wp) @ F + n_neg * (pool.T * wn) @ pool / len(pool) + 2 * reg * np.eye(k)
+        step = np.linalg.solve(hess, grad)
+        x -= step
+        if np.abs(step).max() < 1e-7:
+            break
+    return x
+
+
+def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndarray:
+    """The user vector (published form, float32) for these triples under version ``meta``.
+
+    Parameters
+    ----------
+    item_vectors : (n, dim) published model-space vectors of the user's items
+        (``vs.get_vectors(version, item_ids)``).
+    scores : (n,) the user's scores 0..4 for those items.
+    meta : the version's metadata (``ModelRegistry.metadata(version)``) or its ``"foldin"`` part.
+
+    Returns
+    -------
+    np.ndarray (dim,) float32, or None when the objective gives the user no information
+    (implicit / bce / cosine with no positive score; squared-cosine with no triples).
+    """
+    fm = meta.get("foldin", meta)
+    obj, sim = fm["objective"], fm["similarity"]
+    k, lam = int(fm["factors"]), float(fm["reg"])
+    s = float(fm.get("score_scale", 1.0))
+    V = np.asarray(item_vectors, dtype=np.float64).reshape(len(scores), -1)
+    y = np.asarray(scores, dtype=np.float64)
+    if obj in ("implicit", "bce"):
+        pos = y > 0
+        V, y = V[pos], y[pos]
+        if len(y) == 0:
+            return None
+    if obj == "bce":
+        pool = np.asarray(fm["neg_pool"], dtype=np.float64)
+        n_neg = float(fm["negatives"]) * len(y)
+        if sim == "cosine":
+            V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
+            pool = pool / np.maximum(np.linalg.norm(pool, axis=1, keepdims=True), 1e-12)
+            x = _bce_newton(V * s, pool * s, n_neg, lam)
+            return (x / max(np.linalg.norm(x), 1e-30)).astype(np.float32)
+        if fm.get("layout") == "biased":  # item = [b, β], user = [a, 1]: β is an offset
+            x = _bce_newton_offset(V[:, :k], V[:, k], pool[:, :k], pool[:, k], n_neg, lam)
+            return np.concatenate([x, [1.0]]).astype(np.float32)
+        return _bce_newton(V, pool, n_neg, lam).astype(np.float32)
+    if obj == "squared":
+        if sim == "dot":
+            mu = float(fm["mu"])
+            if len(y) == 0:
+                return np.concatenate([np.zeros(k), [1.0, mu]]).astype(np.float32)
+            Ft = np.hstack([V[:, :k], np.ones((len(y), 1))])
+            r = y - mu - V[:, k]
+            H = Ft.T @ Ft + lam * len(y) * np.eye(k + 1)
+            x = np.linalg.solve(H, Ft.T @ r)
+            return np.concatenate([x[:k], [1.0, mu + x[k]]]).astype(np.float32)
+        if len(y) == 0:
+            return None
+        H, g = V.T @ V, V.T @ y
+    else:  # implicit
+        G = np.asarray(fm["gram"], dtype=np.float64)
+        a = float(fm["alpha"]) * y
+        H = G + (V.T * a) @ V
+        g = V.T @ (1.0 + a)
+        if sim == "dot":
+            x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
+            return x.astype(np.float32)
+    return sphere_solve(H * (s * s), g * s).astype(np.float32)
+
+
+def _bce_newton_offset(F, off, P, poff, n_neg, lam, iters: int = 25):
+    """bce Newton with a fixed per-item offset (the folded item bias)."""
+    k = F.shape[1]
+    x = np.zeros(k)
+    reg = lam * (len(F) + n_neg)
+    for _ in range(iters):
+        zp = F @ x + off
+        zn = P @ x + poff
+        sp = 1.0 / (1.0 + np.exp(zp))
+        sn = 1.0 / (1.0 + np.exp(-zn))
+        grad = -(F.T @ sp) + n_neg * (P.T @ sn) / len(P) + 2 * reg * x
+        hess = ((F.T * (sp * (1 - sp))) @ F + n_neg * (P.T * (sn * (1 - sn))) @ P / len(P)
+                + 2 * reg * np.eye(k))
+        step = np.linalg.solve(hess, grad)
+        x -= step
+        if np.abs(step).max() < 1e-7:
+            break
+    return x

@@ -1,0 +1,299 @@
+"""One training run: snapshot -> split -> train (warm) -> evaluate -> gate -> publish.
+
+``train_once(cfg)`` is the Python entry point behind ``mcrecall train``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported: with the other core busy, OpenMP's default spin-waiting made steps
+# 10-65x slower on these 2-core machines (FINDINGS.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .als import ALS  # noqa: E402
+from .evaluate import evaluate, format_table, popularity  # noqa: E402
+from .publish import cleanup_stale, next_version, publish  # noqa: E402
+from .sgd import BCE  # noqa: E402
+from .split import holdout_mask, id_hashes, pair_hash_unit, split_metadata  # noqa: E402
+from .versions import ModelRegistry  # noqa: E402
+
+NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"[train] device = {name!r} but no CUDA device is available")
+    return name
+
+
+def _log_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
+              log=_log_default, test_mask: np.ndarray | None = None):
+    """Train the configured objective on the training part of ``snap``.
+
+    Returns (model, history). ``warm`` = (user_published, item_published, meta) or None.
+    """
+    u, i, y = snap.user_idx, snap.item_idx, snap.score
+    tu, ti, ty = u[train_mask], i[train_mask], y[train_mask]
+    nu, ni = len(snap.user_ids), len(snap.item_ids)
+    if tc.objective == "bce":
+        model = BCE(tu, ti, ty, nu, ni, similarity=tc.similarity, dim=tc.dim, reg=tc.reg_bce,
+                    lr=tc.lr, negatives=tc.negatives, batch_size=tc.batch_size, device=device)
+        uw, iw = (warm[0], warm[1]) if warm else (None, None)
+    else:
+        model = ALS(tu, ti, ty, nu, ni, objective=tc.objective, similarity=tc.similarity,
+                    dim=tc.dim, reg=tc.reg, alpha=tc.alpha, device=device)
+        uw = iw = None
+        if warm:
+            uw, iw = ALS.internal_from_published(warm[0], warm[1], tc.objective, tc.similarity,
+                                                 tc.dim, model.mu)
+    model.init_factors(tc.seed, uw, iw)
+    on_sweep = None
+    if test_mask is not None and test_mask.any():
+        dev = torch.device(device)
+        eu = torch.from_numpy(u[test_mask].astype(np.int64)).to(dev)
+        ei = torch.from_numpy(i[test_mask].astype(np.int64)).to(dev)
+        ey = torch.from_numpy(y[test_mask]).to(dev)
+
+        def on_sweep(ep, m):
+            with torch.no_grad():
+                p = m.predict(eu, ei).clamp(0, 4)
+                return {"test_rmse": float(((p - ey) ** 2).mean().sqrt())}
+    t0 = time.perf_counter()
+    history = model.fit(tc.epochs, log=log, on_sweep=on_sweep)
+    return model, history, time.perf_counter() - t0
+
+
+def _has_data(idx, score, n, positives_only):
+    keep = score > 0 if positives_only else np.ones(len(score), bool)
+    return np.bincount(idx[keep], minlength=n) > 0
+
+
+def foldin_meta(model, tc, item_pub, item_has, seed) -> dict:
+    fm = {"objective": tc.objective, "similarity": tc.similarity, "factors": tc.dim,
+          "layout": "biased" if model.biased else "plain", "score_scale": float(model.scale),
+          "mu": float(model.mu)}
+    if tc.objective == "bce":
+        fm.update(reg=tc.reg_bce, negatives=tc.negatives)
+        pub_items = np.nonzero(item_has)[0]
+        # uniform over ALL items (as the training's negatives), items without a vector are 0
+        rng = np.random.default_rng(seed)
+        pool = rng.integers(0, len(item_pub), NEG_POOL)
+        fm["neg_pool"] = np.round(item_pub[pool].astype(np.float64), 7).tolist()
+        fm["neg_pool_note"] = f"{NEG_POOL} items drawn uniformly from {len(pub_items)} published"
+    else:
+        fm.update(reg=tc.reg, alpha=tc.alpha)
+        if tc.objective == "implicit":
+            V = item_pub[item_has].astype(np.float64)
+            fm["gram"] = (V.T @ V).tolist()
+    return fm
+
+
+def _warm_vectors(cfg, registry, vs, cur, cur_meta, snap, log):
+    tc = cfg.train
+    fm = (cur_meta or {}).get("foldin", {})
+    if not (tc.warm_start and cur is not None and fm.get("objective") == tc.objective
+            and fm.get("similarity") == tc.similarity and fm.get("factors") == tc.dim):
+        if cur is not None and tc.warm_start:
+            log(f"  cold start: version {cur} has another objective/similarity/dim")
+        return None, {"from_version": None, "users": 0, "items": 0}
+    try:
+        uvec = registry.user_vectors(cur, snap.user_ids)
+        ivec = np.asarray(vs.get_vectors(cur, snap.item_ids, missing="nan"), dtype=np.float32)
+    except Exception as e:  # a broken old version must not block training: start cold
+        log(f"  cold start: could not read version {cur}'s vectors ({e})")
+        return None, {"from_version": None, "users": 0, "items": 0}
+    info = {"from_version": cur, "users": int((~np.isnan(uvec).any(1)).sum()),
+            "items": int((~np.isnan(ivec).any(1)).sum())}
+    return (uvec, ivec), info
+
+
+@dataclass
+class TrainResult:
+    status: str  # published | refused | unchanged | empty
+    version: int | None = None
+
+
+def train_once(cfg, force: bool = False, *, skip_unchanged: bool = False,
+               log=_log_default) -> int | None:
+    """Train on a snapshot of the triple store and publish a new version.
+
+    Same as :func:`train_run` but returns only the new version number (or None).
+    """
+    return train_run(cfg, force, skip_unchanged=skip_unchanged, log=log).version
+
+
+def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
+              log=_log_default) -> TrainResult:
+    """Train on a snapshot of the triple store and publish a new version.
+
+    Parameters
+    ----------
+    cfg : mcrecall.config.Config
+    force : publish even if held-out RMSE is worse than the current version's by more than
+        ``[train] max_rmse_regression``.
+    skip_unchanged : do nothing when the store's seq equals the current version's store_seq
+        (``--every``).
+
+    Returns
+    -------
+    TrainResult: ``published`` (with the version), ``refused`` (RMSE gate), ``unchanged``
+    (skip_unchanged and no new triples) or ``empty`` (no triples).
+    """
+    from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
+    from plugins import vector_store_from_config
+
+    tc = cfg.train
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    t_start = time.perf_counter()
+    data_dir = cfg.data_dir
+    registry = ModelRegistry(data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
+    cur = registry.current_version()
+    cur_meta = registry.metadata(cur) if cur is not None else None
+    if not (data_dir / "triples.lmdb").exists():
+        log(f"train: no triple store at {data_dir / 'triples.lmdb'}; nothing to train on")
+        registry.close()
+        return TrainResult("empty")
+    store = TripleStore(data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
+    try:
+        snap = store.snapshot()
+    finally:
+        store.close()
+    if skip_unchanged and cur_meta is not None and cur_meta.get("store_seq") == snap.seq:
+        log(f"train: store unchanged since version {cur} (seq {snap.seq}); skipping")
+        registry.close()
+        return TrainResult("unchanged", None)
+    if len(snap) == 0:
+        log("train: the triple store is empty; nothing to train on")
+        registry.close()
+        return TrainResult("empty")
+
+    device = resolve_device(tc.device)
+    hu, hi = id_hashes(snap.user_ids), id_hashes(snap.item_ids)
+    test = pair_hash_unit(hu[snap.user_idx], hi[snap.item_idx]) < tc.holdout_fraction
+    train = ~test
+    log(f"train: {len(snap)} triples ({int(train.sum())} train / {int(test.sum())} held out), "
+        f"{len(snap.user_ids)} users, {len(snap.item_ids)} items, store seq {snap.seq}; "
+        f"objective {tc.objective}, similarity {tc.similarity}, dim {tc.dim}, device {device}")
+
+    vs = vector_store_from_config(cfg)
+    try:
+        warm, warm_info = _warm_vectors(cfg, registry, vs, cur, cur_meta, snap, log)
+        if warm_info["from_version"] is not None:
+            log(f"  warm start from version {cur}: {warm_info['users']} users, "
+                f"{warm_info['items']} items")
+        model, history, train_s = fit_model(snap, tc, device=device, train_mask=train,
+                                            warm=warm, log=log, test_mask=test)
+        user_pub, item_pub = model.published()
+        positives_only = tc.objective in ("implicit", "bce")
+        tu, ti, ty = snap.user_idx[train], snap.item_idx[train], snap.score[train]
+        user_has = _has_data(tu, ty, len(snap.user_ids), positives_only)
+        item_has = _has_data(ti, ty, len(snap.item_ids), positives_only)
+        t_eval = time.perf_counter()
+        ev = evaluate(user_pub, item_pub, model.scale, (tu, ti, ty),
+                      (snap.user_idx[test], snap.item_idx[test], snap.score[test]),
+                      user_hash=hu, max_users=tc.eval_users, device=device,
+                      user_has=user_has, item_has=item_has)
+        ev["seconds"] = time.perf_counter() - t_eval
+        ev["split"] = split_metadata(tc.holdout_fraction)
+
+        # the regression gate
+        new_rmse = ev["model"]["rmse"]
+        if cur_meta is not None:
+            old_eval = cur_meta.get("evaluation", {}).get("model", {})
+            old_rmse = old_eval.get("rmse")
+            same = (cur_meta.get("objective") == tc.objective
+                    and cur_meta.get("similarity") == tc.similarity)
+            if not same:
+                log(f"  note: version {cur} used objective {cur_meta.get('objective')}/"
+                    f"{cur_meta.get('similarity')}; RMSE gate not applied across objectives")
+            elif old_rmse is not None and new_rmse is not None \
+                    and new_rmse > old_rmse + tc.max_rmse_regression:
+                msg = (f"held-out RMSE {new_rmse:.4f} is worse than version {cur}'s "
+                       f"{old_rmse:.4f} by more than max_rmse_regression "
+                       f"{tc.max_rmse_regression}")
+                if not force:
+                    log(f"train: NOT publishing: {msg} (use --force to publish anyway)")
+                    log(format_table(ev))
+                    return TrainResult("refused")
+                log(f"  warning: {msg}; publishing anyway (--force)")
+
+        pop = popularity(snap.item_idx, snap.score, len(snap.item_ids))
+        top = np.argsort(-pop, kind="stable")[: tc.popular_items]
+        top = top[pop[top] > 0]
+        version = next_version(registry, vs)
+        cleanup_stale(registry, vs, log)
+        now = datetime.now(timezone.utc)
+        meta = {
+            "version": version,
+            "dim": int(item_pub.shape[1]),
+            "factors": tc.dim,
+            "similarity": tc.similarity,
+            "objective": tc.objective,
+            "metric": cfg.index.metric,
+            "backend": cfg.index.backend,
+            "index_type": cfg.index.index_type,
+            "collection": f"{cfg.index.collection}_v{version}",
+            "collection_base": cfg.index.collection,
+            "created_at": now.isoformat(timespec="seconds"),
+            "created_at_unix": now.timestamp(),
+            "n_triples": int(len(snap)),
+            "n_train": int(train.sum()),
+            "n_users": int(user_has.sum()),
+            "n_items": int(item_has.sum()),
+            "store_seq": int(snap.seq),
+            "reg": tc.reg_bce if tc.objective == "bce" else tc.reg,
+            "alpha": tc.alpha if tc.objective == "implicit" else None,
+            "score_scale": float(model.scale),
+            "epochs": tc.epochs,
+            "seed": tc.seed,
+            "device": device,
+            "evaluation": ev,
+            "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
+            "warm_start": warm_info,
+            "training": {"seconds": train_s, "history": history},
+            "train_config": asdict(tc),
+            "foldin": foldin_meta(model, tc, item_pub, item_has, tc.seed),
+        }
+        uid = np.nonzero(user_has)[0]
+        iid = np.nonzero(item_has)[0]
+        t_pub = time.perf_counter()
+        publish(registry, vs, version=version, user_ids=[snap.user_ids[j] for j in uid],
+                user_vectors=user_pub[uid], item_ids=[snap.item_ids[j] for j in iid],
+                item_vectors=item_pub[iid], meta=meta, metric=cfg.index.metric,
+                index_type=cfg.index.index_type, log=log)
+        pub_s = time.perf_counter() - t_pub
+    finally:
+        vs.close()
+        registry.close()
+    log(summary(meta, train_s, pub_s, time.perf_counter() - t_start))
+    return TrainResult("published", version)
+
+
+def summary(meta: dict, train_s: float, pub_s: float, total_s: float) -> str:
+    ev = meta["evaluation"]
+    lines = [
+        f"train: published version {meta['version']} ({meta['collection']}, {meta['backend']}, "
+        f"{meta['metric']})",
+        f"  objective {meta['objective']}  similarity {meta['similarity']}  dim {meta['dim']}  "
+        f"users {meta['n_users']}  items {meta['n_items']}  triples {meta['n_triples']}  "
+        f"store seq {meta['store_seq']}",
+        f"  training {train_s:.2f} s  evaluation {ev.get('seconds', 0):.2f} s  "
+        f"publication {pub_s:.2f} s  total {total_s:.2f} s",
+        format_table(ev),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""Model versions in ``<data_dir>/users.lmdb`` (DESIGN §4; docs/interfaces.md "Model versions").
+
+Layout (main LMDB database, no named sub-databases, so a reader never holds a handle to a
+database that a writer dropped):
+
+=====================================  =====================================================
+key                                    value
+=====================================  =====================================================
+``current``                            ASCII decimal version number (the ONE pointer)
+``meta/`` + BE uint32 N                metadata JSON of version N (written last: complete)
+``user/`` + BE uint32 N + user id      float32 little-endian vector
+=====================================  =====================================================
+
+A version is listed by :meth:`ModelRegistry.versions` only once its metadata exists; user rows
+of a version without metadata are leftovers of a crashed run and are removed by the next one.
+Readers (serve) open with ``readonly=True``; a missing users.lmdb reads as "no version yet".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import Iterable
+
+import lmdb
+import numpy as np
+
+CURRENT = b"current"
+META = b"meta/"
+USER = b"user/"
+DEFAULT_MAP_SIZE = 8 << 30
+
+
+# py-lmdb refuses to open one environment twice in a process (serve and train may share one, as
+# in the demo and the tests): one handle per path, reference-counted. It is opened read-write
+# where the directory allows it (LMDB readers need the lock file anyway); ``readonly`` is
+# enforced by ModelRegistry itself.
+_ENVS: dict[str, list] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire(path: Path, map_size: int) -> lmdb.Environment:
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            writable = os.access(path, os.W_OK) if path.exists() else True
+            env = lmdb.open(str(path), map_size=map_size, max_readers=512, readahead=False,
+                            readonly=not writable, lock=True)
+            entry = _ENVS[key] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release(path: Path) -> None:
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].close()
+            del _ENVS[key]
+
+
+def _ver(version: int) -> bytes:
+    if not isinstance(version, (int, np.integer)) or not 0 < int(version) < 2**32:
+        raise ValueError(f"version must be an integer in 1..2^32-1, got {version!r}")
+    return struct.pack(">I", int(version))
+
+
+class ModelRegistry:
+    """User vectors, metadata and the current-version pointer of every model version.
+
+    Parameters
+    ----------
+    data_dir : the mcrecall data directory (``users.lmdb`` lives in it).
+    readonly : open for reading only (serve); the environment is opened lazily, so a reader
+        created before the first version is published sees it once it exists.
+    map_size : LMDB address space to reserve (writer).
+    """
+
+    def __init__(self, data_dir, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE):
+        self.path = Path(data_dir) / "users.lmdb"
+        self.readonly = readonly
+        self.map_size = int(map_size)
+        self._env: lmdb.Environment | None = None
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._open()
+
+    def _open(self) -> lmdb.Environment | None:
+        if self._env is None:
+            if self.readonly and not (self.path / "data.mdb").exists():
+                return None
+            self._env = _acquire(self.path, self.map_size)
+        return self._env
+
+    def close(self) -> None:
+        if self._env is not None:
+            _release(self.path)
+            self._env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- readers --------------------------------------------------------------------------------
+    def _get(self, key: bytes) -> bytes | None:
+        env = self._open()
+        if env is None:
+            return None
+        with env.begin() as txn:
+            return txn.get(key)
+
+    def current_version(self) -> int | None:
+        """The version recalls must use, or None before the first publication."""
+        raw = self._get(CURRENT)
+        return None if raw is None else int(raw)
+
+    def metadata(self, version: int) -> dict:
+        """Metadata of a complete version (KeyError if it has none)."""
+        raw = self._get(META + _ver(version))
+        if raw is None:
+            raise KeyError(f"model version {version} has no metadata (unknown or incomplete)")
+        return json.loads(raw)
+
+    def user_vector(self, version: int, user_id: str) -> np.ndarray | None:
+        """The user's float32 vector in ``version``, or None if the user has none."""
+        raw = self._get(USER + _ver(version) + str(user_id).encode("utf-8"))
+        return None if raw is None else np.frombuffer(raw, dtype="<f4").copy()
+
+    def user_vectors(self, version: int, user_ids: Iterable[str]) -> np.ndarray:
+        """(n, dim) float32 vectors; NaN rows for users without one (one read transaction)."""
+        user_ids = list(user_ids)
+        env = self._open()
+        dim = int(self.metadata(version)["dim"]) if env is not None else 0
+        out = np.full((len(user_ids), dim), np.nan, dtype=np.float32)
+        if env is None:
+            return out
+        prefix = USER + _ver(version)
+        with env.begin() as txn:
+            for j, uid in enumerate(user_ids):
+                raw = txn.get(prefix + str(uid).encode("utf-8"))
+                if raw is not None:
+                    out[j] = np.frombuffer(raw, dtype="<f4")
+        return out
+
+    def versions(self) -> list[int]:
+        """Complete versions (those with metadata), ascending."""
+        return [v for v in self._scan_versions(META)]
+
+    def stored_versions(self) -> list[int]:
+        """Every version with any data (complete or leftovers of an interrupted run)."""
+        return sorted(set(self._scan_versions(META)) | set(self._scan_versions(USER)))
+
+    def _scan_versions(self, prefix: bytes) -> list[int]:
+        env = self._open()
+        if env is None:
+            return []
+        found = []
+        with env.begin() as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(prefix)
+            while ok:
+                key = cur.key()
+                if not key.startswith(prefix):
+                    break
+                v = struct.unpack(">I", key[len(prefix):len(prefix) + 4])[0]
+                found.append(v)
+                # jump past this version's keys
+                ok = cur.set_range(prefix + struct.pack(">I", v + 1)) if v + 1 < 2**32 else False
+        return found
+
+    def n_users(self, version: int) -> int:
+        env = self._open()
+        if env is None:
+            return 0
+        prefix = USER + _ver(version)
+        n = 0
+        with env.begin() as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(prefix)
+            while ok and cur.key().startswith(prefix):
+                n += 1
+                ok = cur.next()
+        return n
+
+    # -- writers --------------------------------------------------------------------------------
+    def _writer(self) -> lmdb.Environment:
+        if self.readonly:
+            raise PermissionError("ModelRegistry opened readonly")
+        return self._open()
+
+    def write_users(self, version: int, ids: list[str], vectors: np.ndarray,
+                    batch: int = 100_000) -> None:
+        """Store user vectors of ``version`` (batched transactions; not visible as a version
+        until :meth:`write_metadata`)."""
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.ndim != 2 or len(vectors) != len(ids):
+            raise ValueError("vectors must be (len(ids), dim)")
+        prefix = USER + _ver(version)
+        env = self._writer()
+        for s in range(0, len(ids), batch):
+            with env.begin(write=True) as txn:
+                for uid, vec in zip(ids[s:s + batch], vectors[s:s + batch]):
+                    txn.put(prefix + str(uid).encode("utf-8"), vec.tobytes())
+
+    def write_metadata(self, version: int, meta: dict) -> None:
+        """Store the metadata: from now on the version is complete (listed by versions())."""
+        with self._writer().begin(write=True) as txn:
+            txn.put(META + _ver(version), json.dumps(meta, sort_keys=True).encode("utf-8"))
+
+    def set_current(self, version: int) -> None:
+        """THE atomic step: one LMDB write flips the pointer (only to a complete version)."""
+        with self._writer().begin(write=True) as txn:
+            if txn.get(META + _ver(version)) is None:
+                raise ValueError(f"version {version} is not complete (no metadata)")
+            txn.put(CURRENT, str(int(version)).encode("ascii"))
+
+    def drop(self, version: int) -> None:
+        """Remove a version's metadata (first, so it stops being listed) and user vectors."""
+        env = self._writer()
+        ver = _ver(version)
+        with env.begin() as txn:
+            cur = txn.get(CURRENT)
+        if cur is not None and int(cur) == int(version):
+            raise ValueError(f"refusing to drop the current version {version}")
+        with env.begin(write=True) as txn:
+            txn.delete(META + ver)
+        prefix = USER + ver
+        while True:  # bounded transactions so a huge version does not need one huge txn
+            with env.begin(write=True) as txn:
+                cur = txn.cursor()
+                n = 0
+                ok = cur.set_range(prefix)
+                while ok and cur.key().startswith(prefix) and n < 100_000:
+                    ok = cur.delete()
+                    n += 1
+                done = not ok or not cur.key().startswith(prefix)
+            if done:
+                break
