@@ -65,7 +65,9 @@ class IndexConfig:
     uri: str = ""  # milvus: file path or http://host:port; "" = <data_dir>/milvus.db
     collection: str = "mcrecall_items"
     metric: str = "IP"  # L2 | IP | COSINE
-    index_type: str = "HNSW"
+    # AUTOINDEX = the backend's best: milvus IVF_FLAT, faiss/hnswlib HNSW, exact FLAT;
+    # or FLAT | HNSW | HNSW_SQ | IVF_FLAT | IVF_SQ8 (what the backend supports)
+    index_type: str = "AUTOINDEX"
     hnsw_m: int = 16
     ef_construction: int = 200
     ef_search: int = 128

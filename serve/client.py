@@ -1,0 +1,434 @@
+"""The recall client: ``recall(user_id, k)`` from the KV table and the vector store (DESIGN §4, §8).
+
+One recall reads the current version ONCE (the pointer in ``users.lmdb``) and then uses only
+that version: its user vector, its collection (searched by explicit version number, never
+through the moving alias), its metadata. The publisher keeps the previous version until the
+next one is current, so a recall in flight during a swap completes on the version it started
+with; should that version be dropped under it anyway (two publications inside one recall), the
+recall starts over on the new current version rather than mixing or returning nothing.
+
+Where the user vector comes from, in order:
+
+1. ``fold_in`` — the user's triples changed after the version was trained
+   (``TripleStore.user_seq(user) > metadata["store_seq"]``, which includes users the version
+   never saw): solve the version's own objective for this user against the version's item
+   vectors (:func:`train.foldin.fold_in`). Cached per (version, user, user_seq).
+2. ``model`` — the vector the version stored for the user.
+3. ``popular`` — no vector: the version's most popular items.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import numpy as np
+
+from mcrecall.config import Config, load_config
+from plugins import VersionNotFoundError, vector_store_from_config
+from serve.cache import LRUCache
+from serve.types import (
+    SOURCE_FOLD_IN,
+    SOURCE_MODEL,
+    SOURCE_POPULAR,
+    NoModelError,
+    Recalled,
+    RecallResult,
+    UserVector,
+    VectorStoreUnavailableError,
+    VersionChurnError,
+)
+from serve.validate import check_flag, check_id, check_ids, check_k
+from train.foldin import fold_in
+from train.versions import ModelRegistry
+
+log = logging.getLogger("mcrecall.serve")
+
+T = TypeVar("T")
+_VERSION_RETRIES = 4  # each retry needs another publication inside one recall
+_KEEP_VERSION_STATES = 4
+
+
+class _VersionGone(Exception):
+    """Internal: the version read as current was dropped during the recall; start over."""
+
+
+@dataclass(frozen=True)
+class _Version:
+    """What one recall needs of a version besides vectors (immutable, cached per version)."""
+
+    number: int
+    meta: dict
+    similarity: str
+    scale: float  # predicted interest = scale * (dot or cosine)
+    store_seq: int  # triple-store seq the version was trained on
+    popular: tuple[tuple[str, float], ...]
+    can_fold_in: bool
+
+
+def _version_state(number: int, meta: dict) -> _Version:
+    fm = meta.get("foldin") or {}
+    similarity = str(meta.get("similarity", fm.get("similarity", "dot")))
+    scale = float(meta.get("score_scale", fm.get("score_scale", 1.0)))
+    popular = tuple((str(p[0]), float(p[1])) for p in meta.get("popular_items") or ())
+    return _Version(number, meta, similarity, scale, int(meta.get("store_seq", 0)), popular,
+                    bool(fm))
+
+
+def _looks_unavailable(exc: BaseException) -> bool:
+    """A connection-level failure (down, unreachable, timed out) rather than a bug or bad input."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    module = type(exc).__module__ or ""
+    return module.startswith(("pymilvus", "grpc"))
+
+
+class RecallClient:
+    """Top-k recall for users from the current model version.
+
+    Parameters
+    ----------
+    cfg : mcrecall.config.Config
+        ``[store] data_dir`` (users.lmdb, triples.lmdb), ``[index]`` (the vector store),
+        ``[serve]`` (fold-in switch, k limit, exclude and cache sizes).
+    registry : train.versions.ModelRegistry, optional
+        Share a registry already open in this process (LMDB allows one handle per process and
+        path); by default one is opened read-only.
+    vector_store : plugins.VectorStore, optional
+        Share an open vector store; by default it is opened from ``cfg`` on first use.
+    triple_store : ingest.store.TripleStore, optional
+        By default opened read-only on first use, once ``triples.lmdb`` exists; without it there
+        is no fold-in and ``exclude_seen`` has nothing to exclude.
+
+    Notes
+    -----
+    Safe to share between threads. Caches: the metadata of the last few versions, item vectors
+    per (version, item) and fold-in vectors per (version, user, user_seq) — versions are
+    immutable, so nothing cached can go stale.
+    """
+
+    def __init__(self, cfg: Config, *, registry: ModelRegistry | None = None, vector_store=None,
+                 triple_store=None):
+        if not isinstance(cfg, Config):
+            raise TypeError(f"cfg must be a mcrecall.config.Config, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self._own_registry = registry is None
+        self._registry = registry if registry is not None else ModelRegistry(cfg.data_dir,
+                                                                             readonly=True)
+        self._registry_open = not self._own_registry
+        self._own_store = vector_store is None
+        self._vs = vector_store
+        self._ts = triple_store
+        self._triples_path = Path(cfg.data_dir) / "triples.lmdb" / "data.mdb"
+        self._lock = threading.Lock()
+        self._states: dict[int, _Version] = {}
+        self._items = LRUCache(cfg.serve.item_cache_size)
+        self._foldins = LRUCache(cfg.serve.foldin_cache_size)
+        self._fold_in_on = bool(cfg.serve.fold_in)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike | Config | None = None, **kwargs) -> "RecallClient":
+        """A client for the configuration at ``path`` (default: ``$MCRECALL_CONFIG`` or the
+        embedded defaults, with ``MCRECALL_*`` overrides); a ``Config`` is used as it is."""
+        cfg = path if isinstance(path, Config) else load_config(path)
+        return cls(cfg, **kwargs)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def version(self) -> int | None:
+        """The current model version (None before the first publication)."""
+        return self._current_or_none()
+
+    def recall(self, user_id, k: int = 10, exclude_seen: bool = False) -> list[Recalled]:
+        """The user's top-k items, best first.
+
+        Parameters
+        ----------
+        user_id : str or int
+            External user id (an integer means its decimal string, as in events).
+        k : int
+            1..``[serve] max_k``. Fewer come back only when the version has fewer items
+            (or fewer popular items, for a user without a vector).
+        exclude_seen : bool
+            Leave out items the user already has triples for.
+
+        Returns
+        -------
+        list of Recalled(item_id, score, source)
+            ``score`` is the model's predicted interest; ``source`` is ``"model"``,
+            ``"fold_in"`` or ``"popular"``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad ``user_id``, ``k`` or ``exclude_seen``.
+        NoModelError
+            Nothing has been published yet.
+        VectorStoreUnavailableError
+            The vector store is down or did not answer within ``[index] timeout_s``.
+        """
+        return self.recall_result(user_id, k, exclude_seen).items
+
+    def recall_result(self, user_id, k: int = 10, exclude_seen: bool = False) -> RecallResult:
+        """Like :meth:`recall`, with the version that answered (``RecallResult``)."""
+        uid = check_id(user_id, "user_id")
+        k = check_k(k, self.cfg.serve.max_k)
+        exclude_seen = check_flag(exclude_seen, "exclude_seen")
+        return self._with_version(lambda st: self._recall_at(st, uid, k, exclude_seen))
+
+    def score(self, user_id, item_ids: Iterable) -> list[float]:
+        """The model's predicted interest of the user for each item (same user vector as
+        :meth:`recall`). NaN for an item the current version does not know, and for every item
+        when the user has no vector (a cold-start user)."""
+        uid = check_id(user_id, "user_id")
+        ids = check_ids(item_ids, "item_ids")
+        return self._with_version(lambda st: self._score_at(st, uid, ids))
+
+    def user_vector(self, user_id) -> UserVector:
+        """The vector :meth:`recall` would use for the user now, with its version and source
+        (``"model"``, ``"fold_in"``, or ``"popular"`` with ``vector=None``)."""
+        uid = check_id(user_id, "user_id")
+
+        def at(st: _Version) -> UserVector:
+            vec, source, _ = self._user_vector(st, uid, False)
+            return UserVector(st.number, None if vec is None else vec.copy(), source)
+
+        return self._with_version(at)
+
+    def close(self) -> None:
+        """Release what this client opened (a shared registry or store is left open)."""
+        with self._lock:
+            vs, self._vs = self._vs, None
+            if vs is not None and self._own_store:
+                vs.close()
+            if self._own_registry:
+                self._registry.close()
+                self._registry_open = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"RecallClient(data_dir={str(self.cfg.data_dir)!r}, "
+                f"backend={self.cfg.index.backend!r}, fold_in={self.cfg.serve.fold_in})")
+
+    # ------------------------------------------------------------------ versions
+    def _current_or_none(self) -> int | None:
+        if self._registry_open:
+            return self._registry.current_version()
+        # ModelRegistry opens its LMDB environment lazily, and two threads opening it at once
+        # would open it twice: serialise until it is open (it stays open once it returned one).
+        with self._lock:
+            v = self._registry.current_version()
+            if v is not None:
+                self._registry_open = True
+            return v
+
+    def _current(self) -> int:
+        v = self._current_or_none()
+        if v is None:
+            raise NoModelError(
+                f"no model version has been published in {self.cfg.data_dir}/users.lmdb yet "
+                "(run `mcrecall train` first)"
+            )
+        return v
+
+    def _version(self, number: int) -> _Version:
+        st = self._states.get(number)
+        if st is None:
+            try:
+                meta = self._registry.metadata(number)
+            except KeyError:
+                raise _VersionGone(number) from None
+            st = _version_state(number, meta)
+            if not st.can_fold_in and self.cfg.serve.fold_in:
+                log.warning("version %s has no fold-in metadata: changed users are served "
+                            "their stored vectors until the next version", number)
+            with self._lock:
+                self._states[number] = st
+                for old in sorted(self._states)[:-_KEEP_VERSION_STATES]:
+                    del self._states[old]
+        return st
+
+    def _alive(self, number: int) -> bool:
+        try:
+            self._registry.metadata(number)
+            return True
+        except KeyError:
+            return False
+
+    def _with_version(self, fn: Callable[[_Version], T]) -> T:
+        for _ in range(_VERSION_RETRIES):
+            number = self._current()
+            try:
+                return fn(self._version(number))
+            except _VersionGone:
+                log.info("version %s was dropped during a recall; retrying on the current one",
+                         number)
+        raise VersionChurnError(
+            f"the current model version changed and was dropped {_VERSION_RETRIES} times during "
+            "one recall; are several trainers publishing in a tight loop?"
+        )
+
+    # ------------------------------------------------------------------ backing stores
+    def _store(self):
+        vs = self._vs
+        if vs is None:
+            with self._lock:
+                if self._vs is None:
+                    i = self.cfg.index
+                    try:
+                        self._vs = vector_store_from_config(self.cfg)
+                    except Exception as e:
+                        if _looks_unavailable(e):
+                            raise VectorStoreUnavailableError(
+                                f"cannot open the {i.backend} vector store "
+                                f"({i.uri or self.cfg.data_dir}): {e}") from e
+                        raise
+                vs = self._vs
+        return vs
+
+    def _store_call(self, number: int, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except VersionNotFoundError:
+            raise _VersionGone(number) from None
+        except (ValueError, TypeError, KeyError):
+            raise
+        except Exception as e:
+            if not self._alive(number):  # e.g. a collection dropped between two calls
+                raise _VersionGone(number) from None
+            if _looks_unavailable(e):
+                i = self.cfg.index
+                raise VectorStoreUnavailableError(
+                    f"the {i.backend} vector store ({i.uri or self.cfg.data_dir}) did not answer "
+                    f"(timeout {i.timeout_s:g} s): {e}") from e
+            raise
+
+    def _triples(self):
+        ts = self._ts
+        if ts is None:
+            if not self._triples_path.exists():  # a serving host without the triple store
+                return None
+            from ingest.store import TripleStore
+
+            with self._lock:
+                if self._ts is None:
+                    self._ts = TripleStore(self.cfg.data_dir, readonly=True,
+                                           map_size_gb=self.cfg.store.map_size_gb)
+                ts = self._ts
+        return ts
+
+    # ------------------------------------------------------------------ user vectors
+    def _user_vector(self, st: _Version, uid: str, want_seen: bool):
+        """(vector or None, source, seen item ids or None)."""
+        seen = None
+        fold = self._fold_in_on and st.can_fold_in
+        ts = self._triples() if (fold or want_seen) else None
+        if fold and ts is not None:
+            useq = ts.user_seq(uid)
+            if useq > st.store_seq:
+                key = (st.number, uid)
+                hit = self._foldins.get(key)
+                if hit is not None and hit[0] == useq:
+                    vec = hit[1]
+                else:
+                    # useq read before the history: a newer history cached under an older seq
+                    # only costs one recomputation, never a stale vector.
+                    items, scores = ts.user_history(uid)
+                    seen = items
+                    vec = self._fold_in(st, items, scores)
+                    self._foldins.put(key, (useq, vec))
+                if vec is not None:
+                    if want_seen and seen is None:
+                        seen = ts.user_history(uid)[0]
+                    return vec, SOURCE_FOLD_IN, seen
+        vec = self._registry.user_vector(st.number, uid)
+        if want_seen and seen is None:
+            seen = ts.user_history(uid)[0] if ts is not None else []
+        if vec is None or not vec.any():  # a zero vector ranks nothing
+            if vec is None and not self._alive(st.number):
+                raise _VersionGone(st.number)
+            return None, SOURCE_POPULAR, seen
+        return vec, SOURCE_MODEL, seen
+
+    def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray) -> np.ndarray | None:
+        if not items:
+            return None
+        V = self._item_vectors(st.number, items)
+        known = ~np.isnan(V).any(axis=1)  # items newer than the version carry no vector
+        if not known.any():
+            return None
+        x = fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta)
+        if x is None or not np.all(np.isfinite(x)) or not np.any(x):
+            return None
+        return np.asarray(x, dtype=np.float32)
+
+    def _item_vectors(self, number: int, ids: list[str]) -> np.ndarray:
+        """(len(ids), dim) model-space vectors of version ``number``; NaN rows for unknown ids."""
+        cached = self._items.get_many((number, i) for i in ids)
+        missing = [i for i in dict.fromkeys(ids) if (number, i) not in cached]
+        if missing:
+            vs = self._store()
+            got = self._store_call(number, lambda: vs.get_vectors(number, missing, missing="nan"))
+            fresh = {(number, i): got[j] for j, i in enumerate(missing)}
+            self._items.put_many(fresh.items())
+            cached.update(fresh)
+        return np.stack([cached[(number, i)] for i in ids]) if ids else np.zeros((0, 0),
+                                                                                  np.float32)
+
+    # ------------------------------------------------------------------ recall and score
+    def _recall_at(self, st: _Version, uid: str, k: int, exclude_seen: bool) -> RecallResult:
+        vec, source, seen_list = self._user_vector(st, uid, exclude_seen)
+        seen = frozenset(seen_list) if exclude_seen and seen_list else frozenset()
+        if vec is None:
+            items = [Recalled(i, s, SOURCE_POPULAR) for i, s in st.popular if i not in seen][:k]
+            return RecallResult(st.number, items, SOURCE_POPULAR)
+        hits = self._search(st, vec, k, seen)
+        scale, new = st.scale, tuple.__new__  # tuple.__new__: a third of Recalled()'s cost
+        if scale != 1.0:
+            items = [new(Recalled, (i, s * scale, source)) for i, s in hits]
+        else:
+            items = [new(Recalled, (i, s, source)) for i, s in hits]
+        return RecallResult(st.number, items, source)
+
+    def _search(self, st: _Version, vec: np.ndarray, k: int, seen: frozenset) -> list:
+        vs, number = self._store(), st.number
+        if not seen:
+            return self._store_call(number, lambda: vs.search(number, vec, k))
+        if len(seen) <= self.cfg.serve.exclude_direct_max:
+            # the store over-fetches k + |seen| itself and filters: one exact round trip
+            return self._store_call(number, lambda: vs.search(number, vec, k, exclude=seen))
+        # A heavy user: fetching k + |seen| every time would be a huge search (and Milvus caps
+        # top-k at 16384). Seen items rarely fill the top ranks, so fetch a little more than k,
+        # filter here, and widen only when too few survive; the last round is exact.
+        need = k + len(seen)
+        fetch = min(need, self.cfg.serve.overfetch * k + self.cfg.serve.exclude_direct_max)
+        while True:
+            raw = self._store_call(number, lambda: vs.search(number, vec, fetch))
+            hits = [h for h in raw if h[0] not in seen]
+            if len(hits) >= k or len(raw) < fetch or fetch >= need:
+                return hits[:k]
+            fetch = min(need, fetch * 4)
+
+    def _score_at(self, st: _Version, uid: str, ids: list[str]) -> list[float]:
+        vec, _source, _ = self._user_vector(st, uid, False)
+        if not ids:
+            return []
+        if vec is None:
+            return [math.nan] * len(ids)
+        V = self._item_vectors(st.number, ids).astype(np.float64)
+        a = vec.astype(np.float64)
+        s = V @ a
+        if st.similarity == "cosine":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                s = s / (np.linalg.norm(V, axis=1) * np.linalg.norm(a))
+        return [float(x) for x in s * st.scale]

@@ -1,0 +1,59 @@
+"""Checks of the client's arguments: a wrong type is a TypeError, a wrong value a ValueError."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+MAX_ID_BYTES = 128  # DESIGN §1
+
+
+def check_id(value, what: str = "user_id") -> str:
+    """Canonical id: a string of 1..128 UTF-8 bytes, or an integer >= 0 as its decimal string."""
+    if type(value) is str and 0 < len(value) <= MAX_ID_BYTES // 4:  # fast path: surely valid
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a string or a non-negative integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise ValueError(f"{what} must be a string or a non-negative integer, got {value!r}")
+        return str(int(value))
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{what} must be a string or a non-negative integer, got {type(value).__name__} "
+            f"{value!r:.60}"
+        )
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) * 4 > MAX_ID_BYTES and len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise ValueError(f"{what} is longer than {MAX_ID_BYTES} UTF-8 bytes: {value[:40]!r}...")
+    return value
+
+
+def check_ids(values: Iterable, what: str = "item_ids") -> list[str]:
+    """A list of canonical ids (a lone string is refused: it is not a list of ids)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{what} must be a list of ids, got {type(values).__name__} {values!r:.60}")
+    return [check_id(v, f"{what}[{j}]") for j, v in enumerate(values)]
+
+
+def check_k(k, max_k: int) -> int:
+    """``k`` as int: an integer in 1..max_k."""
+    if type(k) is int and 0 < k <= max_k:  # fast path
+        return k
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be a positive integer, got {type(k).__name__} {k!r:.60}")
+    if k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    if k > max_k:
+        raise ValueError(f"k={k} is larger than the allowed maximum {max_k} ([serve] max_k)")
+    return int(k)
+
+
+def check_flag(value, what: str) -> bool:
+    if value is True or value is False:
+        return value
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {value!r:.60}")
+    return bool(value)
