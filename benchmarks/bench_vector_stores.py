@@ -1,0 +1,249 @@
+"""Benchmark the vector-store backends against numpy brute force (issue 3).
+
+For each size × dataset × backend × index type × metric: build time (upsert +
+finalize), single-query top-10 latency p50/p99, batched queries/s (median of
+``--repeats`` runs) and recall@10 against exact numpy top-10 of the model score
+(``dot``). numpy brute force is measured in the same run as the baseline.
+
+Usage::
+
+    python benchmarks/bench_vector_stores.py --sizes 100000
+    python benchmarks/bench_vector_stores.py --sizes 1000000 --backends numpy,faiss,hnswlib \\
+        --metrics IP --datasets clustered --append
+
+Prints a markdown table and writes it to ``benchmarks/results/vector_stores.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: no OpenMP spin-waiting
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plugins import open_vector_store  # noqa: E402
+from plugins.exact_store import top_k  # noqa: E402
+from plugins.milvus_server import MilvusLiteServer  # noqa: E402
+from plugins.testing import clustered_vectors, queries_like, recall_at_k, uniform_vectors  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "vector_stores.md"
+K = 10
+DEFAULT_INDEX_TYPES = {
+    "exact": ["FLAT"],
+    "faiss": ["FLAT", "HNSW"],
+    "hnswlib": ["FLAT", "HNSW"],
+    "milvus": ["FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"],
+}
+
+
+@dataclass
+class Row:
+    size: int
+    dataset: str
+    backend: str
+    index: str
+    metric: str
+    build_s: float
+    p50_ms: float
+    p99_ms: float
+    batch_qps: float
+    recall: float
+    note: str = ""
+
+
+def make_data(dataset: str, n: int, dim: int, n_queries: int):
+    if dataset == "clustered":
+        x = clustered_vectors(n, dim, n_clusters=max(10, n // 1000), seed=11)
+    elif dataset == "uniform":
+        x = uniform_vectors(n, dim, seed=11)
+    else:
+        raise SystemExit(f"unknown dataset {dataset!r}")
+    q = queries_like(x, n_queries, seed=12)
+    return x, q
+
+
+def numpy_topk(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return top_k(q @ x.T, K, largest=True)
+
+
+def time_single(search_one, queries) -> tuple[float, float]:
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        search_one(q)
+        lat.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def time_batch(search_batch, queries, repeats: int) -> tuple[float, list]:
+    runs, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = search_batch(queries)
+        runs.append(len(queries) / (time.perf_counter() - t))
+    return float(np.median(runs)), out
+
+
+def bench_numpy(x, q, n_single, repeats) -> Row:
+    p50, p99 = time_single(lambda v: numpy_topk(x, v[None, :]), q[:n_single])
+    qps, _ = time_batch(lambda qs: numpy_topk(x, qs), q, repeats)
+    return Row(len(x), "", "numpy", "brute force", "dot", 0.0, p50, p99, qps, 1.0)
+
+
+def bench_store(store, x, q, truth_ids, ids, metric, index_type, n_single, repeats, batch_chunk) -> Row:
+    max_norm = float(np.linalg.norm(x, axis=1).max())
+    t = time.perf_counter()
+    store.create_version(1, x.shape[1], metric, index_type, similarity="dot", max_norm=max_norm)
+    store.upsert(1, ids, x, batch_size=10_000)
+    store.finalize(1)
+    build = time.perf_counter() - t
+    store.search(1, q[0], K)  # warm-up: loads the version
+    p50, p99 = time_single(lambda v: store.search(1, v, K), q[:n_single])
+
+    def batched(qs):
+        res = []
+        for s in range(0, len(qs), batch_chunk):
+            res.extend(store.search_batch(1, qs[s : s + batch_chunk], K))
+        return res
+
+    qps, results = time_batch(batched, q, repeats)
+    found = [[i for i, _ in r] for r in results]
+    recall = recall_at_k(found, truth_ids)
+    store.drop_version(1)
+    return Row(len(x), "", store.name, index_type, metric, build, p50, p99, qps, recall)
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.0f}×" if x >= 10 else f"{x:.1f}×" if x >= 1 else f"{x:.2f}×"
+
+
+def fmt_table(rows: list[Row]) -> str:
+    base = {(r.size, r.dataset): r for r in rows if r.backend == "numpy"}
+    lines = [
+        "| items | data | backend | index | metric | build s | p50 ms | p99 ms | batch q/s | recall@10 | p50 speed-up vs numpy | batch speed-up | note |",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        b = base.get((r.size, r.dataset))
+        up = _ratio(b.p50_ms / r.p50_ms) if b and r.p50_ms > 0 else ""
+        bup = _ratio(r.batch_qps / b.batch_qps) if b and b.batch_qps > 0 else ""
+        lines.append(
+            f"| {r.size:,} | {r.dataset} | {r.backend} | {r.index} | {r.metric} | {r.build_s:.1f} | "
+            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.batch_qps:,.0f} | {r.recall:.3f} | {up} | {bup} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100000", help="comma-separated item counts (default 100000)")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--datasets", default="clustered,uniform")
+    p.add_argument("--backends", default="numpy,exact,faiss,hnswlib,milvus")
+    p.add_argument("--metrics", default="IP,L2,COSINE")
+    p.add_argument("--index-types", default="", help="restrict index types (comma-separated)")
+    p.add_argument("--queries", type=int, default=1000, help="queries for the batched run and recall")
+    p.add_argument("--single", type=int, default=200, help="queries timed one at a time")
+    p.add_argument("--milvus-single", type=int, default=50, help="single queries for milvus (slow)")
+    p.add_argument("--milvus-mode", default="server", choices=["server", "file"],
+                   help="Milvus Lite through `milvus-lite server` (the multi-process default) or a .db file")
+    p.add_argument("--milvus-batch", type=int, default=1000, help="queries per milvus search call")
+    p.add_argument("--milvus-ef", type=int, default=0, help="override ef_search for milvus (0 = default)")
+    p.add_argument("--ef-search", type=int, default=0, help="override ef_search for every backend (0 = default)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--append", action="store_true", help="append to the results file instead of replacing it")
+    p.add_argument("--title", default="")
+    args = p.parse_args(argv)
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    backends = [b for b in args.backends.split(",") if b]
+    metrics = [m.upper() for m in args.metrics.split(",") if m]
+    only_types = {t.upper() for t in args.index_types.split(",") if t}
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-vs-"))
+    rows: list[Row] = []
+    server = None
+    t0 = time.time()
+    try:
+        for n in sizes:
+            for dataset in [d for d in args.datasets.split(",") if d]:
+                x, q = make_data(dataset, n, args.dim, args.queries)
+                ids = [f"item{i}" for i in range(n)]
+                truth_idx = numpy_topk(x, q)
+                truth_ids = [[ids[t] for t in row] for row in truth_idx]
+                if "numpy" in backends:
+                    r = bench_numpy(x, q, args.single, args.repeats)
+                    r.dataset = dataset
+                    rows.append(r)
+                    print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
+                for backend in backends:
+                    if backend == "numpy":
+                        continue
+                    options, n_single, chunk, note = {}, args.single, len(q), ""
+                    if args.ef_search:
+                        options["ef_search"] = args.ef_search
+                        note = f"ef {args.ef_search}"
+                    if backend == "milvus":
+                        n_single, chunk = args.milvus_single, args.milvus_batch
+                        if args.milvus_ef:
+                            options["ef_search"] = args.milvus_ef
+                        if args.milvus_mode == "server":
+                            if server is None:
+                                server = MilvusLiteServer(work / "milvus-server", log_path=work / "milvus.log")
+                                server.start(timeout=120)
+                            options["uri"] = server.uri
+                        else:
+                            options["uri"] = str(work / f"milvus-{n}-{dataset}.db")
+                        note = f"{args.milvus_mode}, {chunk}/call" + (f", ef {args.milvus_ef}" if args.milvus_ef else "")
+                    store = open_vector_store(backend, data_dir=work / f"{backend}-{n}-{dataset}",
+                                              collection=f"bench_{n}_{dataset}", **options)
+                    try:
+                        for index_type in DEFAULT_INDEX_TYPES[backend]:
+                            if only_types and index_type not in only_types:
+                                continue
+                            for metric in metrics:
+                                r = bench_store(store, x, q, truth_ids, ids, metric, index_type,
+                                                n_single, args.repeats, chunk)
+                                r.dataset, r.note = dataset, note
+                                rows.append(r)
+                                print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
+                    finally:
+                        store.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+    table = fmt_table(rows)
+    header = args.title or f"Run of {time.strftime('%Y-%m-%d %H:%M')}"
+    info = (
+        f"## {header}\n\n"
+        f"`{' '.join(['python', 'benchmarks/bench_vector_stores.py'] + (argv if argv is not None else sys.argv[1:]))}` — "
+        f"dim {args.dim}, top-{K}, {args.queries} queries (single-query timing on {args.single}, "
+        f"Milvus {args.milvus_single}), similarity `dot`; {platform.machine()}, {os.cpu_count()} cores (shared); "
+        f"total {time.time() - t0:.0f} s.\n\n"
+    )
+    print()
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.exists():
+        out.write_text(out.read_text().rstrip() + "\n\n" + info + table + "\n")
+    else:
+        out.write_text("# Vector-store benchmark\n\n" + info + table + "\n")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

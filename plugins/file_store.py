@@ -1,0 +1,306 @@
+"""Shared machinery of the backends that keep each version as files.
+
+Layout under ``<data_dir>/vectors/<collection>/``::
+
+    v<N>/meta.json      VersionSpec + count
+    v<N>/ids.npy        external ids (fixed-width unicode; np.save, no pickle)
+    v<N>/stored.npy     the reduced vectors the index was built from
+    v<N>/norms.npy      model norms (restore cosine vectors for get_vectors)
+    v<N>/<index file>   the backend's own index (faiss / hnswlib), if any
+    current             the current version number, replaced with os.replace
+
+A version is built in memory by its writer, written to a hidden temporary
+directory and renamed to ``v<N>`` in one step, so a crash never leaves a half
+version visible and any other process can read it once it exists.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from plugins.base import VectorStore, VersionNotFoundError, VersionSpec
+
+_VERSION_DIR = re.compile(r"v(\d+)")
+
+
+@dataclass
+class _Pending:
+    """A version being built by this process: ids and stored vectors so far."""
+
+    spec: VersionSpec
+    row_of: dict  # id -> row in the chunks (last write wins)
+    ids: list
+    stored: list
+    norms: list
+
+
+@dataclass
+class LoadedVersion:
+    """A finalized version read into memory."""
+
+    spec: VersionSpec
+    ids: np.ndarray  # (n,) str
+    stored: np.ndarray  # (n, stored_dim) float32
+    norms: np.ndarray  # (n,) float32
+    index: object
+    inode: int
+    _row_of: dict | None = None
+
+    def row_of(self) -> dict:
+        if self._row_of is None:  # built lazily: only get_vectors needs it
+            self._row_of = {str(i): r for r, i in enumerate(self.ids)}
+        return self._row_of
+
+
+class FileVectorStore(VectorStore):
+    """Base of the file backends (``exact``, ``faiss``, ``hnswlib``).
+
+    A subclass provides :meth:`_build_index`, :meth:`_save_index`,
+    :meth:`_load_index` and :meth:`_search_index`.
+    """
+
+    index_file: str | None = None
+
+    def __init__(self, data_dir=None, uri: str = "", collection: str = "mcrecall_items", **params):
+        super().__init__(data_dir, uri, collection, **params)
+        if data_dir is None:
+            raise ValueError(f"the {self.name} backend needs data_dir (versions are files under it)")
+        self.root = Path(data_dir) / "vectors" / collection
+        self._pending: dict[int, _Pending] = {}
+        self._loaded: dict[int, LoadedVersion] = {}
+        self._lock = threading.Lock()
+
+    # -- paths -----------------------------------------------------------------------------------
+    def version_dir(self, version: int) -> Path:
+        return self.root / f"v{version}"
+
+    # -- building --------------------------------------------------------------------------------
+    def _create(self, spec: VersionSpec) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.version_dir(spec.version).exists():
+            self._drop(spec.version)  # stale, non-current (checked by the caller)
+        self._pending[spec.version] = _Pending(spec, {}, [], [], [])
+
+    def _pending_spec(self, version: int) -> VersionSpec | None:
+        p = self._pending.get(version)
+        return p.spec if p else None
+
+    def _add(self, version, ids, stored, norms) -> None:
+        p = self._pending[version]
+        base = len(p.ids)
+        for r, i in enumerate(ids):
+            p.row_of[i] = base + r
+        p.ids.extend(ids)
+        p.stored.append(stored)
+        p.norms.append(norms)
+
+    def _finalize(self, version: int) -> int:
+        p = self._pending[version]
+        rows = np.fromiter(sorted(p.row_of.values()), dtype=np.int64, count=len(p.row_of))
+        if len(rows) == 0:
+            raise ValueError(f"version {version} has no items; upsert some before finalize")
+        dim = p.spec.reduction.stored_dim
+        stored_all = np.concatenate(p.stored) if p.stored else np.zeros((0, dim), np.float32)
+        stored = np.ascontiguousarray(stored_all[rows])
+        norms = np.concatenate(p.norms)[rows]
+        ids = np.array([p.ids[r] for r in rows], dtype=str)
+        spec = replace(p.spec, params={**p.spec.params})
+        index = self._build_index(spec, stored)
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".v{version}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            np.save(tmp / "ids.npy", ids, allow_pickle=False)
+            np.save(tmp / "stored.npy", stored, allow_pickle=False)
+            np.save(tmp / "norms.npy", norms, allow_pickle=False)
+            if self.index_file is not None:
+                self._save_index(index, tmp / self.index_file)
+            meta = json.loads(spec.to_json())
+            meta["count"] = int(len(ids))
+            meta["backend"] = self.name
+            (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
+            _fsync_dir_files(tmp)
+            final = self.version_dir(version)
+            try:
+                os.rename(tmp, final)  # the publishing step: atomic on POSIX
+            except OSError:
+                raise RuntimeError(
+                    f"version {version} was published meanwhile by another writer ({final})"
+                ) from None
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        del self._pending[version]
+        with self._lock:
+            self._loaded.pop(version, None)
+        return int(len(ids))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _read_meta(self, version: int) -> dict | None:
+        try:
+            return json.loads((self.version_dir(version) / "meta.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def _spec(self, version: int) -> VersionSpec | None:
+        loaded = self._loaded.get(version)
+        if loaded is not None and self._inode(version) == loaded.inode:
+            return loaded.spec
+        meta = self._read_meta(version)
+        if meta is None:
+            return None
+        meta.pop("count", None)
+        meta.pop("backend", None)
+        return VersionSpec(**meta)
+
+    def _inode(self, version: int) -> int | None:
+        try:
+            return os.stat(self.version_dir(version)).st_ino
+        except FileNotFoundError:
+            return None
+
+    def load(self, version: int) -> LoadedVersion:
+        """The in-memory copy of a finalized version (read on first use; reloaded if replaced)."""
+        inode = self._inode(version)
+        loaded = self._loaded.get(version)
+        if loaded is not None and loaded.inode == inode:
+            return loaded
+        if inode is None:
+            with self._lock:
+                self._loaded.pop(version, None)
+            raise VersionNotFoundError(f"version {version} of collection {self.collection!r} does not exist")
+        with self._lock:
+            loaded = self._loaded.get(version)
+            if loaded is not None and loaded.inode == inode:
+                return loaded
+            d = self.version_dir(version)
+            try:
+                meta = json.loads((d / "meta.json").read_text())
+                meta.pop("count", None)
+                meta.pop("backend", None)
+                spec = VersionSpec(**meta)
+                ids = np.load(d / "ids.npy", allow_pickle=False)
+                stored = np.load(d / "stored.npy", allow_pickle=False)
+                norms = np.load(d / "norms.npy", allow_pickle=False)
+                index = self._load_index(spec, d / self.index_file if self.index_file else None, stored)
+            except FileNotFoundError:
+                raise VersionNotFoundError(f"version {version} was dropped while loading") from None
+            loaded = LoadedVersion(spec, ids, stored, norms, index, inode)
+            self._loaded[version] = loaded
+            return loaded
+
+    def _search(self, spec, queries, k):
+        loaded = self.load(spec.version)
+        k = min(k, len(loaded.ids))
+        labels, raw, kind = self._search_index(loaded, queries, k)
+        ids = []
+        raws = []
+        for lab_row, raw_row in zip(labels, raw):
+            keep = lab_row >= 0  # an ANN index may return fewer than k
+            ids.append(loaded.ids[lab_row[keep]].tolist())
+            raws.append(np.asarray(raw_row)[keep])
+        return ids, raws, kind
+
+    def _get(self, version, ids):
+        loaded = self.load(version)
+        row_of = loaded.row_of()
+        out = {}
+        for i in ids:
+            r = row_of.get(i)
+            if r is not None:
+                out[i] = (loaded.stored[r], float(loaded.norms[r]))
+        return out
+
+    def _count(self, version: int) -> int:
+        meta = self._read_meta(version)
+        if meta is None:
+            raise VersionNotFoundError(f"version {version} does not exist")
+        return int(meta["count"])
+
+    # -- versions --------------------------------------------------------------------------------
+    def _versions(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for entry in os.listdir(self.root):
+            m = _VERSION_DIR.fullmatch(entry)
+            if m and (self.root / entry / "meta.json").exists():
+                out.append(int(m.group(1)))
+        return out
+
+    def _set_current(self, version: int) -> None:
+        tmp = self.root / f".current.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w") as f:
+            f.write(f"{version}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "current")  # readers see the old or the new number, never half
+        _fsync_dir(self.root)
+
+    def _current(self) -> int | None:
+        try:
+            text = (self.root / "current").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _drop(self, version: int) -> None:
+        d = self.version_dir(version)
+        trash = self.root / f".trash-v{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(d, trash)  # disappears in one step, then is deleted at leisure
+        except FileNotFoundError:
+            raise VersionNotFoundError(f"version {version} of collection {self.collection!r} does not exist") from None
+        shutil.rmtree(trash, ignore_errors=True)
+        with self._lock:
+            self._loaded.pop(version, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+
+    # -- backend hooks ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _build_index(self, spec: VersionSpec, stored: np.ndarray):
+        """Build the in-memory index over the reduced vectors (row r = label r)."""
+
+    def _save_index(self, index, path: Path) -> None:
+        """Write the index to ``path`` (inside the temporary version directory)."""
+
+    @abc.abstractmethod
+    def _load_index(self, spec: VersionSpec, path: Path | None, stored: np.ndarray):
+        """Read the index of a finalized version."""
+
+    @abc.abstractmethod
+    def _search_index(self, loaded: LoadedVersion, queries: np.ndarray, k: int):
+        """Return (labels (q, k) int with -1 for none, raw values (q, k), raw kind)."""
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for name in os.listdir(d):
+        fd = os.open(d / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(d)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,279 @@
+"""The one place where model similarity meets index metric (DESIGN §5).
+
+A model scores a (user, item) pair with either ``dot`` (⟨a, b⟩) or ``cosine``
+(cos(a, b)); a vector index ranks by ``L2``, ``IP`` or ``COSINE``. For every
+pair of the two, :class:`MetricReduction` says how item vectors and queries are
+transformed before they reach an index (so that the index's own order equals
+the model's order) and how the index's raw values are turned back into model
+scores. Every backend goes through this class; none of them does its own math.
+
+The reductions:
+
+* ``dot`` through ``IP``: nothing to do.
+* ``dot`` through ``L2`` or ``COSINE``: the standard inner-product-to-L2
+  reduction. Each item ``b`` becomes ``[b, sqrt(M² - ‖b‖²)]`` (so every item has
+  norm ``M``, the ``max_norm`` fixed when the version is created) and each query
+  ``a`` becomes ``[a, 0]``. Then ``‖a' - b'‖² = ‖a‖² + M² - 2⟨a, b⟩`` and
+  ``cos(a', b') = ⟨a, b⟩ / (‖a‖ M)``: both are monotone in ⟨a, b⟩ for a fixed
+  query, and both invert exactly.
+* ``cosine`` through any metric: unit-normalise items and queries; then
+  ``IP = COSINE = cos`` and ``L2² = 2 - 2 cos``.
+
+Raw values come from a backend in one of three *kinds*: ``"ip"`` (inner product
+of the stored vectors), ``"sqeuclidean"`` (squared L2 distance) or ``"cosine"``
+(cosine similarity of the stored vectors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+SIMILARITIES = ("dot", "cosine")
+METRICS = ("L2", "IP", "COSINE")
+RawKind = Literal["ip", "sqeuclidean", "cosine"]
+
+# Relative slack when checking ‖b‖ <= max_norm: float32 norms computed by the
+# caller and by us differ in the last bits.
+_NORM_SLACK = 1e-5
+
+
+def normalize_metric(metric: str) -> str:
+    """Return ``metric`` upper-cased, or raise ``ValueError`` if it is unknown."""
+    if not isinstance(metric, str) or metric.upper() not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    return metric.upper()
+
+
+def normalize_similarity(similarity: str) -> str:
+    """Return ``similarity`` lower-cased, or raise ``ValueError`` if it is unknown."""
+    if not isinstance(similarity, str) or similarity.lower() not in SIMILARITIES:
+        raise ValueError(
+            f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}"
+        )
+    return similarity.lower()
+
+
+def as_finite_matrix(vectors, dim: int, what: str = "vectors") -> np.ndarray:
+    """Validate ``vectors`` as a finite ``(n, dim)`` float32 matrix.
+
+    Parameters
+    ----------
+    vectors : array_like
+        One vector of length ``dim`` or a matrix of shape ``(n, dim)``.
+    dim : int
+        The model dimension the vectors must have.
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        A C-contiguous float32 array of shape ``(n, dim)``.
+
+    Raises
+    ------
+    ValueError
+        If the shape is wrong or any value is NaN or infinite.
+    """
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be numeric arrays: {e}") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{what} must have dimension {dim}, got shape {np.shape(vectors)}")
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        raise ValueError(f"{what} contain NaN or infinite values (first at row {bad})")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass(frozen=True)
+class MetricReduction:
+    """How one version's vectors are stored in an index and scores recovered.
+
+    Parameters
+    ----------
+    similarity : {"dot", "cosine"}
+        The model's score function.
+    metric : {"L2", "IP", "COSINE"}
+        The index metric.
+    dim : int
+        Model dimension (the stored dimension may be ``dim + 1``).
+    max_norm : float or None
+        ``M`` of the inner-product-to-L2 reduction. Required (and only used)
+        for ``dot`` through ``L2`` or ``COSINE``.
+    """
+
+    similarity: str
+    metric: str
+    dim: int
+    max_norm: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "similarity", normalize_similarity(self.similarity))
+        object.__setattr__(self, "metric", normalize_metric(self.metric))
+        if isinstance(self.dim, bool) or not isinstance(self.dim, (int, np.integer)) or self.dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
+        object.__setattr__(self, "dim", int(self.dim))
+        if self.augmented:
+            if self.max_norm is None:
+                raise ValueError(
+                    f"max_norm is required for similarity 'dot' through metric {self.metric} "
+                    "(the largest item vector norm of the version)"
+                )
+            m = float(self.max_norm)
+            if not math.isfinite(m) or m <= 0:
+                raise ValueError(f"max_norm must be a positive finite number, got {self.max_norm!r}")
+            object.__setattr__(self, "max_norm", m)
+        elif self.max_norm is not None:
+            m = float(self.max_norm)
+            if not math.isfinite(m) or m <= 0:
+                raise ValueError(f"max_norm must be a positive finite number, got {self.max_norm!r}")
+            object.__setattr__(self, "max_norm", m)
+
+    # -- shape -------------------------------------------------------------------------------
+    @property
+    def augmented(self) -> bool:
+        """True when items get the extra ``sqrt(M² - ‖b‖²)`` component."""
+        return self.similarity == "dot" and self.metric in ("L2", "COSINE")
+
+    @property
+    def stored_dim(self) -> int:
+        """Dimension of the vectors the index holds."""
+        return self.dim + 1 if self.augmented else self.dim
+
+    # -- items -------------------------------------------------------------------------------
+    def items(self, vectors) -> tuple[np.ndarray, np.ndarray]:
+        """Transform model-space item vectors into index vectors.
+
+        Parameters
+        ----------
+        vectors : array_like, shape (n, dim)
+
+        Returns
+        -------
+        stored : numpy.ndarray, shape (n, stored_dim), float32
+            What the index stores.
+        norms : numpy.ndarray, shape (n,), float32
+            ‖b‖ of each model vector; with ``stored`` it restores ``b``
+            (:meth:`restore_items`), since cosine storage drops the norm.
+
+        Raises
+        ------
+        ValueError
+            Wrong dimension, NaN/inf, a zero vector under cosine similarity, or
+            (dot through L2/COSINE) a norm above ``max_norm``.
+        """
+        b = as_finite_matrix(vectors, self.dim, "item vectors")
+        norms = np.linalg.norm(b.astype(np.float64), axis=1)
+        if self.similarity == "cosine":
+            if (norms == 0).any():
+                raise ValueError("item vectors must be non-zero under cosine similarity")
+            return (b / norms[:, None]).astype(np.float32), norms.astype(np.float32)
+        if self.augmented:
+            m = self.max_norm
+            over = norms > m * (1 + _NORM_SLACK)
+            if over.any():
+                i = int(np.flatnonzero(over)[0])
+                raise ValueError(
+                    f"item vector norm {norms[i]:.6g} (row {i}) exceeds max_norm {m:.6g} "
+                    "given at create_version"
+                )
+            extra = np.sqrt(np.clip(m * m - norms * norms, 0.0, None))
+            stored = np.concatenate([b, extra[:, None].astype(np.float32)], axis=1)
+            return np.ascontiguousarray(stored), norms.astype(np.float32)
+        if self.max_norm is not None and (norms > self.max_norm * (1 + _NORM_SLACK)).any():
+            i = int(np.flatnonzero(norms > self.max_norm * (1 + _NORM_SLACK))[0])
+            raise ValueError(
+                f"item vector norm {norms[i]:.6g} (row {i}) exceeds max_norm {self.max_norm:.6g}"
+            )
+        return b, norms.astype(np.float32)
+
+    def restore_items(self, stored: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """Invert :meth:`items`: model-space vectors from stored ones."""
+        stored = np.asarray(stored, dtype=np.float32).reshape(-1, self.stored_dim)
+        b = stored[:, : self.dim]
+        if self.similarity == "cosine":
+            b = b * np.asarray(norms, dtype=np.float32).reshape(-1, 1)
+        return np.ascontiguousarray(b, dtype=np.float32)
+
+    # -- queries -----------------------------------------------------------------------------
+    def queries(self, vectors) -> tuple[np.ndarray, np.ndarray]:
+        """Transform model-space queries into index queries.
+
+        Returns
+        -------
+        stored : numpy.ndarray, shape (q, stored_dim), float32
+        norms : numpy.ndarray, shape (q,), float64
+            ‖a‖, needed by :meth:`scores`.
+
+        Raises
+        ------
+        ValueError
+            Wrong dimension, NaN/inf, or a zero query where a direction is needed.
+        """
+        a = as_finite_matrix(vectors, self.dim, "query vectors")
+        norms = np.linalg.norm(a.astype(np.float64), axis=1)
+        if (self.similarity == "cosine" or self.metric == "COSINE") and (norms == 0).any():
+            raise ValueError(
+                f"a zero query vector has no direction (similarity {self.similarity}, "
+                f"metric {self.metric})"
+            )
+        if self.similarity == "cosine":
+            return (a / norms[:, None]).astype(np.float32), norms
+        if self.augmented:
+            a = np.concatenate([a, np.zeros((a.shape[0], 1), np.float32)], axis=1)
+        return np.ascontiguousarray(a), norms
+
+    # -- scores ------------------------------------------------------------------------------
+    def scores(self, raw, kind: RawKind, query_norms) -> np.ndarray:
+        """Convert raw index values into model scores.
+
+        Parameters
+        ----------
+        raw : array_like, shape (q, k)
+            Values from the index, for stored queries from :meth:`queries`.
+        kind : {"ip", "sqeuclidean", "cosine"}
+            What ``raw`` is.
+        query_norms : array_like, shape (q,)
+            Second output of :meth:`queries`.
+
+        Returns
+        -------
+        numpy.ndarray, shape (q, k), float64
+            ⟨a, b⟩ for ``dot``, cos(a, b) for ``cosine``.
+        """
+        raw = np.asarray(raw, dtype=np.float64)
+        qn = np.asarray(query_norms, dtype=np.float64).reshape(-1, 1)
+        if kind not in ("ip", "sqeuclidean", "cosine"):
+            raise ValueError(f"unknown raw value kind {kind!r}")
+        if self.similarity == "cosine":
+            # Stored vectors are unit length: ip == cosine, ‖a-b‖² = 2 - 2 cos.
+            return 1.0 - raw / 2.0 if kind == "sqeuclidean" else raw
+        if not self.augmented:  # dot through IP
+            if kind != "ip":
+                raise ValueError(f"dot through IP expects raw inner products, got {kind!r}")
+            return raw
+        m = self.max_norm
+        if kind == "sqeuclidean":
+            return (qn * qn + m * m - raw) / 2.0
+        if kind == "cosine":
+            return raw * qn * m
+        # kind == "ip" of the augmented vectors is ⟨a, b⟩ itself (the query's extra is 0).
+        return raw
+
+    # -- reference ---------------------------------------------------------------------------
+    def model_scores(self, queries, items) -> np.ndarray:
+        """Brute-force model scores of model-space queries × items (float64)."""
+        a = np.asarray(queries, dtype=np.float64).reshape(-1, self.dim)
+        b = np.asarray(items, dtype=np.float64).reshape(-1, self.dim)
+        s = a @ b.T
+        if self.similarity == "cosine":
+            s /= np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None, :]
+        return s

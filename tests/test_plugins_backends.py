@@ -1,0 +1,375 @@
+"""The behavioural suite every vector-store backend runs (DESIGN §5–6).
+
+Parametrised over: exact, faiss, hnswlib, Milvus Lite in file mode and Milvus
+through the ``milvus_uri`` server (fixtures_milvus.py). Real backends, no mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins import VersionNotFoundError, open_vector_store
+from plugins.metric import MetricReduction
+from plugins.testing import brute_force_topk, checkerboard, clustered_vectors, queries_like, recall_at_k
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ["exact", "faiss", "hnswlib", "milvus_file", "milvus_server"]
+SIMILARITIES = ["dot", "cosine"]
+METRICS = ["L2", "IP", "COSINE"]
+ANN_TYPES = {
+    "exact": [],
+    "faiss": ["HNSW"],
+    "hnswlib": ["HNSW"],
+    "milvus_file": ["HNSW"],
+    "milvus_server": ["HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"],
+}
+
+
+class StoreEnv:
+    """Where one backend variant keeps its data, and how to open it (here or in a subprocess)."""
+
+    def __init__(self, variant: str, tmp_path: Path, milvus_uri: str | None, collection: str):
+        self.variant = variant
+        self.backend = variant.split("_")[0]
+        self.data_dir = str(tmp_path / "data")
+        self.uri = {"milvus_file": str(tmp_path / "data" / "milvus.db"), "milvus_server": milvus_uri}.get(variant, "")
+        self.collection = collection
+        self.opened = []
+
+    @property
+    def args(self) -> dict:
+        return {"backend": self.backend, "data_dir": self.data_dir, "uri": self.uri, "collection": self.collection}
+
+    def open(self, **options):
+        store = open_vector_store(**self.args, **options)
+        self.opened.append(store)
+        return store
+
+    def release(self):
+        """Close every store this test opened (frees the Milvus Lite file lock)."""
+        while self.opened:
+            self.opened.pop().close()
+
+
+@pytest.fixture(params=BACKENDS)
+def env(request, tmp_path):
+    variant = request.param
+    uri = request.getfixturevalue("milvus_uri") if variant == "milvus_server" else None
+    collection = request.getfixturevalue("milvus_collection") if variant == "milvus_server" else "items"
+    e = StoreEnv(variant, tmp_path, uri, collection)
+    yield e
+    e.release()
+
+
+def publish(store, version, ids, vectors, metric="IP", index_type="FLAT", similarity="dot", batch_size=10_000):
+    max_norm = float(np.linalg.norm(vectors, axis=1).max())
+    store.create_version(version, vectors.shape[1], metric, index_type, similarity=similarity, max_norm=max_norm)
+    store.upsert(version, ids, vectors, batch_size=batch_size)
+    return store.finalize(version)
+
+
+def assert_exact_topk(result, scores, ids, k, tol=1e-4):
+    """``result`` equals numpy's top-k of ``scores`` (ids in order, model scores), tie-tolerant."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    got_ids = [i for i, _ in result]
+    got_scores = np.array([s for _, s in result])
+    index_of = {i: n for n, i in enumerate(ids)}
+    assert len(result) == k
+    # the scores returned are the model's scores of the returned ids...
+    np.testing.assert_allclose(got_scores, scores[[index_of[i] for i in got_ids]], rtol=1e-4, atol=tol)
+    # ...and they are exactly numpy's top-k scores, best first
+    np.testing.assert_allclose(got_scores, scores[order], rtol=1e-4, atol=tol)
+    # ids equal wherever the true scores are not within float32 noise of a neighbour
+    padded = np.r_[np.inf, scores[order], -np.inf]
+    for pos in range(k):
+        if padded[pos] - padded[pos + 1] > tol and padded[pos + 1] - padded[pos + 2] > tol:
+            assert got_ids[pos] == ids[order[pos]], (pos, got_ids, [ids[o] for o in order])
+
+
+# --------------------------------------------------------------------------- basic operations
+def test_roundtrip_upsert_get_search(env):
+    store = env.open()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    ids = [f"item-{i}" for i in range(60)]
+    store.create_version(1, 8, "IP", "FLAT")
+    assert store.list_versions() == []  # not finalized yet
+    store.upsert(1, ids[:25], x[:25], batch_size=7)
+    store.upsert(1, ids[25:], x[25:] * 0 + 9)  # overwritten below: last write wins
+    store.upsert(1, ids[25:], x[25:])
+    store.upsert(1, ["item-0", "item-0"], np.stack([x[1], x[0]]))  # repeated in one batch
+    assert store.finalize(1) == 60
+    assert store.count(1) == 60
+    assert store.list_versions() == [1]
+
+    np.testing.assert_allclose(store.get_vectors(1, ["item-3", "item-0", "item-59"]), x[[3, 0, 59]], rtol=1e-6)
+    with pytest.raises(KeyError, match="nope"):
+        store.get_vectors(1, ["item-1", "nope"])
+    got = store.get_vectors(1, ["nope", "item-1"], missing="nan")
+    assert np.isnan(got[0]).all() and np.allclose(got[1], x[1])
+
+    q = rng.normal(size=(4, 8)).astype(np.float32)
+    scores = q.astype(np.float64) @ x.T.astype(np.float64)
+    for j in range(4):
+        assert_exact_topk(store.search(1, q[j], 5), scores[j], ids, 5)
+    batch = store.search_batch(1, q, 5)
+    assert [[i for i, _ in r] for r in batch] == [[i for i, _ in store.search(1, q[j], 5)] for j in range(4)]
+
+    # exclude: the k best among the rest
+    best = [i for i, _ in store.search(1, q[0], 3)]
+    rest = store.search(1, q[0], 3, exclude=best + ["not-an-item"])
+    assert not set(best) & {i for i, _ in rest}
+    assert [i for i, _ in rest] == [i for i, _ in store.search(1, q[0], 6)][3:]
+    per_query = store.search_batch(1, q[:2], 2, exclude=[best[:1], []])
+    assert best[0] not in [i for i, _ in per_query[0]] and len(per_query[1]) == 2
+
+    assert len(store.search(1, q[0], 1000)) == 60  # k above the size: all of them
+    assert store.search_batch(1, np.zeros((0, 8), np.float32), 3) == []
+
+
+def test_versions_current_and_drop(env):
+    store = env.open()
+    x = clustered_vectors(40, 8, n_clusters=4)
+    ids = [f"i{i}" for i in range(40)]
+    assert store.current_version() is None
+    with pytest.raises(VersionNotFoundError):
+        store.search(None, x[0], 3)
+    publish(store, 1, ids, x)
+    store.create_version(2, 8, "IP", "FLAT")
+    with pytest.raises(VersionNotFoundError):
+        store.make_current(2)  # not finalized
+    with pytest.raises(VersionNotFoundError):
+        store.make_current(7)
+    store.upsert(2, ids, x * 2)
+    store.finalize(2)
+    store.make_current(1)
+    assert store.current_version() == 1
+    assert store.search(None, x[0], 1)[0][1] == pytest.approx(store.search(1, x[0], 1)[0][1])
+    store.make_current(2)
+    assert store.current_version() == 2
+    with pytest.raises(ValueError, match="current"):
+        store.drop_version(2)
+    with pytest.raises(ValueError, match="current"):
+        store.create_version(2, 8, "IP", "FLAT")
+    with pytest.raises(ValueError, match="immutable"):
+        store.upsert(2, ["new"], x[:1])
+    store.drop_version(1)
+    assert store.list_versions() == [2]
+    with pytest.raises(VersionNotFoundError):
+        store.search(1, x[0], 3)
+    with pytest.raises(VersionNotFoundError):
+        store.drop_version(1)
+    # a stale, non-current version (a crashed run) is replaced by create_version
+    store.create_version(3, 8, "IP", "FLAT")
+    store.upsert(3, ids[:5], x[:5])
+    store.create_version(3, 8, "L2", "FLAT", max_norm=10.0)
+    store.upsert(3, ids[:2], x[:2])
+    assert store.finalize(3) == 2
+    assert store.version_info(3).metric == "L2"
+    assert store.list_versions() == [2, 3]
+
+    reopened = env.open() if env.variant != "milvus_file" else store  # file mode: one client per process
+    assert reopened.current_version() == 2
+    assert reopened.search(None, x[0], 2) == store.search(2, x[0], 2)
+
+
+def test_bad_input_is_a_clear_error(env):
+    store = env.open()
+    x = clustered_vectors(20, 8, n_clusters=2)
+    ids = [f"i{i}" for i in range(20)]
+    with pytest.raises(ValueError, match="unknown metric"):
+        store.create_version(1, 8, "MANHATTAN", "FLAT")
+    with pytest.raises(ValueError, match="unknown index type"):
+        store.create_version(1, 8, "IP", "IVF_PQ_SPECIAL")
+    with pytest.raises(ValueError, match="unknown similarity"):
+        store.create_version(1, 8, "IP", "FLAT", similarity="euclid")
+    with pytest.raises(ValueError, match="max_norm is required"):
+        store.create_version(1, 8, "L2", "FLAT", similarity="dot")
+    with pytest.raises(ValueError, match="dim"):
+        store.create_version(1, 0, "IP", "FLAT")
+    with pytest.raises(VersionNotFoundError, match="create_version"):
+        store.upsert(1, ids, x)
+
+    store.create_version(1, 8, "L2", "FLAT", max_norm=1.0)
+    with pytest.raises(ValueError, match="exceeds max_norm"):
+        store.upsert(1, ["big"], np.full((1, 8), 3.0, np.float32))
+    store.create_version(1, 8, "IP", "FLAT")
+    with pytest.raises(ValueError, match="dimension 8"):
+        store.upsert(1, ids, x[:, :7])
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.upsert(1, ids, bad)
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.upsert(1, ids, bad)
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        store.upsert(1, ["x" * 300], x[:1])
+    with pytest.raises(ValueError, match="non-empty"):
+        store.upsert(1, [""], x[:1])
+    with pytest.raises(ValueError, match="ids but"):
+        store.upsert(1, ids[:3], x[:4])
+    with pytest.raises(ValueError, match="no items"):
+        store.finalize(1)
+    store.upsert(1, ids, x)
+    store.finalize(1)
+    for k in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            store.search(1, x[0], k)
+    with pytest.raises(ValueError, match="dimension 8"):
+        store.search(1, x[0, :5], 3)
+    with pytest.raises(ValueError, match="NaN"):
+        store.search(1, np.full(8, np.nan), 3)
+    with pytest.raises(ValueError, match="one collection of ids per query"):
+        store.search_batch(1, x[:2], 3, exclude=[["i1"]])
+    with pytest.raises(ValueError, match="version"):
+        store.search(-1, x[0], 3)
+    # nothing of that was stored
+    assert store.count(1) == 20
+
+
+# --------------------------------------------------------------------------- the metric contract
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_checkerboard_withheld_item_comes_first(env, similarity):
+    """implicit's checkerboard idea: a planted block structure, the withheld item first, every metric."""
+    store = env.open()
+    ids, x, cases = checkerboard()
+    for v, metric in enumerate(METRICS, start=1):
+        publish(store, v, ids, x, metric=metric, similarity=similarity)
+        for query, seen, expected in cases:
+            top = store.search(v, query, 3, exclude=seen)
+            assert top[0][0] == expected, (metric, similarity, top)
+            want = float(MetricReduction(similarity, "IP", x.shape[1]).model_scores(query, x[ids.index(expected)])[0, 0])
+            assert top[0][1] == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_flat_index_equals_numpy_brute_force(env, similarity):
+    """Every (similarity, metric): the exact index returns numpy's top-k and the model's scores."""
+    store = env.open()
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(300, 16)) * rng.uniform(0.2, 3.0, size=(300, 1))).astype(np.float32)
+    q = rng.normal(size=(12, 16)).astype(np.float32) * 2
+    ids = [f"i{i}" for i in range(300)]
+    truth = MetricReduction(similarity, "IP", 16).model_scores(q, x)
+    for v, metric in enumerate(METRICS, start=1):
+        publish(store, v, ids, x, metric=metric, similarity=similarity, batch_size=128)
+        results = store.search_batch(v, q, 10)
+        for j in range(len(q)):
+            assert_exact_topk(results[j], truth[j], ids, 10)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_ann_recall_on_clustered_vectors(env, metric):
+    """recall@10 >= 0.95 against brute force for each ANN index type at its default parameters."""
+    if not ANN_TYPES[env.variant]:
+        pytest.skip(f"{env.variant} has no approximate index")
+    store = env.open()
+    x = clustered_vectors(4000, 32, n_clusters=40, seed=3)
+    q = queries_like(x, 40, seed=4)
+    ids = [f"i{i}" for i in range(len(x))]
+    for similarity in SIMILARITIES:
+        if similarity == "cosine" and metric != "COSINE":
+            continue  # cosine through any metric is one unit-sphere problem; test it once
+        truth_idx, _ = brute_force_topk(q, x, 10, similarity)
+        truth = [[ids[t] for t in row] for row in truth_idx]
+        for v, index_type in enumerate(ANN_TYPES[env.variant], start=1):
+            publish(store, v, ids, x, metric=metric, index_type=index_type, similarity=similarity)
+            found = [[i for i, _ in r] for r in store.search_batch(v, q, 10)]
+            r = recall_at_k(found, truth)
+            assert r >= 0.95, (index_type, metric, similarity, r)
+            store.drop_version(v)
+
+
+# --------------------------------------------------------------------------- processes and swaps
+_READER = r"""
+import json, sys
+import numpy as np
+from plugins import open_vector_store
+args = json.loads(sys.argv[1])
+store = open_vector_store(**args["store"])
+q = np.asarray(args["queries"], dtype=np.float32)
+out = {"current": store.current_version(), "versions": store.list_versions(),
+       "results": store.search_batch(None, q, 5),
+       "vector": store.get_vectors(args["version"], [args["id"]]).tolist()}
+store.close()
+print(json.dumps(out))
+"""
+
+
+def run_reader(env, queries, version, item_id):
+    payload = json.dumps({"store": env.args, "queries": np.asarray(queries).tolist(), "version": version, "id": item_id})
+    proc = subprocess.run(
+        [sys.executable, "-c", _READER, payload], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_published_version_is_readable_from_another_process(env):
+    store = env.open()
+    x = clustered_vectors(200, 8, n_clusters=5, seed=9)
+    ids = [f"i{i}" for i in range(200)]
+    publish(store, 4, ids, x, metric="L2", similarity="dot")
+    store.make_current(4)
+    q = queries_like(x, 3, seed=2)
+    expected = store.search_batch(4, q, 5)
+    env.release()  # Milvus Lite file mode: one process at a time
+    out = run_reader(env, q, 4, "i7")
+    assert out["current"] == 4 and out["versions"] == [4]
+    assert [[i for i, _ in r] for r in out["results"]] == [[i for i, _ in r] for r in expected]
+    np.testing.assert_allclose([[s for _, s in r] for r in out["results"]], [[s for _, s in r] for r in expected], rtol=1e-5)
+    np.testing.assert_allclose(out["vector"][0], x[7], rtol=1e-6)
+
+
+def test_version_swap_under_load_is_never_empty_or_mixed(env):
+    """A thread searching the current version while new versions are published sees whole versions only."""
+    store = env.open()
+    n, dim = 300, 8
+    base = clustered_vectors(n, dim, n_clusters=6, seed=5)
+    q = queries_like(base, 1, seed=6)[0]
+
+    def version_data(v):  # each version's ids carry its signature
+        return [f"v{v}-{i}" for i in range(n)], base * (1 + 0.1 * v)
+
+    publish(store, 1, *version_data(1))
+    store.make_current(1)
+    seen, problems, stop = set(), [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                res = store.search(None, q, 10)
+            except Exception as e:  # any error is a failure of the swap
+                problems.append(repr(e))
+                continue
+            sigs = {i.split("-")[0] for i, _ in res}
+            if len(res) != 10 or len(sigs) != 1:
+                problems.append(res)
+            seen.update(sigs)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for v in (2, 3, 4):
+            publish(store, v, *version_data(v), batch_size=64)
+            store.make_current(v)
+            time.sleep(0.05)
+            store.drop_version(v - 2) if v >= 3 else None  # keep the previous one for in-flight reads
+    finally:
+        time.sleep(0.1)
+        stop.set()
+        t.join(timeout=60)
+    assert not problems, problems[:3]
+    assert {"v4"} <= seen and len(seen) >= 2
+    assert store.current_version() == 4 and store.list_versions() == [3, 4]
