@@ -104,6 +104,18 @@ def main() -> None:
         rows.append(("read + json.loads only (baseline)", f"{len(bl) / parse_s:,.0f} ev/s", "1.00", ""))
         rows.append((f"backfill {len(bl):,} events from file", f"{len(bl) / st.seconds:,.0f} ev/s",
                      f"{parse_s / st.seconds:.2f}", f"{st.seconds:.1f} s total"))
+    with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as d:
+        # exactly 1,000,000 distinct pairs: 20,000 users x 50 items each
+        import numpy as np
+
+        n_pairs = 1_000_000
+        store = TripleStore(Path(d))
+        rng = np.random.default_rng(3)
+        users = np.repeat(np.arange(20_000), n_pairs // 20_000)
+        items = (users * 7919 + np.tile(np.arange(n_pairs // 20_000), 20_000) * 613) % 60_000
+        for a in range(0, n_pairs, 200_000):
+            store.put_scores(users[a:a + 200_000].tolist(), items[a:a + 200_000].tolist(),
+                             rng.integers(0, 5, min(200_000, n_pairs - a)).tolist())
         snaps = []
         for _ in range(args.repeats):
             t = time.monotonic()
