@@ -11,10 +11,11 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from mcrecall.net import free_port, port_open  # noqa: F401  (re-exported)
 
 log = logging.getLogger("mcrecall.broker")
 
@@ -37,20 +38,6 @@ def tansu_binary() -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def broker_command(port: int, host: str = "127.0.0.1") -> list[str]:

@@ -35,6 +35,9 @@ COMMANDS = {
 }
 
 
+_OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcrecall", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
@@ -72,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, PermissionError, ConnectionError) as e:
         print(f"mcrecall {args.command}: {e}", file=sys.stderr)
         return 1
+    except (RuntimeError, LookupError) as e:
+        # our own error types (locked Milvus file, no model yet, broker missing...) carry a
+        # message that says what to do; anything else is a bug and keeps its traceback
+        if type(e).__module__.split(".")[0] in _OWN_PACKAGES:
+            print(f"mcrecall {args.command}: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -12,30 +12,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from mcrecall.net import free_port, port_open  # noqa: F401  (re-exported)
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19530
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def server_answers(uri: str, timeout: float = 5.0) -> bool:

@@ -10,10 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_every_config_key_is_documented():
+def _readme_default(d) -> str:
+    return f'"{d}"' if isinstance(d, str) else (str(d).lower() if isinstance(d, bool) else repr(d))
+
+
+def test_every_config_key_is_documented_with_its_default():
     missing = [f"{sec}.{f.name}" for sec, cls in config._SECTION_TYPES.items()
-               for f in dataclasses.fields(cls) if f"`{sec}.{f.name}`" not in README]
-    assert not missing, f"README's configuration table lacks {missing}"
+               for f in dataclasses.fields(cls)
+               if f"| `{sec}.{f.name}` | `{_readme_default(f.default)}` |" not in README]
+    assert not missing, f"README's configuration table lacks or misstates {missing}"
 
 
 def test_setup_commands_exist_and_ci_calls_the_test_command():
