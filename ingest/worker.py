@@ -53,6 +53,35 @@ class _SeekToStore(ConsumerRebalanceListener):
         log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
 
 
+class _OutageReport:
+    """Logs ``kafka_unreachable`` (every 10 s while it lasts) and ``kafka_reconnected``."""
+
+    GRACE_S, REPEAT_S = 2.0, 10.0
+
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self.since: float | None = None
+        self.warned_at: float | None = None
+
+    def check(self, now: float, reachable: bool | None) -> None:
+        if reachable is None:
+            return
+        if reachable:
+            if self.warned_at is not None:
+                log.info("kafka_reconnected", extra={"bootstrap": self.bootstrap,
+                                                     "after_s": round(now - self.since, 1)})
+            self.since = self.warned_at = None
+            return
+        if self.since is None:
+            self.since = now
+        elif now - self.since >= self.GRACE_S and (
+                self.warned_at is None or now - self.warned_at >= self.REPEAT_S):
+            log.warning("kafka_unreachable", extra={
+                "bootstrap": self.bootstrap, "for_s": round(now - self.since, 1),
+                "action": "retrying; nothing is lost, the store resumes from its own offsets"})
+            self.warned_at = now
+
+
 def _fmt_tps(tps) -> str:
     return ",".join(str(tp.partition) for tp in sorted(tps, key=lambda t: t.partition)) or "-"
 
@@ -148,6 +177,7 @@ class IngestWorker:
         last_data = None  # the idle clock starts once partitions are assigned
         last_progress = time.monotonic()
         progress_events = 0
+        outage = _OutageReport(self.cfg.kafka.bootstrap_servers)
         try:
             while not self._stop.is_set():
                 try:
@@ -172,6 +202,7 @@ class IngestWorker:
                     self._drain()  # nothing new: finish the write in flight now
                     if last_data is None and self.consumer.assignment():
                         last_data = now
+                    outage.check(now, self._broker_reachable())
                 if now - last_progress >= self.progress_every_s:
                     self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
                     progress_events = self.stats.events + self.stats.bad_events
@@ -252,6 +283,15 @@ class IngestWorker:
                                   for (t, p), o in info["offsets"].items()})
         except (KafkaError, AssertionError) as e:
             log.debug("kafka_commit_failed", extra={"error": str(e)})
+
+    def _broker_reachable(self) -> bool | None:
+        """Whether any broker connection is up (None: unknown). kafka-python's poll() returns
+        nothing, silently, while the brokers are down; this is how an outage becomes visible."""
+        try:
+            client = self.consumer._client  # no public API for this in kafka-python
+            return any(client.connected(b.node_id) for b in client.cluster.brokers())
+        except Exception:
+            return None
 
     def _lag(self) -> int | None:
         # The fetch responses' high watermark, not end_offsets(): the local broker answers the
