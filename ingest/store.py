@@ -84,13 +84,16 @@ class TripleStore:
     Parameters
     ----------
     data_dir : directory holding ``triples.lmdb`` (created if missing).
-    readonly : refuse writes through this handle.
+    readonly : refuse writes through this handle, and do not create a missing store
+        (``FileNotFoundError`` instead).
     map_size_gb : LMDB address space to reserve (a sparse file; not allocated up front).
     """
 
     def __init__(self, data_dir: str | os.PathLike, *, readonly: bool = False, map_size_gb: float = 8.0):
         self.path = Path(data_dir) / "triples.lmdb"
         self.readonly = readonly
+        if readonly and not (self.path / "data.mdb").exists():
+            raise FileNotFoundError(f"no triple store at {self.path} (nothing ingested yet?)")
         self.env = open_env(self.path, int(map_size_gb * (1 << 30)))
         e = self.env
         self._pairs = e.open_db(b"pairs")

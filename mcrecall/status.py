@@ -13,12 +13,17 @@ def add_status_arguments(p) -> None:
 def collect_status(cfg) -> dict:
     from ingest.store import TripleStore
 
-    store = TripleStore(cfg.data_dir, readonly=True)
+    try:
+        store = TripleStore(cfg.data_dir, readonly=True)
+        counts, offsets = store.counts(), store.offsets()
+    except FileNotFoundError:
+        counts = {"pairs": 0, "users": 0, "items": 0, "events": 0, "bad_events": 0, "seq": 0}
+        offsets = {}
     out: dict = {
         "data_dir": str(cfg.data_dir),
-        "store": store.counts(),
-        "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(store.offsets().items())},
-        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": store.counts()["bad_events"]},
+        "store": counts,
+        "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())},
+        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": counts["bad_events"]},
         "version": None,
     }
     try:
@@ -74,14 +79,19 @@ def render(st: dict) -> str:
 
 
 def render_evaluation(ev: dict) -> str:
-    """Flat or nested {name: {metric: value}} evaluation dicts as a table."""
-    if all(isinstance(v, dict) for v in ev.values()):
-        metrics = sorted({m for v in ev.values() for m in v if isinstance(v[m], (int, float))})
-        head = ["", *metrics]
-        rows = [[name, *(_fmt(v.get(m)) for m in metrics)] for name, v in ev.items()]
-        widths = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
-        return "\n".join("  " + "  ".join(f"{str(x):<{w}}" for x, w in zip(r, widths)) for r in [head, *rows])
-    return _table((k, _fmt(v)) for k, v in ev.items() if not isinstance(v, (dict, list)))
+    """Rows = the model and the baselines (dicts of figures), then the scalar facts."""
+    rows = {name: v for name, v in ev.items()
+            if isinstance(v, dict) and v and all(isinstance(x, (int, float)) or x is None for x in v.values())}
+    metrics = [m for m in ("rmse", "mae", "recall@10", "ndcg@10")
+               if any(m in v for v in rows.values())]
+    metrics += sorted({m for v in rows.values() for m in v} - set(metrics))
+    table = [["", *metrics]] + [[name, *(_fmt(v.get(m)) for m in metrics)] for name, v in rows.items()]
+    widths = [max(len(str(r[c])) for r in table) for c in range(len(table[0]))]
+    lines = ["  " + "  ".join(f"{str(x):<{w}}" for x, w in zip(r, widths)) for r in table]
+    facts = [(k, _fmt(v)) for k, v in ev.items() if not isinstance(v, (dict, list))]
+    if facts:
+        lines.append(_table(facts))
+    return "\n".join(lines)
 
 
 def run_status(args, cfg) -> int:

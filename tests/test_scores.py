@@ -140,3 +140,14 @@ def test_fast_path_agrees_with_full_validation():
         except BadEvent as e:
             got = e.reason
         assert got == expected, raw
+
+
+def test_readonly_handle_neither_creates_nor_writes(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no triple store"):
+        TripleStore(tmp_path / "missing", readonly=True)
+    assert not (tmp_path / "missing").exists()
+    TripleStore(tmp_path / "d").put_scores(["a"], ["x"], [2])
+    ro = TripleStore(tmp_path / "d", readonly=True)
+    assert store_scores(ro) == {("a", "x"): 2}
+    with pytest.raises(PermissionError):
+        ro.put_scores(["a"], ["y"], [1])
