@@ -1,7 +1,7 @@
 """Backfill a JSONL file into the triple store through the same validation and scoring.
 
-Needs no broker. Bad lines go to ``F.rejected.jsonl``, one JSON object per line with the line
-number, the reason and the raw line, so nothing is silently lost.
+Needs no broker. Bad lines go to ``F.rejected.jsonl`` (the file's whole name plus
+``.rejected.jsonl``), one JSON object per line with the line number, the reason and the raw line, so nothing is silently lost.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                   progress_every_s: float = 5.0) -> BackfillStats:
     """Validate, score and store every line of ``path``; return counts."""
     path = Path(path)
-    rejected_path = path.with_name(path.name + ".rejected.jsonl") if not path.name.endswith(".jsonl") \
-        else path.with_name(path.name[: -len(".jsonl")] + ".rejected.jsonl")
+    rejected_path = path.with_name(path.name + ".rejected.jsonl")  # DESIGN §7: F.rejected.jsonl
     stats = BackfillStats(rejected_path=rejected_path)
     t0 = last = time.monotonic()
     pairs: dict[tuple[str, str], int] = {}

@@ -43,7 +43,7 @@ def test_backfill_train_recall_triples_status(tmp_path):
     p = run(["ingest", "--from-file", str(events)], data)
     assert p.returncode == 0, p.stderr
     assert "1 rejected" in p.stdout
-    assert (tmp_path / "events.rejected.jsonl").exists()
+    assert (tmp_path / "events.jsonl.rejected.jsonl").exists()
 
     p = run(["train"], data, MCRECALL_TRAIN_OBJECTIVE="implicit", MCRECALL_TRAIN_DIM="8")
     assert p.returncode == 0, p.stdout + p.stderr

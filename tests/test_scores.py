@@ -96,7 +96,7 @@ def test_backfill_rejects_bad_lines_with_line_numbers(tmp_path):
     store = TripleStore(tmp_path / "d")
     stats = backfill_file(f, store)
     assert (stats.events, stats.rejected) == (2, 2)
-    rejected = [json.loads(line) for line in (tmp_path / "mixed.rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (tmp_path / "mixed.jsonl.rejected.jsonl").read_text().splitlines()]
     assert [(r["line"], r["raw"]) for r in rejected] == [(2, "garbage"), (3, '{"user_id": 1, "item_id": 2, "action": "fly"}')]
     assert "unknown action" in rejected[1]["reason"]
     assert store_scores(store) == {("1", "1"): 1, ("2", "1"): 1}
