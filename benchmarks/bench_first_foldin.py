@@ -1,0 +1,72 @@
+"""The first fold-in recall after a version loads (the case where the file backends used to build
+their id -> row map on the request path), at 100k and 1M items, exact backend, dim 64.
+
+    python benchmarks/bench_first_foldin.py [--items 100000 1000000]
+
+A brand-new user with 100 triples appears right after (wait 0 s) or 1 s after the client first
+touched the version; the time is that user's first ``recall(user, 10)``, which includes the
+search itself (bare exact search at 1M items: ~40 ms, see serve.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ingest.store import TripleStore  # noqa: E402
+from mcrecall.config import load_config  # noqa: E402
+from plugins import open_vector_store  # noqa: E402
+from serve import RecallClient  # noqa: E402
+from serve.testing import publish_vectors  # noqa: E402
+from train.versions import ModelRegistry  # noqa: E402
+
+
+def measure(n: int, rng) -> list[tuple]:
+    d = tempfile.mkdtemp(prefix="bench-foldin-")
+    items = [f"i{k}" for k in range(n)]
+    users = [f"u{k}" for k in range(1000)]
+    iv = rng.normal(size=(n, 64)).astype(np.float32) / 8
+    uv = rng.normal(size=(1000, 64)).astype(np.float32)
+    store = TripleStore(d)
+    store.put_scores(["seed"], ["i0"], [1])
+    cfg = load_config(environ={}).with_overrides(store={"data_dir": d},
+                                                 index={"backend": "exact", "index_type": "FLAT"})
+    publish_vectors(ModelRegistry(d), open_vector_store("exact", data_dir=d), user_ids=users,
+                    user_vectors=uv, item_ids=items, item_vectors=iv, store_seq=store.seq)
+    rows = []
+    for wait in (0.0, 1.0):
+        client = RecallClient(cfg)
+        t = time.perf_counter()
+        client.recall("u1", 10)  # the client loads the version
+        load_ms = (time.perf_counter() - t) * 1e3
+        time.sleep(wait)
+        new = f"new-{wait}"
+        store.put_scores([new] * 100, rng.choice(items, 100, replace=False).tolist(), [2] * 100)
+        t = time.perf_counter()
+        res = client.recall(new, 10)
+        rows.append((n, wait, load_ms, (time.perf_counter() - t) * 1e3, res[0].source))
+        client.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print("| items | new user arrives | first recall (loads version) ms | first fold-in recall ms | source |")
+    print("|---:|---|---:|---:|---|")
+    for n in args.items:
+        for n_, wait, load_ms, ms, source in measure(n, rng):
+            print(f"| {n_:,} | {wait:g} s after load | {load_ms:.1f} | {ms:.1f} | {source} |")
+
+
+if __name__ == "__main__":
+    main()
