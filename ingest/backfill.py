@@ -67,11 +67,10 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                             "lines": stats.lines, "events": stats.events, "rejected": stats.rejected,
                             "events_per_s": round(stats.events / (now - t0))})
                         last = now
-        if pairs or pending_events:
-            stats.changed_pairs += store.apply(pairs, events=pending_events)["changed"]
+        if pairs or pending_events or stats.rejected:
+            stats.changed_pairs += store.apply(pairs, events=pending_events,
+                                               bad_events=stats.rejected)["changed"]
             stats.events += pending_events
-        if stats.rejected:
-            store.apply({}, bad_events=stats.rejected)
     finally:
         if rejected is not None:
             rejected.close()

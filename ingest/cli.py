@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import sys
@@ -54,13 +55,7 @@ def add_ingest_arguments(p) -> None:
     p.add_argument("--from-file", metavar="F", help="backfill a JSONL file (no broker needed)")
     p.add_argument("--until-idle", metavar="SECONDS", type=float, default=None,
                    help="exit after this many seconds without new events")
-    p.add_argument("--max-events", type=int, default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    p.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run_ingest(args, cfg) -> int:

@@ -144,11 +144,11 @@ class TripleStore:
                 for (user_id, item_id), bits in pairs.items():
                     u = ucache.get(user_id)
                     if u is None:
-                        u = self._index(txn, user_id, ucache, new_users, self._user_ids,
+                        u = self._index(txn, user_id, new_users, self._user_ids,
                                         self._users_by_idx, counters, "n_users")
                     i = icache.get(item_id)
                     if i is None:
-                        i = self._index(txn, item_id, icache, new_items, self._item_ids,
+                        i = self._index(txn, item_id, new_items, self._item_ids,
                                         self._items_by_idx, counters, "n_items")
                     key = pack(u, i)
                     old = txn.get(key, db=pairs_db)
@@ -201,10 +201,8 @@ class TripleStore:
             pairs[key] = pairs.get(key, 0) | mask_for_score(int(s))
         return self.apply(pairs)
 
-    def _index(self, txn, ext_id, cache, new, by_id_db, by_idx_db, counters, counter) -> int:
-        idx = cache.get(ext_id)
-        if idx is not None:
-            return idx
+    def _index(self, txn, ext_id, new, by_id_db, by_idx_db, counters, counter) -> int:
+        """Dense index of an id missing from the committed cache: this batch's, stored, or new."""
         idx = new.get(ext_id)
         if idx is not None:
             return idx
@@ -262,11 +260,6 @@ class TripleStore:
         score = _SCORE_TABLE[np.frombuffer(masks, dtype=np.uint8)]
         return Snapshot(np.ascontiguousarray(idx[:, 0]), np.ascontiguousarray(idx[:, 1]),
                         score, user_ids, item_ids, seq)
-
-    def user_index(self, user_id: str) -> int | None:
-        with self.env.begin() as txn:
-            raw = txn.get(str(user_id).encode("utf-8"), db=self._user_ids)
-        return None if raw is None else _U32.unpack(raw)[0]
 
     def user_history(self, user_id: str) -> tuple[list[str], np.ndarray]:
         """One user's items and scores (``([], empty)`` for an unknown user)."""

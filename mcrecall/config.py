@@ -107,7 +107,6 @@ class Config:
         return _apply(self, {k: dict(v) for k, v in sections.items()}, origin="override")
 
 
-SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "source"}
 _SECTION_TYPES = {
     "kafka": KafkaConfig,
     "store": StoreConfig,

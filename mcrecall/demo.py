@@ -10,11 +10,10 @@ starts is stopped on the way out.
 from __future__ import annotations
 
 import collections
-import io
 import shutil
 import threading
 import time
-from contextlib import ExitStack, redirect_stdout
+from contextlib import ExitStack
 from pathlib import Path
 
 OUT_DEFAULT = "demo-output"
@@ -98,7 +97,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     lines = world.events(args.events)
     bad = [raw for raw, _ in MALFORMED]
     stream = _interleave(lines, bad)
-    rep.step(f"producing {len(stream):,} events ({len(users_of(lines)):,} users, {args.items:,} items, "
+    rep.step(f"producing {len(stream):,} events ({args.users:,} users, {args.items:,} items, "
              f"{len(bad)} malformed) to topic {topic!r} ...")
     t = time.monotonic()
     produce_lines(stream, cfg, validate=False, producer=producer)
@@ -199,12 +198,6 @@ def _stop_process(proc, timeout=20):
             proc.wait()
 
 
-def users_of(lines) -> set:
-    import json
-
-    return {json.loads(x)["user_id"] for x in lines[:50000]}
-
-
 def _interleave(lines, bad):
     out = list(lines)
     step = max(1, len(out) // (len(bad) + 1))
@@ -231,11 +224,11 @@ def _wait_ingested(store, n, rep, timeout=120):
 def _train(cfg, rep):
     from train.trainer import train_run
 
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        res = train_run(cfg, log=lambda m: print(m, flush=True))
-    for line in buf.getvalue().splitlines():
-        rep.say("    " + line)
+    def say(message: str) -> None:
+        for line in message.splitlines():
+            rep.say("    " + line)
+
+    res = train_run(cfg, log=say)
     if res.status != "published":
         rep.say(f"    (not published: {res.status})")
     return res.version
@@ -256,9 +249,7 @@ def _compare_objectives(cfg, store, out, rep):
         store.backup(scratch)
         ccfg = cfg.with_overrides(store={"data_dir": str(scratch)}, train={"objective": objective},
                                   index={"backend": "exact", "index_type": "FLAT", "uri": ""})
-        buf = io.StringIO()
-        with redirect_stdout(buf):
-            res = train_run(ccfg, log=lambda m: None)
+        res = train_run(ccfg, log=lambda m: None)
         if res.version is not None:
             m = ModelRegistry(scratch, readonly=True).metadata(res.version)
             m["version"] = f"{res.version} ({objective}, not served)"

@@ -74,23 +74,9 @@ def render(st: dict) -> str:
     ev = st.get("evaluation")
     if ev:
         lines += ["", "evaluation of the current version (held-out):"]
-        lines.append(render_evaluation(ev))
-    return "\n".join(lines)
+        from train.report import format_table
 
-
-def render_evaluation(ev: dict) -> str:
-    """Rows = the model and the baselines (dicts of figures), then the scalar facts."""
-    rows = {name: v for name, v in ev.items()
-            if isinstance(v, dict) and v and all(isinstance(x, (int, float)) or x is None for x in v.values())}
-    metrics = [m for m in ("rmse", "mae", "recall@10", "ndcg@10")
-               if any(m in v for v in rows.values())]
-    metrics += sorted({m for v in rows.values() for m in v} - set(metrics))
-    table = [["", *metrics]] + [[name, *(_fmt(v.get(m)) for m in metrics)] for name, v in rows.items()]
-    widths = [max(len(str(r[c])) for r in table) for c in range(len(table[0]))]
-    lines = ["  " + "  ".join(f"{str(x):<{w}}" for x, w in zip(r, widths)) for r in table]
-    facts = [(k, _fmt(v)) for k, v in ev.items() if not isinstance(v, (dict, list))]
-    if facts:
-        lines.append(_table(facts))
+        lines.append(format_table(ev))
     return "\n".join(lines)
 
 

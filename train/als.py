@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from .buckets import Chunk, build_chunks
+from .report import end_epoch
 
 
 @dataclass
@@ -262,15 +263,8 @@ class ALS:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            rec = {"epoch": ep, "seconds": dt, **self.loss()}
-            if on_sweep is not None:
-                rec.update(on_sweep(ep, self))
-            history.append(rec)
-            extra = "".join(f"  {k} {v:.4f}" for k, v in rec.items()
-                            if k not in ("epoch", "seconds", "loss") and isinstance(v, float)
-                            and not math.isnan(v))
-            log(f"  sweep {ep:>3}/{epochs}  loss {rec['loss']:.4f}{extra}  {dt:6.2f} s  "
-                f"{self.n / max(dt, 1e-9) / 1e6:.2f}M triples/s")
+            end_epoch(history, {"epoch": ep, "seconds": dt, **self.loss()}, self, epochs, on_sweep,
+                      log, "sweep", self.n, "triples")
         return history
 
     # -- publication form -----------------------------------------------------------------------

@@ -147,19 +147,3 @@ def evaluate(user_vecs: np.ndarray, item_vecs: np.ndarray, score_scale: float,
         out["popular"].update(_rank_metrics(lambda ub: pop.expand(len(ub), -1).clone(), tr_u,
                                             tr_i, te_u, te_i, te_y, n_items, users, dev))
     return out
-
-
-def format_table(ev: dict) -> str:
-    """A small fixed-width table of the figures."""
-    rows = [("model", ev.get("model")), ("global mean", ev.get("global_mean")),
-            ("most popular", ev.get("popular"))]
-    cols = ["rmse", "mae", "recall@10", "ndcg@10"]
-    lines = [f"  {'':<14}" + "".join(f"{c:>11}" for c in cols)]
-    for name, fig in rows:
-        if fig is None:
-            continue
-        cells = "".join(f"{'—' if fig.get(c) is None else format(fig[c], '.4f'):>11}"
-                        for c in cols)
-        lines.append(f"  {name:<14}{cells}")
-    lines.append(f"  held-out triples {ev.get('n_test')}, ranked users {ev.get('n_eval_users')}")
-    return "\n".join(lines)

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from .report import end_epoch
+
 
 class BCE:
     """SGD trainer for the bce objective (see module docstring)."""
@@ -121,16 +123,9 @@ class BCE:
                 total += float(data.detach())
                 seen += len(idx)
             dt = time.perf_counter() - t0
-            rec = {"epoch": ep, "seconds": dt,
-                   "loss": total / max(1, seen * (1 + self.negatives))}
-            if on_sweep is not None:
-                rec.update(on_sweep(ep, self))
-            history.append(rec)
-            extra = "".join(f"  {k} {v:.4f}" for k, v in rec.items()
-                            if k not in ("epoch", "seconds", "loss") and isinstance(v, float)
-                            and not math.isnan(v))
-            log(f"  epoch {ep:>3}/{epochs}  loss {rec['loss']:.4f}{extra}  {dt:6.2f} s  "
-                f"{seen * (1 + self.negatives) / max(dt, 1e-9) / 1e6:.2f}M examples/s")
+            examples = seen * (1 + self.negatives)
+            end_epoch(history, {"epoch": ep, "seconds": dt, "loss": total / max(1, examples)},
+                      self, epochs, on_sweep, log, "epoch", examples, "examples")
         return history
 
     def predict(self, u, i):

@@ -47,9 +47,12 @@ def pair_hash_unit(user_hash: np.ndarray, item_hash: np.ndarray) -> np.ndarray:
 
 def holdout_mask(user_idx, item_idx, user_ids, item_ids, fraction: float) -> np.ndarray:
     """Boolean (n,) mask of held-out triples under :data:`SPLIT_RULE`."""
-    hu = id_hashes(user_ids)
-    hi = id_hashes(item_ids)
-    return pair_hash_unit(hu[user_idx], hi[item_idx]) < fraction
+    return holdout_from_hashes(user_idx, item_idx, id_hashes(user_ids), id_hashes(item_ids), fraction)
+
+
+def holdout_from_hashes(user_idx, item_idx, user_hash, item_hash, fraction: float) -> np.ndarray:
+    """:func:`holdout_mask` for callers that keep the id hashes (the trainer reuses them)."""
+    return pair_hash_unit(user_hash[user_idx], item_hash[item_idx]) < fraction
 
 
 def split_metadata(fraction: float) -> dict:

@@ -19,10 +19,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .als import ALS  # noqa: E402
-from .evaluate import evaluate, format_table, popularity  # noqa: E402
+from .evaluate import evaluate, popularity  # noqa: E402
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
+from .report import format_table  # noqa: E402
 from .sgd import BCE  # noqa: E402
-from .split import holdout_mask, id_hashes, pair_hash_unit, split_metadata  # noqa: E402
+from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
 from .versions import ModelRegistry  # noqa: E402
 
 NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
@@ -184,7 +185,7 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
 
     device = resolve_device(tc.device)
     hu, hi = id_hashes(snap.user_ids), id_hashes(snap.item_ids)
-    test = pair_hash_unit(hu[snap.user_idx], hi[snap.item_idx]) < tc.holdout_fraction
+    test = holdout_from_hashes(snap.user_idx, snap.item_idx, hu, hi, tc.holdout_fraction)
     train = ~test
     log(f"train: {len(snap)} triples ({int(train.sum())} train / {int(test.sum())} held out), "
         f"{len(snap.user_ids)} users, {len(snap.item_ids)} items, store seq {snap.seq}; "
