@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss/torch: FINDINGS.md
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss/torch: docs/measurements.md
 
 import argparse  # noqa: E402
 import itertools  # noqa: E402

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (FINDINGS.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/measurements.md)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

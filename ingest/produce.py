@@ -11,8 +11,9 @@ from typing import Iterable
 
 from kafka import KafkaProducer
 
+from ingest.broker import port_open
 from ingest.events import BadEvent, parse_event
-from ingest.kafka_io import ensure_topic
+from ingest.kafka_io import KafkaUnavailable, ensure_topic
 
 log = logging.getLogger("mcrecall.produce")
 
@@ -29,11 +30,37 @@ def make_producer(bootstrap: str) -> KafkaProducer:
                          batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
 
 
+def check_broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> None:
+    """Fail fast, with what to do, when nothing listens at any of the bootstrap addresses.
+
+    kafka-python would retry for ~30 s in silence before giving up.
+
+    Raises
+    ------
+    KafkaUnavailable
+        No ``host:port`` of ``bootstrap`` accepts a TCP connection within ``timeout_s``.
+    """
+    addresses = [a.strip() for a in bootstrap.split(",") if a.strip()][:4]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            if port_open(host.strip("[]") or "127.0.0.1", int(port), timeout=timeout_s):
+                return
+        except ValueError:  # not host:port - kafka-python reports that itself
+            return
+    raise KafkaUnavailable(
+        f"no Kafka broker at {bootstrap}: nothing accepts connections there. Start a local one "
+        "with `mcrecall broker` (in another terminal), or point [kafka] bootstrap_servers "
+        "(MCRECALL_KAFKA_BOOTSTRAP_SERVERS) at your cluster")
+
+
 def produce_lines(lines: Iterable[bytes], cfg, *, validate: bool = True,
                   producer: KafkaProducer | None = None) -> ProduceStats:
     """Send each line as one message. With ``validate``, invalid lines are reported, not sent;
     without it they are sent as they are (to exercise the dead-letter path)."""
     k = cfg.kafka
+    if producer is None:
+        check_broker_reachable(k.bootstrap_servers)
     ensure_topic(k.bootstrap_servers, k.topic, k.partitions)
     own = producer is None
     producer = producer or make_producer(k.bootstrap_servers)

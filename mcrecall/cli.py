@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 
 from mcrecall.config import ConfigError, load_config
@@ -47,9 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         try:
             getattr(importlib.import_module(module), add)(p)
-        except (ImportError, AttributeError):
-            p.set_defaults(_unavailable=True)
+        except ImportError as e:  # reported when the command is run, as what it is
+            p.set_defaults(_import_error=e)
     return parser
+
+
+def import_problem(e: ImportError) -> str:
+    """One line saying which module could not be imported and why (not a generic 'unavailable')."""
+    name = getattr(e, "name", None)
+    what = f"cannot import {name!r}" if name else "an import failed"
+    return (f"{what} ({e}); the installation is incomplete or broken - "
+            "reinstall with `pip install -e .` (or `bash scripts/test.sh` to set up .venv)")
+
+
+def stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader has gone (``mcrecall triples | head``).
+
+    Tells a closed stdout apart from a broken socket: both raise ``BrokenPipeError``."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _fd, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_exit_on_closed_stdout() -> int:
+    # the reader went away: what we wrote is all it wanted. Point stdout at /dev/null so the
+    # interpreter's final flush does not print "Exception ignored ... BrokenPipeError".
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     module, _add, run, _help = COMMANDS[args.command]
-    if getattr(args, "_unavailable", False):
-        print(f"mcrecall {args.command}: not built yet", file=sys.stderr)
+    if getattr(args, "_import_error", None) is not None:
+        print(f"mcrecall {args.command}: {import_problem(args._import_error)}", file=sys.stderr)
         return 2
     try:
         cfg = load_config(args.config)
@@ -69,9 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mcrecall: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        return int(getattr(importlib.import_module(module), run)(args, cfg) or 0)
+        rc = int(getattr(importlib.import_module(module), run)(args, cfg) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return rc
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as e:
+        if stdout_closed():
+            return _quiet_exit_on_closed_stdout()
+        print(f"mcrecall {args.command}: {e}", file=sys.stderr)
+        return 1
+    except ImportError as e:
+        print(f"mcrecall {args.command}: {import_problem(e)}", file=sys.stderr)
+        return 2
     except (ConfigError, ValueError, FileNotFoundError, PermissionError, ConnectionError) as e:
         print(f"mcrecall {args.command}: {e}", file=sys.stderr)
         return 1

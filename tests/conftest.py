@@ -2,7 +2,7 @@ import os
 import sys
 
 # Must be set before torch is imported anywhere: with the other core busy, OpenMP's spin-waiting
-# makes 2-thread torch 10-65x slower on these machines (shared/FINDINGS.md).
+# makes 2-thread torch 10-65x slower on these machines (docs/measurements.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -1,7 +1,7 @@
 """Padded, length-bucketed row layout for batched normal equations.
 
 Per-row normal equations ``H_r = Σ_j w_rj f_j f_jᵀ`` are built fastest as one ``torch.bmm`` over
-rows padded to a common length (FINDINGS.md: 10–20× faster than ``index_add_`` of outer
+rows padded to a common length (docs/measurements.md: 10–20× faster than ``index_add_`` of outer
 products). Rows are sorted by their number of entries and grouped so that padding wastes at
 most ~2×; each group is cut into chunks whose gathered ``(R, L, k)`` block fits a memory budget.
 The layout depends only on the sparsity pattern, so it is built once per training run.

@@ -20,7 +20,7 @@ Update rule
 Per mini-batch of positives (shuffled each epoch, seeded): gradients of the batch-mean loss on
 the gathered rows (autograd on the gathered rows only), summed per distinct row, then a sparse
 Adagrad step on those rows only: G_r += g_r², x_r −= lr · g_r / √(G_r + ε). Dense optimisers
-update whole tables each step and are slow on large tables (FINDINGS.md).
+update whole tables each step and are slow on large tables (docs/measurements.md).
 """
 
 from __future__ import annotations

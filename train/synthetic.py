@@ -1,7 +1,7 @@
 """Synthetic rating data with planted low-rank structure and user-dependent exposure.
 
 Why user-dependent exposure: if exposures depended on popularity alone, "most popular" would win
-every ranking metric (FINDINGS.md), and a test of ranking would test nothing. Here a user is
+every ranking metric (docs/measurements.md), and a test of ranking would test nothing. Here a user is
 exposed to an item with log-odds ``alpha * log(pop_i) + beta * <p_u, q_i>``: popular items are seen
 more, and users see (and then score) items they like -- as under a deployed recommender.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 # Before torch is imported: with the other core busy, OpenMP's default spin-waiting made steps
-# 10-65x slower on these 2-core machines (FINDINGS.md).
+# 10-65x slower on these 2-core machines (docs/measurements.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import time  # noqa: E402
@@ -162,13 +162,12 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         torch.set_num_threads(tc.threads)
     t_start = time.perf_counter()
     data_dir = cfg.data_dir
+    if not (data_dir / "triples.lmdb").exists():  # before the registry: create nothing
+        log(f"train: no triple store at {data_dir / 'triples.lmdb'}; nothing to train on")
+        return TrainResult("empty")
     registry = ModelRegistry(data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
     cur = registry.current_version()
     cur_meta = registry.metadata(cur) if cur is not None else None
-    if not (data_dir / "triples.lmdb").exists():
-        log(f"train: no triple store at {data_dir / 'triples.lmdb'}; nothing to train on")
-        registry.close()
-        return TrainResult("empty")
     store = TripleStore(data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
     try:
         snap = store.snapshot()
