@@ -4,12 +4,15 @@ Starts a local Kafka-protocol broker and a local Milvus Lite server, streams a s
 stream (with duplicates and malformed messages) through the ingest worker, trains and publishes
 version 1, serves recalls (a brand-new user through fold-in), keeps streaming while version 2
 trains from a warm start, and writes a report (text + PNG) to the output folder. Every process it
-starts is stopped on the way out.
+starts is stopped on the way out; ``<out>/mcrecall.toml`` then points the ``mcrecall`` command at
+the demo's data (the item vectors are read from the Milvus Lite file the demo's server wrote).
 """
 
 from __future__ import annotations
 
 import collections
+import json
+import shlex
 import shutil
 import threading
 import time
@@ -17,6 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 OUT_DEFAULT = "demo-output"
+CONFIG_NAME = "mcrecall.toml"
 
 
 def add_demo_arguments(p) -> None:
@@ -71,7 +75,9 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     stack.callback(broker.stop)
     rep.step(f"  broker on {broker.bootstrap_servers} (pid {broker.proc.pid})")
     rep.step("starting the local Milvus Lite server (several processes may share it) ...")
-    milvus = MilvusLiteServer(out / "data" / "milvus", log_path=out / "milvus.log")
+    # the server's data directory is the default Milvus Lite file of the data dir, so that
+    # mcrecall.toml can read the versions in file mode once the server is gone
+    milvus = MilvusLiteServer(out / "data" / "milvus.db", log_path=out / "milvus.log")
     uri = milvus.start()
     stack.callback(milvus.stop)
     rep.step(f"  Milvus Lite on {uri} (pid {milvus.pid})")
@@ -110,7 +116,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     rep.step(f"training version 1 (objective {cfg.train.objective}, similarity {cfg.train.similarity}, "
              f"metric {cfg.index.metric}, {cfg.index.index_type}) ...")
     v1 = _train(cfg, rep)
-    comparison = _compare_objectives(cfg, store, out, rep)
+    comparisons = _compare_objectives(cfg, _store_copy(store, out, 1), rep, v1)
     from serve import RecallClient
 
     client = RecallClient(cfg)
@@ -137,9 +143,14 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     streamer = threading.Thread(target=_stream_slowly, args=(more, cfg, producer), daemon=True)
     streamer.start()
     time.sleep(1.0)
+    # the comparison's copy, taken right before version 2's snapshot: nearly the same triples
+    # (the stream goes on meanwhile; the table shows both counts)
+    copy_v2 = _store_copy(store, out, 2)
     v2 = _train(cfg, rep)
     streamer.join()
     _wait_ingested(store, len(stream) + len(newbie_lines) + len(more), rep)
+    for objective, metas_ in _compare_objectives(cfg, copy_v2, rep, v2).items():
+        comparisons.setdefault(objective, []).extend(metas_)
     rep.step(f"version {client.version} is current; the same user after retraining:")
     _show_recall(client, world, world.user_id(demo_users[0]), rep, taste=list(world.tastes[demo_users[0]]))
 
@@ -148,8 +159,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
 
     reg = ModelRegistry(cfg.data_dir, readonly=True)
     metas = [reg.metadata(v) for v in (v1, v2) if v is not None and v in reg.versions()]
-    plot_metas = list(metas)
-    rep.say(_versions_table(metas + comparison))
+    rep.say(_versions_table(metas + [m for ms in comparisons.values() for m in ms]))
     rep.say("    (RMSE is meaningless for the ranking objectives, which predict a preference, not a score;\n"
             "     the seed's squared objective fits scores yet ranks below 'most popular' - the seed's own\n"
             "     critique - while the implicit objective, negatives from all items, ranks far above it)")
@@ -158,15 +168,53 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
         rep.say(f"    {n} x {reason}")
 
     _stop_process(worker)
-    rep.step(f"done in {time.monotonic() - rep.t0:.0f}s; report: {out / 'report.txt'}, {out / 'report.png'}")
-    (out / "report.txt").write_text("\n".join(rep.lines) + "\n")
-    try:
-        from mcrecall.plot import plot_report
+    from mcrecall.plot import plot_report
 
-        plot_report(plot_metas, out / "report.png")
-    except ImportError as e:  # Pillow is in the [local] extra
-        rep.say(f"(no PNG plot: {e})")
+    plot_report(metas, out / "report.png", comparisons)
+    config_path = write_demo_config(out, cfg)
+    rep.step(f"done in {time.monotonic() - rep.t0:.0f}s; report: {out / 'report.txt'}, {out / 'report.png'}")
+    command = f"mcrecall --config {shlex.quote(str(config_path))}"
+    rep.say(f"query the demo's data after it has stopped: {command} status")
+    rep.say(f"    (and e.g. {command} recall u0 -k 10)")
+    (out / "report.txt").write_text("\n".join(rep.lines) + "\n")
     return 0
+
+
+def _toml_string(value: str) -> str:
+    # a TOML basic string: JSON's escapes (\" \\ \n \uXXXX for control characters) are TOML's;
+    # non-ASCII stays literal (TOML's \u may not encode half a surrogate pair)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def write_demo_config(out: Path, cfg) -> Path:
+    """Write ``<out>/mcrecall.toml``: the demo's data dir, objective and vector store, as absolute
+    paths (valid from any working directory), readable once the demo's servers are gone."""
+    data_dir = Path(cfg.data_dir).resolve()
+    text = "\n".join([
+        "# Written by `mcrecall demo`: the demo's data, for the mcrecall command after the demo.",
+        f"#   mcrecall --config {out / CONFIG_NAME} status",
+        "# The demo's broker (memory storage) and Milvus Lite server have stopped: item vectors are",
+        "# read from the Milvus Lite file in the data dir (file mode serves one process at a time).",
+        "",
+        "[store]",
+        f"data_dir = {_toml_string(str(data_dir))}",
+        "",
+        "[train]",
+        f"objective = {_toml_string(cfg.train.objective)}",
+        f"similarity = {_toml_string(cfg.train.similarity)}",
+        "",
+        "[index]",
+        'backend = "milvus"',
+        f"uri = {_toml_string(str(data_dir / 'milvus.db'))}",
+        f"collection = {_toml_string(cfg.index.collection)}",
+        f"metric = {_toml_string(cfg.index.metric)}",
+        "",
+    ])
+    path = out / CONFIG_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def _start_worker(cfg, args, log_path):
@@ -234,26 +282,37 @@ def _train(cfg, rep):
     return res.version
 
 
-def _compare_objectives(cfg, store, out, rep):
-    """Train the other objectives on a copy of the same triples (exact backend, not served)."""
+def _store_copy(store, out: Path, version: int) -> Path:
+    """A consistent copy of the triple store for the comparison with published ``version``."""
+    dest = out / "data" / f"compare-v{version}" / "source"
+    if dest.parent.exists():
+        shutil.rmtree(dest.parent)
+    store.backup(dest)
+    return dest
+
+
+def _compare_objectives(cfg, source: Path, rep, version) -> dict[str, list[dict]]:
+    """Train the other objectives on the store copy ``source`` (exact backend, not served);
+    objective -> [metadata with ``compared_with`` = the published ``version``]."""
     from train.trainer import train_run
     from train.versions import ModelRegistry
 
-    metas = []
+    metas: dict[str, list[dict]] = {}
     for objective in ("squared", "implicit"):
-        if objective == cfg.train.objective:
+        if objective == cfg.train.objective or version is None:
             continue
-        scratch = out / "data" / f"compare-{objective}"
+        scratch = source.parent / objective
         if scratch.exists():
             shutil.rmtree(scratch)
-        store.backup(scratch)
+        shutil.copytree(source, scratch)
         ccfg = cfg.with_overrides(store={"data_dir": str(scratch)}, train={"objective": objective},
                                   index={"backend": "exact", "index_type": "FLAT", "uri": ""})
         res = train_run(ccfg, log=lambda m: None)
         if res.version is not None:
             m = ModelRegistry(scratch, readonly=True).metadata(res.version)
-            m["version"] = f"{res.version} ({objective}, not served)"
-            metas.append(m)
+            m["version"] = f"{version} ({objective}, not served)"
+            m["compared_with"] = version
+            metas.setdefault(objective, []).append(m)
             rep.step(f"  for comparison, the {objective} objective on the same triples: "
                      f"RMSE {m['evaluation']['model']['rmse']:.4f}, "
                      f"Recall@10 {m['evaluation']['model']['recall@10']:.4f}")

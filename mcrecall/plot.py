@@ -1,70 +1,164 @@
-"""The demo's PNG: training loss per sweep for each version, and Recall@10 per version next to
-the popularity baseline. Drawn with Pillow's primitives (no plotting stack needed)."""
+"""Report plots (PNG) with matplotlib's Agg canvas: no display, no pyplot global state.
+
+The building blocks are data-only: a :class:`Series` is one labelled line, a :class:`Panel` one
+set of axes, and :func:`plot_panels` draws panels side by side into a PNG with labelled axes and
+each panel's legend below its axes (never over the data). :func:`plot_report` is the demo's
+report built from model-version metadata; other reports (e.g. a prequential evaluation over
+time) build their own panels and call :func:`plot_panels`.
+
+>>> plot_panels([Panel("held-out Recall@10", "version", "Recall@10",
+...                    [Series("model", [1, 2], [0.42, 0.43])], integer_x=True)],
+...             "recall.png")                                             # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from PIL import Image, ImageDraw
-
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
-W, H, PAD = 460, 320, 48
-
-
-def _panel(draw, x0, title, series, ylabel, xlabel):
-    """series: [(label, [(x, y), ...], colour)]; draws axes, ticks and polylines."""
-    pts = [p for _, s, _ in series for p in s]
-    draw.text((x0 + PAD, 10), title, fill="black")
-    left, top, right, bottom = x0 + PAD, 34, x0 + W - 16, H - PAD
-    draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text((left, bottom + 26), xlabel, fill="black")
-    draw.text((x0 + 4, top - 14), ylabel, fill="black")
-    if not pts:
-        draw.text((left + 10, top + 10), "no data", fill="black")
-        return
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    xmin, xmax = min(xs), max(xs)
-    ymin, ymax = min(0.0, min(ys)), max(ys) * 1.1 or 1.0
-    if xmax == xmin:
-        xmax = xmin + 1
-
-    def tx(x):
-        return left + (x - xmin) / (xmax - xmin) * (right - left - 20) + 10
-
-    def ty(y):
-        return bottom - (y - ymin) / (ymax - ymin) * (bottom - top)
-
-    for k in range(5):
-        y = ymin + (ymax - ymin) * k / 4
-        draw.line([left - 4, ty(y), left, ty(y)], fill="black")
-        draw.text((x0 + 2, ty(y) - 6), f"{y:.3g}", fill="black")
-    for x in sorted(set(xs)):
-        draw.line([tx(x), bottom, tx(x), bottom + 4], fill="black")
-        draw.text((tx(x) - 3, bottom + 8), f"{x:g}", fill="black")
-    for n, (label, s, colour) in enumerate(series):
-        s = sorted(s)
-        if len(s) > 1:
-            draw.line([(tx(x), ty(y)) for x, y in s], fill=colour, width=2)
-        for x, y in s:
-            draw.ellipse([tx(x) - 3, ty(y) - 3, tx(x) + 3, ty(y) + 3], fill=colour)
-        draw.text((right - 150, top + 6 + 14 * n), label, fill=colour)
+# the objective's name in titles: what it minimises and how (docs/notation.md)
+OBJECTIVE_NAMES = {
+    "squared": "squared loss on observed scores (the seed's objective, ALS)",
+    "implicit": "confidence-weighted squared loss over all cells (weighted ALS)",
+    "bce": "binary cross-entropy, sampled negatives (sparse Adagrad)",
+}
 
 
-def plot_report(metas: list[dict], path: Path) -> Path:
-    img = Image.new("RGB", (2 * W, H), "white")
-    draw = ImageDraw.Draw(img)
-    loss = []
-    for k, m in enumerate(metas):
-        hist = (m.get("training") or {}).get("history") or []
-        loss.append((f"version {m['version']} loss", [(h["epoch"], h["loss"]) for h in hist if "loss" in h],
-                     COLOURS[k % len(COLOURS)]))
-    _panel(draw, 0, "training loss per sweep", loss, "loss", "sweep / epoch")
-    rec_model = [(m["version"], m["evaluation"]["model"]["recall@10"]) for m in metas
-                 if m.get("evaluation", {}).get("model", {}).get("recall@10") is not None]
-    rec_pop = [(m["version"], m["evaluation"]["popular"]["recall@10"]) for m in metas
-               if m.get("evaluation", {}).get("popular", {}).get("recall@10") is not None]
-    _panel(draw, W, "held-out Recall@10 per version", [
-        ("model", rec_model, COLOURS[0]), ("most popular", rec_pop, COLOURS[1])], "Recall@10", "version")
+@dataclass
+class Series:
+    """One line: ``label`` in the legend, points ``(xs[k], ys[k])``; None values are skipped.
+
+    ``style`` is passed to matplotlib's ``Axes.plot`` (e.g. ``{"linestyle": "--"}``)."""
+
+    label: str
+    xs: Sequence[float]
+    ys: Sequence[float | None]
+    style: dict = field(default_factory=dict)
+
+
+@dataclass
+class Panel:
+    """One set of axes. ``integer_x`` puts ticks on whole numbers only (versions, sweeps);
+    ``y_from_zero`` starts the y axis at 0 (metrics, where the distance from 0 matters)."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+    integer_x: bool = False
+    y_from_zero: bool = False
+
+
+def plot_panels(panels: Sequence[Panel], path, *, title: str | None = None,
+                panel_size: tuple[float, float] = (5.0, 4.2), dpi: int = 110) -> Path:
+    """Draw ``panels`` side by side (:func:`draw_panels`) into the PNG at ``path``; return it."""
+    fig = draw_panels(panels, title=title, panel_size=panel_size, dpi=dpi)
     path = Path(path)
-    img.save(path)
+    fig.savefig(path)
     return path
+
+
+def draw_panels(panels: Sequence[Panel], *, title: str | None = None,
+                panel_size: tuple[float, float] = (5.0, 4.2), dpi: int = 110):
+    """A matplotlib ``Figure`` (Agg canvas) with one axes per panel, side by side.
+
+    Each panel's legend sits below its axes, so no line runs through it; a panel without data
+    says so instead of drawing empty axes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    n = max(1, len(panels))
+    fig = Figure(figsize=(panel_size[0] * n, panel_size[1]), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        ax.set_title(panel.title, fontsize=10, wrap=True)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(True, alpha=0.3)
+        drawn, xs = 0, set()
+        for s in panel.series:
+            pts = [(x, y) for x, y in zip(s.xs, s.ys) if y is not None]
+            if not pts:
+                continue
+            style = {"marker": "o", "markersize": 4, **s.style}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=s.label, **style)
+            xs.update(p[0] for p in pts)
+            drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            continue
+        if panel.integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(xs) <= 3:
+                ax.margins(x=0.12)  # few points: keep the end markers off the frame
+        if panel.y_from_zero:
+            ax.set_ylim(bottom=0)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False,
+                  fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _metric(meta: dict, row: str, name: str) -> float | None:
+    v = ((meta.get("evaluation") or {}).get(row) or {}).get(name)
+    return None if v is None else float(v)
+
+
+def report_panels(metas: Sequence[dict], comparisons: dict[str, Sequence[dict]] | None = None
+                  ) -> list[Panel]:
+    """The demo's panels from the metadata of the published versions.
+
+    Parameters
+    ----------
+    metas : metadata of the published versions, oldest first (``version`` an int, ``objective``,
+        ``training.history`` with ``epoch`` and ``loss``, ``evaluation`` with ``model`` and
+        ``popular`` rows).
+    comparisons : objective -> metadata of a version of that objective trained on the same
+        triples as each published version (key ``compared_with`` = the published version).
+
+    Returns
+    -------
+    Loss per sweep for each version; held-out Recall@10 and NDCG@10 per version for the model,
+    "most popular" and each comparison objective.
+    """
+    comparisons = comparisons or {}
+    objectives = sorted({str(m.get("objective", "?")) for m in metas})
+    named = "; ".join(f"{o}: {OBJECTIVE_NAMES.get(o, o)}" for o in objectives)
+    loss = []
+    for m in metas:
+        hist = (m.get("training") or {}).get("history") or []
+        pts = [(h["epoch"], h["loss"]) for h in hist if h.get("loss") is not None]
+        loss.append(Series(f"version {m['version']}", [p[0] for p in pts], [p[1] for p in pts]))
+    panels = [Panel(f"training loss per sweep\n{named}", "sweep", "training loss (objective value)",
+                    loss, integer_x=True)]
+    versions = [m["version"] for m in metas]
+    for metric, label in (("recall@10", "Recall@10"), ("ndcg@10", "NDCG@10")):
+        series = [Series(f"model ({'/'.join(objectives)})", versions,
+                         [_metric(m, "model", metric) for m in metas], {"linewidth": 2}),
+                  Series("most popular (baseline, same run)", versions,
+                         [_metric(m, "popular", metric) for m in metas],
+                         {"linestyle": "--", "marker": "s"})]
+        for objective, cms in sorted(comparisons.items()):
+            by_version = {c.get("compared_with"): c for c in cms}
+            who = "the seed's squared objective" if objective == "squared" else f"{objective} objective"
+            series.append(Series(f"{who}, same triples (not served)", versions,
+                                 [_metric(by_version[v], "model", metric) if v in by_version
+                                  else None for v in versions],
+                                 {"linestyle": ":", "marker": "^"}))
+        panels.append(Panel(f"held-out {label} per version\n{'/'.join(objectives)} objective "
+                            "vs most popular" + (" and the " + ", ".join(sorted(comparisons)) + " objective"
+                                                      if comparisons else ""),
+                            "model version", label, series,
+                            integer_x=True, y_from_zero=True))
+    return panels
+
+
+def plot_report(metas: Sequence[dict], path, comparisons: dict[str, Sequence[dict]] | None = None
+                ) -> Path:
+    """The demo's report.png: :func:`report_panels` drawn by :func:`plot_panels`."""
+    return plot_panels(report_panels(metas, comparisons), path, panel_size=(5.2, 4.6))
