@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             getattr(importlib.import_module(module), add)(p)
         except ImportError as e:  # reported when the command is run, as what it is
+            p.add_argument("_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             p.set_defaults(_import_error=e)
     return parser
 
