@@ -5,7 +5,8 @@ their id -> row map on the request path), at 100k and 1M items, exact backend, d
 
 A brand-new user with 100 triples appears right after (wait 0 s) or 1 s after the client first
 touched the version; the time is that user's first ``recall(user, 10)``, which includes the
-search itself (bare exact search at 1M items: ~40 ms, see serve.md).
+search itself (see the bare exact search in serve.md). Writes its section of
+``benchmarks/results/serve.md`` (replacing its previous one) and re-renders that file's summary.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from plugins import open_vector_store  # noqa: E402
 from serve import RecallClient  # noqa: E402
 from serve.testing import publish_vectors  # noqa: E402
 from train.versions import ModelRegistry  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import FIRST_FOLDIN, RESULTS, render  # noqa: E402
+from resultsfile import add_run, machine_note, table_md  # noqa: E402
 
 
 def measure(n: int, rng) -> list[tuple]:
@@ -56,16 +61,29 @@ def measure(n: int, rng) -> list[tuple]:
     return rows
 
 
+def section(rows: list[tuple], note: str) -> str:
+    """This benchmark's section of serve.md: rows (items, wait s, load ms, fold-in ms, source)."""
+    table = table_md(["items", "new user arrives", "first recall (loads version) ms",
+                      "first fold-in recall ms", "source"],
+                     [[f"{n:,}", f"{wait:g} s after load", f"{load_ms:.1f}", f"{ms:.1f}", source]
+                      for n, wait, load_ms, ms, source in rows], "rlrrl")
+    return (f"{FIRST_FOLDIN} (`benchmarks/bench_first_foldin.py`, exact backend, dim 64)\n\n"
+            "A brand-new user with 100 triples arrives right after, or 1 s after, the client first "
+            "touched a version. The first recall of any user loads the version's files once per "
+            "process (\"loads version\"); the new user's first recall is a fold-in plus the search. "
+            f"{note}\n\n{table}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print("| items | new user arrives | first recall (loads version) ms | first fold-in recall ms | source |")
-    print("|---:|---|---:|---:|---|")
-    for n in args.items:
-        for n_, wait, load_ms, ms, source in measure(n, rng):
-            print(f"| {n_:,} | {wait:g} s after load | {load_ms:.1f} | {ms:.1f} | {source} |")
+    rows = [row for n in args.items for row in measure(n, rng)]
+    text = section(rows, machine_note() + ".")
+    print(text)
+    render(args.out, add_run(args.out, text, append=True, replaces=FIRST_FOLDIN))
 
 
 if __name__ == "__main__":
