@@ -16,7 +16,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY_HEADING = "## Summary"
-_MARK = re.compile(r"<!-- bench:([A-Za-z0-9_.-]+) -->\n(.*?)\n<!-- /bench:\1 -->", re.S)
+_MARK = re.compile(r"<!-- bench:([A-Za-z0-9_.-]+) -->(.*?)<!-- /bench:\1 -->", re.S)
 
 
 def marked(name: str, body: str) -> str:
@@ -26,7 +26,7 @@ def marked(name: str, body: str) -> str:
 
 def marked_blocks(text: str) -> dict[str, str]:
     """name -> body of every marked block in ``text``."""
-    return {m.group(1): m.group(2) for m in _MARK.finditer(text)}
+    return {m.group(1): m.group(2).strip("\n") for m in _MARK.finditer(text)}
 
 
 def replace_marked(text: str, blocks: dict[str, str]) -> str:
