@@ -60,7 +60,7 @@ def import_problem(e: ImportError) -> str:
     name = getattr(e, "name", None)
     what = f"cannot import {name!r}" if name else "an import failed"
     return (f"{what} ({e}); the installation is incomplete or broken - "
-            "reinstall with `pip install -e .` (or `bash scripts/test.sh` to set up .venv)")
+            "reinstall the project and its dependencies (`pip install -e .`)")
 
 
 def stdout_closed() -> bool:
