@@ -284,10 +284,11 @@ def main(argv=None) -> int:
               "(pointer and user_seq reads, validation, result objects).\n")
     section = header + "\n" + text + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
     print(section)
-    runs = add_run(args.out, section, append=args.append)
-    # bench_first_foldin.py's section stays last
-    runs = ([s for s in runs if not s.startswith(FIRST_FOLDIN)]
-            + [s for s in runs if s.startswith(FIRST_FOLDIN)])
+    # without --append this run replaces the earlier runs, not bench_first_foldin.py's section,
+    # which stays last
+    first = [s for s in run_sections(args.out) if s.startswith(FIRST_FOLDIN)]
+    runs = [s for s in add_run(args.out, section, append=args.append)
+            if not s.startswith(FIRST_FOLDIN)] + first
     render(args.out, runs)
     return 0
 
