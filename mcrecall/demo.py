@@ -52,6 +52,8 @@ class Report:
 
 def run_demo(args, cfg) -> int:
     out = Path(args.out)
+    # written again at the end: a demo that fails half-way leaves no config pointing at its data
+    (out / CONFIG_NAME).unlink(missing_ok=True)
     if (out / "data").exists():
         shutil.rmtree(out / "data")
     out.mkdir(parents=True, exist_ok=True)
@@ -173,11 +175,28 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     plot_report(metas, out / "report.png", comparisons)
     config_path = write_demo_config(out, cfg)
     rep.step(f"done in {time.monotonic() - rep.t0:.0f}s; report: {out / 'report.txt'}, {out / 'report.png'}")
-    command = f"mcrecall --config {shlex.quote(str(config_path))}"
+    command = f"{_mcrecall_command()} --config {shlex.quote(str(config_path))}"
     rep.say(f"query the demo's data after it has stopped: {command} status")
     rep.say(f"    (and e.g. {command} recall u0 -k 10)")
     (out / "report.txt").write_text("\n".join(rep.lines) + "\n")
     return 0
+
+
+def _mcrecall_command() -> str:
+    """``mcrecall`` when that is on PATH, else this environment's script (``.venv/bin/mcrecall``
+    after scripts/demo.sh), relative to the working directory when it lies below it."""
+    import os
+    import sys
+
+    if shutil.which("mcrecall"):
+        return "mcrecall"
+    script = Path(sys.prefix) / "bin" / "mcrecall"
+    if not script.exists():
+        return "mcrecall"
+    try:
+        return shlex.quote(str(script.relative_to(Path(os.getcwd()))))
+    except ValueError:
+        return shlex.quote(str(script))
 
 
 def _toml_string(value: str) -> str:
