@@ -299,7 +299,14 @@ class RecallClient:
     def _store_call(self, number: int, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except VersionNotFoundError:
+        except VersionNotFoundError as e:
+            if self._alive(number) and self._current() == number:
+                # not churn: the registry and the vector store disagree ([index] points elsewhere)
+                i = self.cfg.index
+                raise VersionNotFoundError(
+                    f"version {number} is current in {self.cfg.data_dir} but the {i.backend} "
+                    f"vector store ({i.uri or 'its default place in the data dir'}) does not have "
+                    "it: point [index] backend and uri where the trainer published it") from e
             raise _VersionGone(number) from None
         except (ValueError, TypeError, KeyError):
             raise

@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(args, data_dir=None, *, cwd=ROOT, stdout=subprocess.PIPE, timeout=300, **env):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
     e.pop("MCRECALL_CONFIG", None)
     if data_dir is not None:
         e.update(MCRECALL_STORE_DATA_DIR=str(data_dir), MCRECALL_INDEX_BACKEND="exact")
+    e.update(env)
     return subprocess.run([sys.executable, "-m", "mcrecall", *args], env=e, stdout=stdout,
                           stderr=subprocess.PIPE, text=True, timeout=timeout, cwd=cwd)
 
@@ -237,3 +238,12 @@ def test_license_is_an_spdx_string_that_setuptools_takes_without_a_warning():
         dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
     assert not [w for w in caught if "license" in str(w.message).lower()]
     assert dist.metadata.license_expression == "Apache-2.0"
+
+
+def test_a_vector_store_without_the_current_version_is_named_not_called_churn(trained):
+    """users.lmdb says version 1 is current, the configured vector store never had it (pointing
+    the CLI at a data dir with another [index]): say so, not 'dropped 4 times'."""
+    p = run(["recall", "0", "-k", "5"], trained, timeout=120, MCRECALL_INDEX_COLLECTION="elsewhere")
+    assert p.returncode == 1
+    assert "does not have it" in p.stderr and "[index]" in p.stderr
+    assert "dropped" not in p.stderr and "Traceback" not in p.stderr
