@@ -75,7 +75,7 @@ def draw_panels(panels: Sequence[Panel], *, title: str | None = None,
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, panel in zip(axes, panels):
-        ax.set_title(panel.title, fontsize=10, wrap=True)
+        ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(True, alpha=0.3)
@@ -133,7 +133,9 @@ def report_panels(metas: Sequence[dict], comparisons: dict[str, Sequence[dict]] 
     for m in metas:
         hist = (m.get("training") or {}).get("history") or []
         pts = [(h["epoch"], h["loss"]) for h in hist if h.get("loss") is not None]
-        loss.append(Series(f"version {m['version']}", [p[0] for p in pts], [p[1] for p in pts]))
+        warm = (m.get("warm_start") or {}).get("from_version")
+        label = f"version {m['version']}" + (f" (warm start from {warm})" if warm else "")
+        loss.append(Series(label, [p[0] for p in pts], [p[1] for p in pts]))
     panels = [Panel(f"training loss per sweep\n{named}", "sweep", "training loss (objective value)",
                     loss, integer_x=True)]
     versions = [m["version"] for m in metas]
@@ -150,9 +152,10 @@ def report_panels(metas: Sequence[dict], comparisons: dict[str, Sequence[dict]] 
                                  [_metric(by_version[v], "model", metric) if v in by_version
                                   else None for v in versions],
                                  {"linestyle": ":", "marker": "^"}))
-        panels.append(Panel(f"held-out {label} per version\n{'/'.join(objectives)} objective "
-                            "vs most popular" + (" and the " + ", ".join(sorted(comparisons)) + " objective"
-                                                      if comparisons else ""),
+        against = ", ".join("the seed's squared objective" if c == "squared" else f"the {c} objective"
+                            for c in sorted(comparisons))
+        panels.append(Panel(f"held-out {label} per version\n{'/'.join(objectives)} objective vs "
+                            "most popular" + (f"\nand {against}" if against else ""),
                             "model version", label, series,
                             integer_x=True, y_from_zero=True))
     return panels

@@ -205,6 +205,10 @@ def test_report_plot_names_the_objective_and_keeps_legends_off_the_data(tmp_path
         legend = ax.get_legend()
         assert legend is not None
         assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+        page = fig.bbox
+        for box in (ax.title.get_window_extent(renderer), legend.get_window_extent(renderer)):
+            assert box.x0 >= page.x0 and box.x1 <= page.x1, "text cut off at a side"
+            assert box.y0 >= page.y0 and box.y1 <= page.y1, "text cut off at the top or bottom"
         # the title clears the top tick labels
         lo, hi = ax.get_ylim()
         top = max(t.get_window_extent(renderer).y1
