@@ -12,7 +12,7 @@ from typing import Iterable
 from kafka import KafkaProducer
 
 from ingest.events import BadEvent, parse_event
-from ingest.kafka_io import ensure_topic
+from ingest.kafka_io import ensure_topic, kafka_security_kwargs
 
 log = logging.getLogger("mcrecall.produce")
 
@@ -24,9 +24,10 @@ class ProduceStats:
     seconds: float = 0.0
 
 
-def make_producer(bootstrap: str) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
-                         batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+def make_producer(bootstrap: str, **options) -> KafkaProducer:
+    """The event producer; ``options`` (e.g. ``kafka_security_kwargs(cfg)``) go to KafkaProducer."""
+    kw = dict(acks="all", linger_ms=10, batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+    return KafkaProducer(bootstrap_servers=bootstrap, **{**kw, **options})
 
 
 def produce_lines(lines: Iterable[bytes], cfg, *, validate: bool = True,
@@ -34,9 +35,10 @@ def produce_lines(lines: Iterable[bytes], cfg, *, validate: bool = True,
     """Send each line as one message. With ``validate``, invalid lines are reported, not sent;
     without it they are sent as they are (to exercise the dead-letter path)."""
     k = cfg.kafka
-    ensure_topic(k.bootstrap_servers, k.topic, k.partitions)
+    security = kafka_security_kwargs(cfg)
+    ensure_topic(k.bootstrap_servers, k.topic, k.partitions, security=security)
     own = producer is None
-    producer = producer or make_producer(k.bootstrap_servers)
+    producer = producer or make_producer(k.bootstrap_servers, **security)
     stats = ProduceStats()
     t0 = time.monotonic()
     try:

@@ -11,6 +11,20 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_SECRETS: set[str] = set()
+
+
+def redact_in_logs(*secrets: str) -> None:
+    """Replace these strings by ``<redacted>`` in every line this module's formatter writes (a
+    library may log its whole configuration at debug level: kafka-python's admin client does)."""
+    _SECRETS.update(s for s in secrets if s)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret registered by :func:`redact_in_logs` replaced."""
+    for secret in _SECRETS:
+        text = text.replace(secret, "<redacted>")
+    return text
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -24,7 +38,7 @@ class KeyValueFormatter(logging.Formatter):
             line += " " + fields
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def _fmt(v) -> str:
