@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from mcrecall.config import ConfigError, load_config
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(importlib.import_module(module), run)(args, cfg) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mcrecall triples | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ConfigError, DataDirError, ValueError, OSError) as e:
         # OSError: a path that is not a directory, permissions, a full disk, a refused connection
         print(f"mcrecall {args.command}: {_one_line(e)}", file=sys.stderr)
