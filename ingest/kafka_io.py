@@ -115,11 +115,18 @@ def admin_client(bootstrap: str, timeout_s: float = 10.0,
     deadline = time.monotonic() + timeout_s
     while True:
         try:
+            # bounded by our deadline (kafka-python's own default waits 30 s per attempt)
+            bounded = {"bootstrap_timeout_ms": max(1000, int((deadline - time.monotonic()) * 1000))}
+            if "bootstrap_timeout_ms" not in KafkaAdminClient.DEFAULT_CONFIG:  # kafka-python < 3
+                bounded = {}
             return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
-                                    **(security or {}))
+                                    **bounded, **(security or {}))
         except (KafkaError, OSError) as e:
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {e}") from None
+                protocol = (security or {}).get("security_protocol", "PLAINTEXT")
+                hint = "" if protocol == "PLAINTEXT" else (
+                    f" (security_protocol {protocol}: check the credentials / certificates too)")
+                raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {e}{hint}") from None
             time.sleep(0.5)
 
 

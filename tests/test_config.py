@@ -162,12 +162,13 @@ def test_secrets_are_redacted_in_every_log_line():
 
     from mcrecall.logs import KeyValueFormatter, redact_in_logs
 
-    secret = "hunter2-" + "x" * 8
+    secret = "hun'ter2\\ é\t" + "x" * 8
     redact_in_logs(secret)
-    # kafka-python's admin client logs its whole configuration at debug level
-    rec = logging.LogRecord("kafka.admin.client", logging.DEBUG, __file__, 1,
-                            "Starting KafkaAdminClient with configuration: %s",
-                            ({"sasl_plain_password": secret},), None)
-    rec.error = f"auth failed for {secret}"
-    line = KeyValueFormatter().format(rec)
-    assert secret not in line and "<redacted>" in line
+    # kafka-python logs its whole configuration, and the SASL bytes, at debug level
+    for msg, arg in [("Starting KafkaAdminClient with configuration: %s", {"sasl_plain_password": secret}),
+                     ("Send: %r", bytearray(b'\x00"user\x00' + secret.encode())),
+                     ("auth bytes %r", b"user\x00" + secret.encode())]:
+        rec = logging.LogRecord("kafka", logging.DEBUG, __file__, 1, msg, (arg,), None)
+        rec.error = f"auth failed for {secret}"
+        line = KeyValueFormatter().format(rec)
+        assert "hun" not in line and "<redacted>" in line, line

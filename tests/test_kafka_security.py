@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -86,19 +87,65 @@ def pki(tmp_path_factory):
     }
 
 
-# ---------------------------------------------------------------- tansu behind a mutual-TLS relay
-class TlsRelay:
-    """Accepts TLS on 127.0.0.1:port (client certificate required) and relays bytes to tansu."""
+# ---------------------------------------------------------------- tansu behind a relay
+def _recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
 
-    def __init__(self, port, upstream_port, pki):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
-        self.ctx.load_verify_locations(pki["ca"])
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
+
+def _read_frame(sock):
+    size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+    return _recv_exact(sock, size)
+
+
+def _uvarint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _read_uvarint(buf, pos):
+    n = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+class Relay:
+    """A Kafka-protocol relay on 127.0.0.1:port in front of tansu.
+
+    ``tls``: accept TLS only, with a client certificate signed by the test CA (mutual TLS).
+    ``sasl``: (user, password): answer SaslHandshake / SaslAuthenticate itself (mechanism PLAIN,
+    as a Kafka broker does) and relay nothing but ApiVersions before a client authenticated.
+    """
+
+    SASL_HANDSHAKE, SASL_AUTHENTICATE, API_VERSIONS = 17, 36, 18
+
+    def __init__(self, port, upstream_port, pki, *, tls=False, sasl=None):
+        self.ctx = None
+        if tls:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
+            self.ctx.load_verify_locations(pki["ca"])
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.sasl = sasl
         self.upstream = ("127.0.0.1", upstream_port)
         self.sock = socket.create_server(("127.0.0.1", port))
-        self.handshakes = 0
-        self.failed_handshakes = 0
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.handshakes = self.failed_handshakes = 0
+        self.logins: list[tuple[str, bool]] = []  # (user, accepted)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -109,17 +156,72 @@ class TlsRelay:
                 return
             threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
-    def _serve(self, raw):
-        try:
-            tls = self.ctx.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):
-            self.failed_handshakes += 1
-            raw.close()
-            return
-        self.handshakes += 1
+    def _serve(self, client):
+        if self.ctx is not None:
+            try:
+                client = self.ctx.wrap_socket(client, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.failed_handshakes += 1
+                client.close()
+                return
+            self.handshakes += 1
         up = socket.create_connection(self.upstream)
-        for a, b in ((tls, up), (up, tls)):
+        try:
+            if self.sasl is not None and not self._authenticate(client, up):
+                raise ConnectionError("not authenticated")
+        except (ConnectionError, OSError, struct.error, IndexError):
+            client.close()
+            up.close()
+            return
+        for a, b in ((client, up), (up, client)):
             threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _authenticate(self, client, up) -> bool:
+        while True:
+            frame = _read_frame(client)
+            api_key, version, corr = struct.unpack(">hhi", frame[:8])
+            if api_key == self.API_VERSIONS:  # before authentication only this reaches tansu
+                up.sendall(struct.pack(">i", len(frame)) + frame)
+                resp = _read_frame(up)
+                client.sendall(struct.pack(">i", len(resp)) + resp)
+            elif api_key == self.SASL_HANDSHAKE:
+                mech = b"PLAIN"
+                body = struct.pack(">hi", 0, 1) + struct.pack(">h", len(mech)) + mech
+                self._reply(client, corr, body)
+            elif api_key == self.SASL_AUTHENTICATE:
+                return self._plain(client, frame, version, corr)
+            else:
+                return False
+
+    def _plain(self, client, frame, version, corr) -> bool:
+        pos = 8
+        cid_len = struct.unpack(">h", frame[pos:pos + 2])[0]
+        pos += 2 + max(cid_len, 0)
+        if version >= 2:  # flexible: header tagged fields, compact bytes
+            _, pos = _read_uvarint(frame, pos)
+            n, pos = _read_uvarint(frame, pos)
+            token = frame[pos:pos + n - 1]
+        else:
+            n = struct.unpack(">i", frame[pos:pos + 4])[0]
+            token = frame[pos + 4:pos + 4 + n]
+        _authzid, user, password = token.split(b"\0", 2)
+        ok = (user.decode("utf-8"), password.decode("utf-8")) == self.sasl
+        self.logins.append((user.decode("utf-8", "replace"), ok))
+        err, msg = (0, None) if ok else (58, b"Authentication failed: invalid username or password")
+        if version >= 2:
+            body = struct.pack(">h", err) + (_uvarint(len(msg) + 1) + msg if msg else _uvarint(0))
+            body += _uvarint(1) + struct.pack(">q", 0) + _uvarint(0)
+            self._reply(client, corr, body, flexible=True)
+        else:
+            body = struct.pack(">h", err) + (struct.pack(">h", len(msg)) + msg if msg else struct.pack(">h", -1))
+            body += struct.pack(">i", 0) + (struct.pack(">q", 0) if version >= 1 else b"")
+            self._reply(client, corr, body)
+        return ok
+
+    @staticmethod
+    def _reply(client, corr, body, flexible=False):
+        head = struct.pack(">i", corr) + (_uvarint(0) if flexible else b"")
+        client.sendall(struct.pack(">i", len(head) + len(body)) + head + body)
 
     @staticmethod
     def _pump(src, dst):
@@ -139,32 +241,44 @@ class TlsRelay:
         self.sock.close()
 
 
+SASL_USER, SASL_PASSWORD = "ingest", "pa'ss\"wo\\rd é\t$(x)"
+
+
 @pytest.fixture(scope="module")
-def tls_bootstrap(pki, tmp_path_factory):
-    """``127.0.0.1:PORT`` of a real Kafka-protocol broker reachable only through mutual TLS."""
-    relay_port, broker_port = free_port(), free_port()
-    log = open(tmp_path_factory.mktemp("tls-broker") / "tansu.log", "wb")
-    proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
-         # clients must come back through the relay for every broker connection
-         "--advertised-listener-url", f"tcp://127.0.0.1:{relay_port}",
-         "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    relay = None
+def relays(pki, tmp_path_factory):
+    """Relays to one real Kafka-protocol broker: ``tls`` (mutual TLS only), ``sasl_ssl`` (TLS and
+    SASL/PLAIN), ``sasl`` (SASL/PLAIN over plaintext). tansu advertises the relay a client came
+    through, so each relay gets its own tansu process."""
+    procs, out = [], {}
+    log = open(tmp_path_factory.mktemp("relayed-broker") / "tansu.log", "wb")
     try:
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", broker_port):
-            assert proc.poll() is None and time.monotonic() < deadline, "tansu did not start"
-            time.sleep(0.1)
-        relay = TlsRelay(relay_port, broker_port, pki)
-        relay.bootstrap = f"127.0.0.1:{relay_port}"
-        yield relay
+        for name, tls, sasl in (("tls", True, None), ("sasl_ssl", True, (SASL_USER, SASL_PASSWORD)),
+                                ("sasl", False, (SASL_USER, SASL_PASSWORD))):
+            relay_port, broker_port = free_port(), free_port()
+            procs.append(subprocess.Popen(
+                [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
+                 # clients must come back through the relay for every broker connection
+                 "--advertised-listener-url", f"tcp://127.0.0.1:{relay_port}",
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            deadline = time.monotonic() + 30
+            while not port_open("127.0.0.1", broker_port):
+                assert procs[-1].poll() is None and time.monotonic() < deadline, "tansu did not start"
+                time.sleep(0.1)
+            out[name] = Relay(relay_port, broker_port, pki, tls=tls, sasl=sasl)
+        yield out
     finally:
-        if relay is not None:
+        for relay in out.values():
             relay.close()
-        proc.terminate()
-        proc.wait(10)
+        for proc in procs:  # memory storage: nothing to flush
+            proc.kill()
+            proc.wait(10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def tls_bootstrap(relays):
+    return relays["tls"]
 
 
 def _tls_cfg(bootstrap, pki, data_dir, topic, **kafka):
@@ -177,10 +291,37 @@ def _tls_cfg(bootstrap, pki, data_dir, topic, **kafka):
 
 
 # ---------------------------------------------------------------- tests
+def _security(relay_name, pki, **extra):
+    tls = {"ssl_cafile": pki["ca"], "ssl_certfile": pki["client_cert"], "ssl_keyfile": pki["client_key"]}
+    sasl = {"sasl_mechanism": "PLAIN", "sasl_username": SASL_USER, "sasl_password": SASL_PASSWORD}
+    return {**{"tls": {"security_protocol": "SSL", **tls},
+               "sasl_ssl": {"security_protocol": "SASL_SSL", **tls, **sasl},
+               "sasl": {"security_protocol": "SASL_PLAINTEXT", **sasl}}[relay_name], **extra}
+
+
+def _cfg(relay, data_dir, topic, security):
+    return load_config(environ={}).with_overrides(
+        kafka={"bootstrap_servers": relay.bootstrap, "topic": topic, "group_id": f"g-{topic}",
+               "session_timeout_ms": 6000, **security},
+        store={"data_dir": str(data_dir)})
+
+
+def _tls_cfg(bootstrap, pki, data_dir, topic, **kafka):
+    class _R:
+        pass
+    r = _R()
+    r.bootstrap = bootstrap
+    return _cfg(r, data_dir, topic, _security("tls", pki, **kafka))
+
+
 @pytest.mark.kafka
-def test_produce_admin_worker_and_dlq_producer_work_over_mutual_tls(tls_bootstrap, pki, tmp_path):
-    topic = f"tls-{uuid.uuid4().hex[:8]}"
-    cfg = _tls_cfg(tls_bootstrap.bootstrap, pki, tmp_path / "data", topic)
+@pytest.mark.parametrize("relay_name", ["tls", "sasl_ssl", "sasl"])
+def test_produce_admin_worker_and_dlq_producer_work_through_an_authenticating_broker(
+        relays, pki, tmp_path, relay_name):
+    relay = relays[relay_name]
+    topic = f"sec-{uuid.uuid4().hex[:8]}"
+    security = _security(relay_name, pki)
+    cfg = _cfg(relay, tmp_path / "data", topic, security)
     lines = random_events(300, 20, 20, seed=3) + [b"not json"]
     stats = produce_lines(lines, cfg, validate=False)  # admin (topic creation) + producer
     assert stats.sent == len(lines)
@@ -189,25 +330,33 @@ def test_produce_admin_worker_and_dlq_producer_work_over_mutual_tls(tls_bootstra
     thread = threading.Thread(target=worker.run, kwargs={"until_idle": 3.0}, daemon=True)
     thread.start()
     thread.join(120)
-    if thread.is_alive():  # e.g. a client without the TLS settings never gets its partitions
+    if thread.is_alive():  # e.g. a client without the settings never gets its partitions
         worker.stop()
         thread.join(30)
-        pytest.fail("the worker did not consume the topic over TLS within 120 s")
+        pytest.fail(f"the worker did not consume the topic through the {relay_name} relay within 120 s")
     store = TripleStore(cfg.data_dir, readonly=True)
     assert store_scores(store) == expected_scores(lines[:-1])
-    assert store.counts()["bad_events"] == 1  # went through the DLQ producer, over TLS too
-    for client in (worker.consumer, worker.producer):
-        c = client.config
-        assert (c["security_protocol"], c["ssl_cafile"], c["ssl_certfile"], c["ssl_keyfile"]) == (
-            "SSL", pki["ca"], pki["client_cert"], pki["client_key"]), type(client).__name__
-        assert c["ssl_check_hostname"] is True
+    assert store.counts()["bad_events"] == 1  # went through the DLQ producer, secured too
+
     admin = admin_client(cfg.kafka.bootstrap_servers, security=kafka_security_kwargs(cfg))
     try:
-        assert admin.config["ssl_certfile"] == pki["client_cert"]
         assert {topic, f"{topic}.dlq"} <= set(admin.list_topics())
+        clients = {"consumer": worker.consumer, "dlq producer": worker.producer, "admin": admin}
+        for name, client in clients.items():  # the real clients' own configuration
+            c = client.config
+            assert c["security_protocol"] == security["security_protocol"], name
+            if "ssl_cafile" in security:
+                assert (c["ssl_cafile"], c["ssl_certfile"], c["ssl_keyfile"], c["ssl_check_hostname"]) == (
+                    pki["ca"], pki["client_cert"], pki["client_key"], True), name
+            if "sasl_username" in security:
+                assert (c["sasl_mechanism"], c["sasl_plain_username"], c["sasl_plain_password"]) == (
+                    "PLAIN", SASL_USER, SASL_PASSWORD), name
     finally:
         admin.close()
-    assert tls_bootstrap.handshakes > 0
+    if relay.ctx is not None:
+        assert relay.handshakes > 0
+    if relay.sasl is not None:
+        assert relay.logins and all(ok for _, ok in relay.logins), relay.logins
 
 
 @pytest.mark.kafka
@@ -218,6 +367,20 @@ def test_a_broker_certificate_from_another_ca_is_refused(tls_bootstrap, pki, tmp
         ensure_topic(cfg.kafka.bootstrap_servers, "never", 1, timeout_s=1,
                      security=kafka_security_kwargs(cfg))
     assert tls_bootstrap.failed_handshakes > before  # the client did try TLS, and refused
+
+
+@pytest.mark.kafka
+def test_a_wrong_sasl_password_is_refused_and_never_shown(relays, pki, tmp_path):
+    relay = relays["sasl"]
+    wrong = "not-the-password-" + uuid.uuid4().hex
+    cfg = _cfg(relay, tmp_path / "data", "never", _security("sasl", pki, sasl_password=wrong))
+    n = len(relay.logins)
+    with pytest.raises(RuntimeError, match="cannot reach Kafka") as e:
+        ensure_topic(cfg.kafka.bootstrap_servers, "never", 1, timeout_s=1,
+                     security=kafka_security_kwargs(cfg))
+    assert wrong not in str(e.value)
+    assert relay.logins[n:] and not any(ok for _, ok in relay.logins[n:])  # it did try, as "ingest"
+    assert {user for user, _ in relay.logins[n:]} == {SASL_USER}
 
 
 def test_security_settings_map_to_both_clients_names(pki):
@@ -268,3 +431,31 @@ def test_a_certificate_file_that_does_not_load_is_one_clear_line(pki, tmp_path, 
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=msg):
         confluent_security_conf(cfg)
+
+
+@pytest.mark.kafka
+def test_the_command_line_over_sasl_never_shows_the_password_even_in_debug_logs(relays, pki, tmp_path):
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    relay = relays["sasl"]
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(b"\n".join(random_events(50, 5, 5, seed=1)) + b"\n")
+    env = dict(os.environ, PYTHONPATH=str(root), MCRECALL_KAFKA_BOOTSTRAP_SERVERS=relay.bootstrap,
+               MCRECALL_KAFKA_TOPIC=f"cli-{uuid.uuid4().hex[:8]}", MCRECALL_STORE_DATA_DIR=str(tmp_path / "d"),
+               **{f"MCRECALL_KAFKA_{k.upper()}": v for k, v in _security("sasl", pki).items()})
+    p = subprocess.run([sys.executable, "-m", "mcrecall", "-vv", "produce", str(events)], env=env,
+                       capture_output=True, text=True, timeout=120, cwd=root)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "sent 50 events" in p.stdout
+    assert "sasl_plain_password" in p.stderr  # kafka-python did log its configuration ...
+    for shown in (SASL_PASSWORD, repr(SASL_PASSWORD)[1:-1], "pa'ss", "pa\\'ss"):
+        assert shown not in p.stdout + p.stderr  # ... without the password, in any spelling
+    env["MCRECALL_KAFKA_SASL_PASSWORD"] = "wrong-" + SASL_PASSWORD
+    p = subprocess.run([sys.executable, "-m", "mcrecall", "produce", str(events)], env=env,
+                       capture_output=True, text=True, timeout=120, cwd=root)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "check the credentials" in p.stderr, p.stderr
+    assert "pa'ss" not in p.stderr
