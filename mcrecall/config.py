@@ -360,6 +360,8 @@ def load_config(
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8
+            raise ConfigError(f"config file {p} cannot be read: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
         cfg = _apply(cfg, data, origin=str(p))

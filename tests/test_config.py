@@ -172,3 +172,12 @@ def test_secrets_are_redacted_in_every_log_line():
         rec.error = f"auth failed for {secret}"
         line = KeyValueFormatter().format(rec)
         assert "hun" not in line and "<redacted>" in line, line
+
+
+def test_a_config_path_that_cannot_be_read_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path, environ={})  # a directory
+    f = tmp_path / "latin1.toml"
+    f.write_bytes(b'[kafka]\ntopic = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(f, environ={})
