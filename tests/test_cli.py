@@ -98,6 +98,12 @@ def test_a_data_dir_that_is_a_file_is_one_line_for_every_command(tmp_path, args)
     _one_line_failure(run(args, f), f"data dir {f} is not a directory")
 
 
+@pytest.mark.parametrize("args", [["train"], ["ingest", "--from-file", os.devnull]], ids=" ".join)
+def test_a_data_dir_under_a_file_cannot_be_created_and_says_so(tmp_path, args):
+    (tmp_path / "f").write_text("x")
+    _one_line_failure(run(args, tmp_path / "f" / "data"), "cannot be created", "is not a directory")
+
+
 @pytest.mark.parametrize("args", [["recall", "u1"], ["triples"]], ids=" ".join)
 def test_a_missing_data_dir_is_one_line_for_reading_commands(tmp_path, args):
     _one_line_failure(run(args, tmp_path / "nothing"), "does not exist")
