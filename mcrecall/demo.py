@@ -177,6 +177,8 @@ def _start_worker(cfg, args, log_path):
     import subprocess
     import sys
 
+    from ingest.kafka_io import PLAINTEXT_OVERRIDES
+
     env = dict(os.environ)
     env.update({"MCRECALL_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
                 "MCRECALL_KAFKA_TOPIC": cfg.kafka.topic,

@@ -459,3 +459,16 @@ def test_the_command_line_over_sasl_never_shows_the_password_even_in_debug_logs(
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "check the credentials" in p.stderr, p.stderr
     assert "pa'ss" not in p.stderr
+
+
+def test_the_local_broker_overrides_clear_every_production_security_setting(pki):
+    from ingest.kafka_io import PLAINTEXT_OVERRIDES
+
+    cfg = load_config(environ={k: v for k, v in {
+        f"MCRECALL_KAFKA_{k.upper()}": v for k, v in _security("sasl_ssl", pki).items()}.items()})
+    local = cfg.with_overrides(kafka=PLAINTEXT_OVERRIDES)  # what the demo does for its own broker
+    assert kafka_security_kwargs(local) == {"security_protocol": "PLAINTEXT"}
+    # and the same through the environment, as the demo hands it to its worker process
+    env = {f"MCRECALL_KAFKA_{k.upper()}": v for k, v in _security("sasl_ssl", pki).items()}
+    env.update({f"MCRECALL_KAFKA_{k.upper()}": v for k, v in PLAINTEXT_OVERRIDES.items()})
+    assert kafka_security_kwargs(load_config(environ=env)) == {"security_protocol": "PLAINTEXT"}
