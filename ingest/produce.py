@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 from ingest.broker import port_open
 from ingest.events import BadEvent, parse_event
-from ingest.kafka_io import KafkaUnavailable, ensure_topic
+from ingest.kafka_io import KafkaUnavailable, ensure_topic, kafka_security_kwargs
 
 log = logging.getLogger("mcrecall.produce")
 
@@ -25,9 +25,10 @@ class ProduceStats:
     seconds: float = 0.0
 
 
-def make_producer(bootstrap: str) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10,
-                         batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+def make_producer(bootstrap: str, **options) -> KafkaProducer:
+    """The event producer; ``options`` (e.g. ``kafka_security_kwargs(cfg)``) go to KafkaProducer."""
+    kw = dict(acks="all", linger_ms=10, batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+    return KafkaProducer(bootstrap_servers=bootstrap, **{**kw, **options})
 
 
 def check_broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> None:
@@ -61,9 +62,10 @@ def produce_lines(lines: Iterable[bytes], cfg, *, validate: bool = True,
     k = cfg.kafka
     if producer is None:
         check_broker_reachable(k.bootstrap_servers)
-    ensure_topic(k.bootstrap_servers, k.topic, k.partitions)
+    security = kafka_security_kwargs(cfg)
+    ensure_topic(k.bootstrap_servers, k.topic, k.partitions, security=security)
     own = producer is None
-    producer = producer or make_producer(k.bootstrap_servers)
+    producer = producer or make_producer(k.bootstrap_servers, **security)
     stats = ProduceStats()
     t0 = time.monotonic()
     try:

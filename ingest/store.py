@@ -28,6 +28,7 @@ import lmdb
 import numpy as np
 
 from ingest.events import mask_for_score, score_of
+from mcrecall.datadir import lmdb_env_writable
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -62,14 +63,19 @@ _ENVS: dict[str, lmdb.Environment] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-def open_env(path: Path, map_size: int, max_dbs: int = 16) -> lmdb.Environment:
+def open_env(path: Path, map_size: int, max_dbs: int = 16, readonly: bool = False) -> lmdb.Environment:
     key = os.path.realpath(path)
     with _ENVS_LOCK:
         env = _ENVS.get(key)
         if env is None:
-            path.mkdir(parents=True, exist_ok=True)
-            env = lmdb.open(str(path), map_size=map_size, max_dbs=max_dbs, subdir=True,
-                            max_readers=512, writemap=False, metasync=True, sync=True)
+            if readonly and not lmdb_env_writable(path):
+                # read-only mount or permissions: no lock file can be written, so read without one
+                # (nothing can be writing through this directory from here)
+                env = lmdb.open(str(path), max_dbs=max_dbs, subdir=True, readonly=True, lock=False)
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                env = lmdb.open(str(path), map_size=map_size, max_dbs=max_dbs, subdir=True,
+                                max_readers=512, writemap=False, metasync=True, sync=True)
             _ENVS[key] = env
         return env
 
@@ -94,7 +100,7 @@ class TripleStore:
         self.readonly = readonly
         if readonly and not (self.path / "data.mdb").exists():
             raise FileNotFoundError(f"no triple store at {self.path} (nothing ingested yet?)")
-        self.env = open_env(self.path, int(map_size_gb * (1 << 30)))
+        self.env = open_env(self.path, int(map_size_gb * (1 << 30)), readonly=readonly)
         e = self.env
         self._pairs = e.open_db(b"pairs")
         self._user_ids = e.open_db(b"user_ids")

@@ -21,7 +21,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from ingest.events import BadEvent, parse_scored
-from ingest.kafka_io import dlq_topic
+from ingest.kafka_io import dlq_topic, kafka_security_kwargs
 from ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
@@ -131,10 +131,12 @@ class IngestWorker:
                     max_poll_records=k.max_poll_records,
                     max_partition_fetch_bytes=4 * 1024 * 1024,
                     fetch_max_bytes=16 * 1024 * 1024,
+                    **kafka_security_kwargs(self.cfg),
                 )
                 self.producer = KafkaProducer(
                     bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
                     max_request_size=2 * 1024 * 1024, retries=5,
+                    **kafka_security_kwargs(self.cfg),
                 )
                 self.consumer.subscribe([self.topic], listener=_SeekToStore(self))
                 log.info("connected", extra={"bootstrap": k.bootstrap_servers, "topic": self.topic,

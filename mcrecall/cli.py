@@ -13,7 +13,8 @@ import select
 import sys
 
 from mcrecall.config import ConfigError, load_config
-from mcrecall.logs import setup_logging
+from mcrecall.datadir import DataDirError, check_data_dir
+from mcrecall.logs import redact, redact_in_logs, setup_logging
 
 # name -> (module, add_arguments, run, help)
 COMMANDS = {
@@ -38,6 +39,22 @@ COMMANDS = {
 
 
 _OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
+
+# How each command uses [store] data_dir: "write" creates or changes files there; "read" needs
+# it to exist (and works on a read-only one); "status" reports a missing one itself.
+DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write",
+                "recall": "read", "triples": "read", "status": "status"}
+
+
+def _check_data_dir(args, cfg) -> None:
+    use = DATA_DIR_USE.get(args.command)
+    if use is None or (args.command == "milvus" and getattr(args, "milvus_data_dir", None)):
+        return
+    check_data_dir(cfg.data_dir, write=use == "write", must_exist=use == "read")
+
+
+def _one_line(e: BaseException) -> str:
+    return redact(" ".join(str(e).split()) or type(e).__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
-        print(f"mcrecall: configuration error: {e}", file=sys.stderr)
+        print(f"mcrecall: configuration error: {_one_line(e)}", file=sys.stderr)
         return 2
+    redact_in_logs(cfg.kafka.sasl_password)  # whatever a library logs, the secret is not in it
     try:
+        _check_data_dir(args, cfg)
         rc = int(getattr(importlib.import_module(module), run)(args, cfg) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return rc
@@ -109,19 +128,27 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError as e:
         if stdout_closed():
             return _quiet_exit_on_closed_stdout()
-        print(f"mcrecall {args.command}: {e}", file=sys.stderr)
+        print(f"mcrecall {args.command}: {_one_line(e)}", file=sys.stderr)
         return 1
     except ImportError as e:
         print(f"mcrecall {args.command}: {import_problem(e)}", file=sys.stderr)
         return 2
-    except (ConfigError, ValueError, FileNotFoundError, PermissionError, ConnectionError) as e:
-        print(f"mcrecall {args.command}: {e}", file=sys.stderr)
+    except (ConfigError, DataDirError, ValueError, OSError) as e:
+        # OSError: a path that is not a directory, permissions, a full disk, a refused connection
+        print(f"mcrecall {args.command}: {_one_line(e)}", file=sys.stderr)
         return 1
     except (RuntimeError, LookupError) as e:
         # our own error types (locked Milvus file, no model yet, broker missing...) carry a
         # message that says what to do; anything else is a bug and keeps its traceback
         if type(e).__module__.split(".")[0] in _OWN_PACKAGES:
-            print(f"mcrecall {args.command}: {e}", file=sys.stderr)
+            print(f"mcrecall {args.command}: {_one_line(e)}", file=sys.stderr)
+            return 1
+        raise
+    except Exception as e:
+        # LMDB (a damaged or foreign environment) and Kafka client errors (bootstrap failed, auth
+        # refused) are about the environment, not a bug here: one line, no traceback
+        if type(e).__module__.split(".")[0] in ("lmdb", "kafka"):
+            print(f"mcrecall {args.command}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
             return 1
         raise
 

@@ -6,7 +6,9 @@ Unknown sections or keys are an error (a typo must not silently fall back to a d
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -29,6 +31,14 @@ class KafkaConfig:
     session_timeout_ms: int = 10000
     max_poll_records: int = 5000
     partitions: int = 4  # used when the topic is created by `mcrecall produce` / the demo
+    # authentication and encryption (DESIGN: passed to every Kafka client the project creates)
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (SASL_* protocols)
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)  # a secret: never printed or logged
+    ssl_cafile: str = ""  # PEM CA bundle that signed the brokers' certificates ("" = system CAs)
+    ssl_certfile: str = ""  # PEM client certificate (mutual TLS)
+    ssl_keyfile: str = ""  # PEM private key of ssl_certfile
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ class Config:
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
         """Return a copy with ``section={key: value}`` overrides applied (validated)."""
-        return _apply(self, {k: dict(v) for k, v in sections.items()}, origin="override")
+        return _validate(_apply(self, {k: dict(v) for k, v in sections.items()}, origin="override"))
 
 
 _SECTION_TYPES = {
@@ -115,9 +125,89 @@ _SECTION_TYPES = {
     "serve": ServeConfig,
 }
 
+# Keys whose value is a secret: shown as "<redacted>" in errors, as_dict() and repr().
+SECRET_KEYS = frozenset({("kafka", "sasl_password")})
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric key; NaN is never allowed, infinity only up to ``hi``."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        if isinstance(x, float) and math.isnan(x):
+            return False
+        above = x > self.lo if self.lo_open else x >= self.lo
+        below = x < self.hi if self.hi_open else x <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def num(v):
+            return "inf" if v == math.inf else (str(v) if isinstance(v, int) else f"{v:g}")
+
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+
+
+_I32 = 2**31 - 1  # Kafka protocol ints, LMDB / torch / numpy sizes: stay far from overflow
+# Every int and float key has an entry (tests/test_config.py checks it): a value outside is an
+# error when the configuration loads, not a traceback or an endless retry later.
+RANGES: dict[tuple[str, str], Range] = {
+    ("kafka", "session_timeout_ms"): Range(1000, 3_600_000),  # heartbeat = timeout / 3
+    ("kafka", "max_poll_records"): Range(1, 1_000_000),
+    ("kafka", "partitions"): Range(1, 100_000),
+    ("store", "map_size_gb"): Range(0.0001, 65536.0),  # 64 TiB: under the 47-bit address space
+    ("train", "dim"): Range(1, 16_384),
+    ("train", "epochs"): Range(1, 1_000_000),
+    ("train", "reg"): Range(0.0, 1e9),
+    ("train", "seed"): Range(0, 2**32 - 1),  # numpy's seed range
+    ("train", "holdout_fraction"): Range(0.0, 1.0, lo_open=True, hi_open=True),
+    ("train", "max_rmse_regression"): Range(0.0, math.inf),  # inf: never refuse to publish
+    ("train", "popular_items"): Range(0, 10_000_000),
+    ("train", "negatives"): Range(1, 10_000),
+    ("train", "lr"): Range(0.0, 1e6, lo_open=True),
+    ("train", "batch_size"): Range(1, _I32),
+    ("train", "threads"): Range(0, 4096),
+    ("train", "alpha"): Range(0.0, 1e9),
+    ("train", "reg_bce"): Range(0.0, 1e9),
+    ("train", "eval_users"): Range(1, _I32),
+    ("index", "hnsw_m"): Range(2, 2048),
+    ("index", "ef_construction"): Range(1, _I32),
+    ("index", "ef_search"): Range(1, _I32),
+    ("index", "nlist"): Range(1, 65_536),
+    ("index", "nprobe"): Range(1, 65_536),
+    ("index", "timeout_s"): Range(0.0, 86_400.0, lo_open=True),
+    ("serve", "max_k"): Range(1, 1_000_000),
+    ("serve", "overfetch"): Range(1, 1000),
+    ("serve", "exclude_direct_max"): Range(0, 1_000_000),
+    ("serve", "item_cache_size"): Range(0, _I32),
+    ("serve", "foldin_cache_size"): Range(0, _I32),
+}
+
+# Enumerated string keys (values compared case-insensitively, stored as written here).
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("kafka", "security_protocol"): ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    ("kafka", "sasl_mechanism"): ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    ("train", "similarity"): ("dot", "cosine"),
+    ("train", "objective"): ("squared", "bce", "implicit"),
+    ("index", "metric"): ("L2", "IP", "COSINE"),
+}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+_HOST_PORT = re.compile(r"[^\s,:]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,245}")  # Kafka's rule, leaving room for ".dlq"
+
+
+def _shown(section: str, key: str, value: Any) -> str:
+    return REDACTED if (section, key) in SECRET_KEYS else repr(value)
+
 
 def _coerce(section: str, key: str, value: Any, typ: type, origin: str) -> Any:
     where = f"[{section}] {key} (from {origin})"
+    got = _shown(section, key, value)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -125,28 +215,44 @@ def _coerce(section: str, key: str, value: Any, typ: type, origin: str) -> Any:
             return True
         if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
             return False
-        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+        raise ConfigError(f"{where}: expected a boolean, got {got}")
     if typ is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {got}")
         try:
             if isinstance(value, str):
-                return int(value.strip())
+                return int(value.strip().replace("_", ""))
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}: expected an integer, got {got}") from None
     if typ is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {got}")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}: expected a number, got {got}") from None
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {got}")
     return str(value)
+
+
+def _check_value(section: str, key: str, value: Any, origin: str) -> Any:
+    """Range-check a numeric key, canonicalise an enumerated one; return the value to store."""
+    where = f"[{section}] {key}"
+    rng = RANGES.get((section, key))
+    if rng is not None and value not in rng:
+        raise ConfigError(f"{where} = {value!r} (from {origin}) is out of range: allowed {rng}")
+    choices = CHOICES.get((section, key))
+    if choices is not None:
+        for c in choices:
+            if value.strip().lower() == c.lower():
+                return c
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}; got "
+                          f"{_shown(section, key, value)} (from {origin})")
+    return value
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -174,39 +280,46 @@ def _apply(cfg: Config, data: Mapping[str, Mapping[str, Any]], origin: str) -> C
                     f"known: {', '.join(known)}"
                 )
             typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
-            changes[key] = _coerce(section, key, value, typ, origin)
+            changes[key] = _check_value(section, key, _coerce(section, key, value, typ, origin), origin)
         new_sections[section] = replace(current, **changes)
-    return _validate(replace(cfg, **new_sections))
+    # checks across keys run once all sources are merged (a password may come from the environment)
+    return replace(cfg, **new_sections)
 
 
 def _validate(cfg: Config) -> Config:
-    t, i = cfg.train, cfg.index
-    if t.similarity not in ("dot", "cosine"):
-        raise ConfigError(f"[train] similarity must be 'dot' or 'cosine', got {t.similarity!r}")
-    if t.objective not in ("squared", "bce", "implicit"):
-        raise ConfigError(
-            f"[train] objective must be 'squared', 'bce' or 'implicit', got {t.objective!r}"
-        )
-    if min(t.reg, t.reg_bce, t.alpha) < 0 or min(t.lr, t.negatives, t.batch_size) <= 0:
-        raise ConfigError("[train] reg, reg_bce, alpha must be >= 0; lr, negatives, batch_size > 0")
-    if t.max_rmse_regression < 0 or t.popular_items < 0 or t.eval_users <= 0:
-        raise ConfigError("[train] max_rmse_regression, popular_items >= 0; eval_users > 0")
-    if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+    """Checks that involve more than one key, or a string's shape (single keys: _check_value)."""
+    t, k = cfg.train, cfg.kafka
+    if not _DEVICE.fullmatch(t.device):
         raise ConfigError(f"[train] device must be auto, cpu or cuda[:N], got {t.device!r}")
-    if t.dim <= 0 or t.epochs <= 0:
-        raise ConfigError("[train] dim and epochs must be positive")
-    if not 0.0 < t.holdout_fraction < 1.0:
-        raise ConfigError("[train] holdout_fraction must be in (0, 1)")
-    if i.metric.upper() not in ("L2", "IP", "COSINE"):
-        raise ConfigError(f"[index] metric must be L2, IP or COSINE, got {i.metric!r}")
-    if cfg.kafka.partitions <= 0:
-        raise ConfigError("[kafka] partitions must be positive")
-    sv = cfg.serve
-    if sv.max_k <= 0 or sv.overfetch <= 0 or sv.exclude_direct_max < 0:
-        raise ConfigError("[serve] max_k and overfetch must be positive, exclude_direct_max >= 0")
-    if sv.item_cache_size < 0 or sv.foldin_cache_size < 0:
-        raise ConfigError("[serve] item_cache_size and foldin_cache_size must be >= 0")
-    return replace(cfg, index=replace(i, metric=i.metric.upper()))
+    if not all(_HOST_PORT.fullmatch(h.strip()) for h in k.bootstrap_servers.split(",")):
+        raise ConfigError(f"[kafka] bootstrap_servers must be host:port[,host:port...], "
+                          f"got {k.bootstrap_servers!r}")
+    if not _TOPIC.fullmatch(k.topic):
+        raise ConfigError(f"[kafka] topic must be 1..245 characters of A-Z a-z 0-9 . _ - "
+                          f"(Kafka's rule; <topic>.dlq must fit too), got {k.topic!r}")
+    if not k.group_id.strip():
+        raise ConfigError("[kafka] group_id must not be empty")
+    if not cfg.store.data_dir.strip():
+        raise ConfigError("[store] data_dir must not be empty")
+    _validate_security(k)
+    return cfg
+
+
+def _validate_security(k: KafkaConfig) -> None:
+    sasl = k.security_protocol.startswith("SASL_")
+    tls = k.security_protocol.endswith("SSL")
+    if sasl and not (k.sasl_username and k.sasl_password):
+        raise ConfigError(f"[kafka] security_protocol = {k.security_protocol} needs sasl_username and "
+                          "sasl_password (MCRECALL_KAFKA_SASL_PASSWORD keeps it out of the file)")
+    if not sasl and (k.sasl_username or k.sasl_password):
+        raise ConfigError(f"[kafka] sasl_username/sasl_password are set but security_protocol is "
+                          f"{k.security_protocol}: they would not be used (SASL_SSL or SASL_PLAINTEXT?)")
+    files = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(k, n)]
+    if files and not tls:
+        raise ConfigError(f"[kafka] {', '.join(files)} set but security_protocol is "
+                          f"{k.security_protocol}: they would not be used (SSL or SASL_SSL?)")
+    if k.ssl_keyfile and not k.ssl_certfile:
+        raise ConfigError("[kafka] ssl_keyfile is set without ssl_certfile")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -247,6 +360,8 @@ def load_config(
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8
+            raise ConfigError(f"config file {p} cannot be read: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
         cfg = _apply(cfg, data, origin=str(p))
@@ -258,9 +373,13 @@ def load_config(
 
 
 def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The configuration as plain nested dicts (for printing and for version metadata)."""
+    """The configuration as plain nested dicts (for printing and for version metadata); secrets
+    (:data:`SECRET_KEYS`) read ``"<redacted>"`` when set."""
     from dataclasses import asdict
 
     d = asdict(cfg)
     d.pop("source", None)
+    for section, key in SECRET_KEYS:
+        if d[section][key]:
+            d[section][key] = REDACTED
     return d

@@ -64,7 +64,7 @@ def run_demo(args, cfg) -> int:
 
 def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     from ingest.broker import LocalBroker
-    from ingest.kafka_io import ensure_topic
+    from ingest.kafka_io import PLAINTEXT_OVERRIDES, ensure_topic, kafka_security_kwargs
     from ingest.produce import make_producer, produce_lines
     from ingest.store import TripleStore
     from mcrecall.demo_stream import MALFORMED, DemoWorld
@@ -86,14 +86,17 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
 
     topic = cfg.kafka.topic
     cfg = cfg.with_overrides(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 6000},
+        # the demo's own broker is plaintext, whatever the environment says about production
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 6000,
+               **PLAINTEXT_OVERRIDES},
         store={"data_dir": str(out / "data")},
         index={"backend": "milvus", "uri": uri},
         train={"objective": args.objective})
-    ensure_topic(broker.bootstrap_servers, topic, cfg.kafka.partitions)
+    security = kafka_security_kwargs(cfg)
+    ensure_topic(broker.bootstrap_servers, topic, cfg.kafka.partitions, security=security)
 
     world = DemoWorld(args.users, args.items, seed=args.seed)
-    producer = make_producer(broker.bootstrap_servers)
+    producer = make_producer(broker.bootstrap_servers, **security)
     stack.callback(producer.close)
 
     # the worker runs for the whole demo as its own process, as it would in production
@@ -166,7 +169,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
             "     the seed's squared objective fits scores yet ranks below 'most popular' - the seed's own\n"
             "     critique - while the implicit objective, negatives from all items, ranks far above it)")
     rep.step(f"dead-letter topic {topic}.dlq:")
-    for reason, n in _dlq_reasons(broker.bootstrap_servers, f"{topic}.dlq", len(bad)).most_common():
+    for reason, n in _dlq_reasons(broker.bootstrap_servers, f"{topic}.dlq", len(bad), security=security).most_common():
         rep.say(f"    {n} x {reason}")
 
     _stop_process(worker)
@@ -241,11 +244,14 @@ def _start_worker(cfg, args, log_path):
     import subprocess
     import sys
 
+    from ingest.kafka_io import PLAINTEXT_OVERRIDES
+
     env = dict(os.environ)
     env.update({"MCRECALL_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
                 "MCRECALL_KAFKA_TOPIC": cfg.kafka.topic,
                 "MCRECALL_KAFKA_SESSION_TIMEOUT_MS": str(cfg.kafka.session_timeout_ms),
                 "MCRECALL_STORE_DATA_DIR": str(cfg.data_dir)})
+    env.update({f"MCRECALL_KAFKA_{k.upper()}": v for k, v in PLAINTEXT_OVERRIDES.items()})
     if args.config:
         env["MCRECALL_CONFIG"] = str(args.config)
     return subprocess.Popen([sys.executable, "-m", "mcrecall", "ingest"], env=env,
@@ -356,10 +362,10 @@ def _stream_slowly(lines, cfg, producer, chunks=10, pause=0.5):
         time.sleep(pause)
 
 
-def _dlq_reasons(bootstrap, dlq, expected, timeout=20):
+def _dlq_reasons(bootstrap, dlq, expected, timeout=20, security=None):
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **(security or {}))
     tp = TopicPartition(dlq, 0)
     c.assign([tp])
     c.seek_to_beginning(tp)

@@ -11,6 +11,34 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_SECRETS: set[str] = set()
+
+
+def redact_in_logs(*secrets: str) -> None:
+    """Replace these strings by ``<redacted>`` in every line this module's formatter writes (a
+    library may log its whole configuration at debug level: kafka-python's admin client does)."""
+    for s in secrets:
+        if s:
+            _SECRETS.update(_spellings(s))
+
+
+def _spellings(s: str) -> set[str]:
+    """``s`` as written and as a log line may spell it: inside the repr() of a str or of bytes
+    (kafka-python's debug lines show its config dict and the SASL bytes on the wire), with the
+    quote escaped or not (that depends on the text around it), and as JSON."""
+    import json
+
+    out = {s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1]}
+    for r in (repr(s + "'\"")[1:-4], repr(s.encode("utf-8") + b"'\"")[2:-4]):
+        out |= {r, r.replace("\\'", "'")}  # repr escapes ' only when the text holds both quotes
+    return out
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret registered by :func:`redact_in_logs` replaced."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: no partial leftovers
+        text = text.replace(secret, "<redacted>")
+    return text
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -24,7 +52,7 @@ class KeyValueFormatter(logging.Formatter):
             line += " " + fields
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def _fmt(v) -> str:

@@ -21,6 +21,7 @@ def collect_status(cfg) -> dict:
         offsets = {}
     out: dict = {
         "data_dir": str(cfg.data_dir),
+        "data_dir_exists": cfg.data_dir.is_dir(),
         "store": counts,
         "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())},
         "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": counts["bad_events"]},
@@ -57,6 +58,8 @@ def _fmt(v):
 
 def render(st: dict) -> str:
     lines = [f"mcrecall status  (data dir: {st['data_dir']})", "", "triple store:"]
+    if not st.get("data_dir_exists", True):
+        lines[0] += " -- does not exist: nothing ingested yet, or [store] data_dir points elsewhere"
     s = st["store"]
     lines.append(_table([("pairs", s["pairs"]), ("users", s["users"]), ("items", s["items"]),
                          ("events stored", s["events"]), ("store seq", s["seq"]),

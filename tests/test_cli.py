@@ -71,3 +71,129 @@ def test_backfill_train_recall_triples_status(tmp_path):
     assert "recall@10" in json.dumps(st["evaluation"])
     p = run(["status"], data)
     assert "version 1 is current" in p.stdout and "recall@10" in p.stdout
+
+
+# ------------------------------------------------------------------ data-dir problems: one line
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+EVERY_DATA_DIR_COMMAND = [["status"], ["status", "--json"], ["recall", "u1"], ["triples"], ["train"],
+                          ["ingest", "--until-idle", "1"], ["ingest", "--from-file", os.devnull], ["milvus"]]
+
+
+def _one_line_failure(p, *expected):
+    assert p.returncode != 0, p.stdout
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    for e in expected:
+        assert e in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args", EVERY_DATA_DIR_COMMAND, ids=" ".join)
+def test_a_data_dir_that_is_a_file_is_one_line_for_every_command(tmp_path, args):
+    f = tmp_path / "data"
+    f.write_text("not a directory")
+    _one_line_failure(run(args, f), f"data dir {f} is not a directory")
+
+
+@pytest.mark.parametrize("args", [["train"], ["ingest", "--from-file", os.devnull]], ids=" ".join)
+def test_a_data_dir_under_a_file_cannot_be_created_and_says_so(tmp_path, args):
+    (tmp_path / "f").write_text("x")
+    _one_line_failure(run(args, tmp_path / "f" / "data"), "cannot be created", "is not a directory")
+
+
+@pytest.mark.parametrize("args", [["recall", "u1"], ["triples"]], ids=" ".join)
+def test_a_missing_data_dir_is_one_line_for_reading_commands(tmp_path, args):
+    _one_line_failure(run(args, tmp_path / "nothing"), "does not exist")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_status_says_a_missing_data_dir_does_not_exist(tmp_path):
+    p = run(["status", "--json"], tmp_path / "nothing")
+    assert p.returncode == 0 and json.loads(p.stdout)["data_dir_exists"] is False
+    assert "does not exist" in run(["status"], tmp_path / "nothing").stdout
+
+
+@pytest.mark.parametrize("env,key", [({"MCRECALL_KAFKA_SESSION_TIMEOUT_MS": "-5"}, "session_timeout_ms"),
+                                     ({"MCRECALL_STORE_MAP_SIZE_GB": "-1"}, "map_size_gb")])
+@pytest.mark.parametrize("args", [["ingest", "--until-idle", "1"], ["status"], ["train"]], ids=" ".join)
+def test_an_out_of_range_setting_stops_every_command_at_once(tmp_path, env, key, args):
+    p = run(args, tmp_path / "data", **env)
+    assert p.returncode == 2
+    _one_line_failure(p, "configuration error", key, "out of range")
+
+
+# A read-only data dir, two ways, so that the test can fail even when run as root (as in CI),
+# for whom permission bits mean nothing: a read-only bind mount in a private mount namespace
+# (EROFS holds for root too), and permission bits without write access, the command run with
+# every capability dropped when we are root (then the bits hold for root as for anybody).
+def _can_unshare_mounts() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+def _set_write_bits(data, on: bool):
+    for p in [data, *data.rglob("*")]:
+        mode = p.stat().st_mode
+        p.chmod(mode | 0o200 if on else mode & ~0o222)
+
+
+def _readonly_prefix(mode, data):
+    if mode == "read-only mount":
+        if not _can_unshare_mounts():
+            pytest.skip("needs root and unshare(1) for a private read-only bind mount")
+        return ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(data)]
+    _set_write_bits(data, False)
+    if os.geteuid() != 0:
+        return []
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    if not shutil.which("setpriv") or subprocess.run([*drop, "true"], capture_output=True).returncode:
+        _set_write_bits(data, True)
+        pytest.skip("running as root and cannot drop capabilities (setpriv)")
+    return drop
+
+
+@pytest.fixture(scope="module")
+def published_data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ro")
+    data = root / "data"
+    events = root / "events.jsonl"
+    events.write_text("".join(json.dumps({"user_id": u, "item_id": f"i{(u + i) % 9}", "action": "click"}) + "\n"
+                              for u in range(30) for i in range(4)))
+    assert run(["ingest", "--from-file", str(events)], data).returncode == 0
+    p = run(["train"], data, MCRECALL_TRAIN_DIM="4", MCRECALL_TRAIN_EPOCHS="2")
+    assert p.returncode == 0, p.stderr
+    yield data
+    _set_write_bits(data, True)
+
+
+@pytest.mark.parametrize("mode", ["read-only mount", "no write permission"])
+def test_reading_commands_work_on_a_read_only_data_dir_and_writing_ones_say_why_not(published_data_dir, mode):
+    data = published_data_dir
+    prefix = _readonly_prefix(mode, data)
+
+    def run_ro(args, **env):
+        e = dict(os.environ, MCRECALL_STORE_DATA_DIR=str(data), MCRECALL_INDEX_BACKEND="exact",
+                 PYTHONPATH=str(ROOT), **env)
+        return subprocess.run([*prefix, sys.executable, "-m", "mcrecall", *args], env=e, capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
+
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+    try:
+        p = run_ro(["status", "--json"])
+        assert p.returncode == 0, p.stderr
+        st = json.loads(p.stdout)
+        assert st["version"] == 1 and st["store"]["pairs"] == 120
+        p = run_ro(["recall", "3", "-k", "2", "--json"])
+        assert p.returncode == 0, p.stderr
+        assert len(json.loads(p.stdout)["items"]) == 2
+        p = run_ro(["triples"])
+        assert p.returncode == 0, p.stderr
+        assert len(p.stdout.splitlines()) == 121
+        for args in (["ingest", "--from-file", os.devnull], ["train", "--force"]):
+            _one_line_failure(run_ro(args), f"data dir {data} is not writable")
+    finally:
+        _set_write_bits(data, True)
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before, "a reader changed the data dir"

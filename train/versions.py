@@ -28,6 +28,8 @@ from typing import Iterable
 import lmdb
 import numpy as np
 
+from mcrecall.datadir import lmdb_env_writable
+
 CURRENT = b"current"
 META = b"meta/"
 USER = b"user/"
@@ -47,9 +49,10 @@ def _acquire(path: Path, map_size: int) -> lmdb.Environment:
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
         if entry is None:
-            writable = os.access(path, os.W_OK) if path.exists() else True
+            writable = lmdb_env_writable(path) if path.exists() else True
+            # not writable (read-only mount or permissions): no lock file either
             env = lmdb.open(str(path), map_size=map_size, max_readers=512, readahead=False,
-                            readonly=not writable, lock=True)
+                            readonly=not writable, lock=writable)
             entry = _ENVS[key] = [env, 0]
         entry[1] += 1
         return entry[0]
