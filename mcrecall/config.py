@@ -73,6 +73,8 @@ class IndexConfig:
     ef_search: int = 128
     nlist: int = 1024
     nprobe: int = 32
+    # a version with at most this many items gets a FLAT (exact) index whatever index_type says
+    flat_max_items: int = 10_000
     timeout_s: float = 10.0
 
 
@@ -201,6 +203,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"[index] metric must be L2, IP or COSINE, got {i.metric!r}")
     if cfg.kafka.partitions <= 0:
         raise ConfigError("[kafka] partitions must be positive")
+    if i.flat_max_items < 0:
+        raise ConfigError(f"[index] flat_max_items must be >= 0, got {i.flat_max_items}")
     sv = cfg.serve
     if sv.max_k <= 0 or sv.overfetch <= 0 or sv.exclude_direct_max < 0:
         raise ConfigError("[serve] max_k and overfetch must be positive, exclude_direct_max >= 0")
