@@ -127,6 +127,7 @@ class RecallClient:
         self._triples_path = Path(cfg.data_dir) / "triples.lmdb" / "data.mdb"
         self._lock = threading.Lock()
         self._states: dict[int, _Version] = {}
+        self._adopted: set[int] = set()
         self._items = LRUCache(cfg.serve.item_cache_size)
         self._foldins = LRUCache(cfg.serve.foldin_cache_size)
         self._fold_in_on = bool(cfg.serve.fold_in)
@@ -204,6 +205,7 @@ class RecallClient:
         """Release what this client opened (a shared registry or store is left open)."""
         with self._lock:
             vs, self._vs = self._vs, None
+            self._adopted = set()
             if vs is not None and self._own_store:
                 vs.close()
             if self._own_registry:
@@ -296,7 +298,23 @@ class RecallClient:
                 vs = self._vs
         return vs
 
+    def _adopt(self, vs, number: int) -> None:
+        """Tell the store what the registry (the authority) says version ``number`` is, so it
+        is searched without the store's own finalized marker (lost by a Milvus restart)."""
+        st = self._states.get(number)
+        spec = st.meta.get("vector_store") if st is not None else None
+        if spec:
+            try:
+                vs.adopt_version(spec)
+            except (TypeError, ValueError) as e:  # metadata of another layout: use the store's own
+                log.warning("version %s: cannot adopt its vector-store spec (%s)", number, e)
+        self._adopted.add(number)
+
     def _store_call(self, number: int, fn: Callable[[], T]) -> T:
+        if number not in self._adopted:
+            vs = self._store()
+            if hasattr(vs, "adopt_version"):
+                self._adopt(vs, number)
         try:
             return fn()
         except VersionNotFoundError:

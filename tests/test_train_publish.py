@@ -139,7 +139,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point", ["start", "users", "items", "finalize", "metadata"])
+@pytest.mark.parametrize("point", ["start", "users", "created", "items", "finalize", "metadata"])
 def test_crash_during_publication_keeps_previous_version(tmp_path, data, point):
     fill_store(tmp_path, data)
     cfg = small_config(tmp_path, dim=8, epochs=2)
