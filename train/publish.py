@@ -70,10 +70,14 @@ def _drop_vs(vs, version: int, log) -> None:
 
 
 def _stale_inflight(registry: ModelRegistry) -> set[int]:
-    """In-flight versions of publishers that are gone (this process's own are alive)."""
+    """In-flight versions whose publication is over: every one of other processes (the caller
+    holds the lock, so their publishers are gone) and this process's own but its newest (an
+    earlier run of this process that failed before publishing, e.g. in an ``--every`` loop)."""
     me = (os.getpid(), os.uname().nodename)
-    return {v for v, rec in registry.inflight().items()
-            if (rec.get("pid"), rec.get("host")) != me}
+    flying = registry.inflight()
+    own = [v for v, rec in flying.items() if (rec.get("pid"), rec.get("host")) == me]
+    newest = max(own, default=None)
+    return {v for v in flying if v != newest}
 
 
 def cleanup_stale(registry: ModelRegistry, vs, log: Callable[[str], None] = print) -> None:
