@@ -52,9 +52,9 @@ def run_train(args, cfg) -> int:
     force = bool(getattr(args, "force", False))
     every = getattr(args, "every", None)
     wait = not getattr(args, "no_wait", False)
-    if not every:
-        from .lock import PublisherBusyError
+    from .lock import PublisherBusyError
 
+    if not every:
         try:
             res = train_run(cfg, force=force, wait=wait)
         except PublisherBusyError as e:
@@ -66,7 +66,9 @@ def run_train(args, cfg) -> int:
         while True:
             started = time.monotonic()
             try:
-                train_run(cfg, force=force, skip_unchanged=True)
+                train_run(cfg, force=force, skip_unchanged=True, wait=wait)
+            except PublisherBusyError as e:
+                print(f"train: {e}; skipping this round (--no-wait)", flush=True)
             except Exception:  # a failed run leaves the current version serving; try again
                 traceback.print_exc()
                 print("train: run failed; the current version is unchanged", file=sys.stderr,
