@@ -168,6 +168,10 @@ class VectorStore(abc.ABC):
     auto_index_type: str = "FLAT"
     #: index types whose search is exact (a flat scan)
     exact_index_types: tuple[str, ...] = ("FLAT",)
+    #: a search for at least 1/direct_exact_share of a version's items (and >= 1000) goes to
+    #: :meth:`_exact_search` directly: a graph beam that wide is slower than a scan
+    #: (benchmarks/bench_exactly_k.py). 0 = never (e.g. where the scan fetches over a network).
+    direct_exact_share: int = 0
 
     def __init__(
         self,
@@ -407,6 +411,13 @@ class VectorStore(abc.ABC):
             return []
         # Over-fetch by the size of the exclusion set so that k survive the filter.
         fetch = k + max(len(e) for e in excl)
+        if (self.direct_exact_share and fetch >= 1000 and spec.index_type not in self.exact_index_types
+                and fetch * self.direct_exact_share >= self._cached_count(spec)):
+            exact = self._exact_fallback(spec, stored_q, fetch)
+            if exact is not None:
+                ids, raw, kind = exact
+                return [self._rank(spec, row_ids, row_raw, kind, qnorms[j], excl[j], k)
+                        for j, (row_ids, row_raw) in enumerate(zip(ids, raw))]
         ids, raw, kind = self._search(spec, stored_q, fetch)
         results = [self._rank(spec, row_ids, row_raw, kind, qnorms[j], excl[j], k)
                    for j, (row_ids, row_raw) in enumerate(zip(ids, raw))]

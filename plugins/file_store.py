@@ -124,6 +124,7 @@ class FileVectorStore(VectorStore):
     """
 
     index_file: str | None = None
+    direct_exact_share = 10  # the vectors are in memory: a scan for k >= n/10 beats a wide beam
 
     def __init__(self, data_dir=None, uri: str = "", collection: str = "mcrecall_items", **params):
         super().__init__(data_dir, uri, collection, **params)
