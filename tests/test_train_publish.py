@@ -426,3 +426,27 @@ def test_a_version_without_its_vectors_is_never_current(tmp_path):
                 index_type="FLAT", log=lambda s: None)
     assert reg.current_version() is None and reg.stored_versions() == [] and vs.stored_versions() == []
     reg.close()
+
+
+def test_a_version_missing_items_is_removed_not_made_current(tmp_path):
+    """If the store holds fewer items than were written (another writer dropped some, a lossy
+    server), the version is never made current and what was written of it is removed."""
+    from plugins import open_vector_store as ovs
+    from train.publish import IncompleteVersionError, next_version, publish
+
+    reg = ModelRegistry(tmp_path)
+    vs = ovs("exact", data_dir=tmp_path)
+    x = np.eye(4, dtype=np.float32)
+    kw = dict(user_ids=["u1", "u2"], user_vectors=x[:2], item_ids=["a", "b", "c", "d"],
+              item_vectors=x, meta={"similarity": "dot", "dim": 4}, metric="IP",
+              index_type="FLAT", log=lambda s: None)
+    assert publish(reg, vs, version=next_version(reg, vs), **kw) == 1
+    real_count = vs.count
+    vs.count = lambda v: real_count(v) - 1  # the store lost an item
+    with pytest.raises(IncompleteVersionError, match="3/4 item"):
+        publish(reg, vs, version=next_version(reg, vs), **kw)
+    vs.count = real_count
+    assert reg.current_version() == 1 and reg.stored_versions() == [1] and reg.inflight() == {}
+    assert vs.stored_versions() == [1]
+    assert publish(reg, vs, version=next_version(reg, vs), **kw) == 3  # numbers never go back
+    reg.close()
