@@ -21,8 +21,10 @@ except ImportError:  # pragma: no cover
     _loads = json.loads
     _DecodeErrors = (json.JSONDecodeError, RecursionError)
 
+from mcrecall import ids as _ids  # the one place for the id rules
+from mcrecall.ids import MAX_ID_BYTES  # noqa: F401  (re-exported: the hot path below uses it)
+
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_ID_BYTES = 128
 
 IMPRESSION = 0x10
 ACTION_BITS = {
@@ -69,27 +71,11 @@ def mask_for_score(score: int) -> int:
 
 
 def canonical_id(value: Any, field: str) -> str:
-    """Canonicalise an id: integers >= 0 to their decimal string; strings of 1..128 UTF-8 bytes."""
-    if isinstance(value, bool):  # bool is an int subclass in Python; it is not an id
-        raise BadEvent(f"{field} must be a string or a non-negative integer, got a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise BadEvent(f"{field} must be a non-negative integer, got {value}")
-        return str(value)
-    if isinstance(value, str):
-        if value.isascii():  # the common case: length in bytes = length in characters
-            n = len(value)
-        else:
-            try:
-                n = len(value.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise BadEvent(f"{field} is not valid UTF-8 (lone surrogate)") from None
-        if n == 0:
-            raise BadEvent(f"{field} is empty")
-        if n > MAX_ID_BYTES:
-            raise BadEvent(f"{field} is {n} bytes long (max {MAX_ID_BYTES})")
-        return value
-    raise BadEvent(f"{field} must be a string or a non-negative integer, got {type(value).__name__}")
+    """Canonicalise an id by the rules of :mod:`mcrecall.ids` (a broken rule is a BadEvent)."""
+    try:
+        return _ids.canonical_id(value, field)
+    except (TypeError, ValueError) as e:
+        raise BadEvent(str(e)) from None
 
 
 def validate_event(obj: Any) -> Event:

@@ -83,6 +83,8 @@ class IndexConfig:
     ef_search: int = 128
     nlist: int = 1024
     nprobe: int = 32
+    # a version with at most this many items gets a FLAT (exact) index whatever index_type says
+    flat_max_items: int = 10_000
     timeout_s: float = 10.0
 
 
@@ -180,6 +182,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("index", "ef_search"): Range(1, _I32),
     ("index", "nlist"): Range(1, 65_536),
     ("index", "nprobe"): Range(1, 65_536),
+    ("index", "flat_max_items"): Range(0, 2**31 - 1),
     ("index", "timeout_s"): Range(0.0, 86_400.0, lo_open=True),
     ("serve", "max_k"): Range(1, 1_000_000),
     ("serve", "overfetch"): Range(1, 1000),

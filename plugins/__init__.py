@@ -89,7 +89,7 @@ def open_vector_store(backend: str, data_dir=None, uri: str = "", collection: st
         Base collection name.
     **options
         Index parameters: ``hnsw_m``, ``ef_construction``, ``ef_search``,
-        ``nlist``, ``nprobe``, ``timeout_s``.
+        ``nlist``, ``nprobe``, ``flat_max_items``, ``timeout_s``.
 
     Returns
     -------
@@ -115,5 +115,6 @@ def vector_store_from_config(cfg) -> VectorStore:
         ef_search=i.ef_search,
         nlist=i.nlist,
         nprobe=i.nprobe,
+        flat_max_items=i.flat_max_items,
         timeout_s=i.timeout_s,
     )

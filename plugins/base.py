@@ -10,29 +10,58 @@ in the ``mcrecall.vector_stores`` entry-point group.
 Versions (DESIGN §4) are immutable once finalized: ``create_version`` →
 ``upsert``\\* → ``finalize`` → ``make_current``; a finalized version is never
 modified, so readers in any process see either all of it or none of it.
+
+Exactly k (every backend, every index type): :meth:`VectorStore.search_batch`
+returns ``min(k, items in the version not excluded)`` distinct items, best first.
+An approximate index may come back short (HNSW with k near its beam, IVF with
+few cells probed, a server's top-k cap); the base class then answers that query
+with an exact scan of the version (:meth:`VectorStore._exact_search`).
+
+The model registry (``users.lmdb``, :mod:`train.versions`) is the authority on
+which versions exist and are complete. A store's own "finalized" marker is a
+convenience for stand-alone use; :meth:`VectorStore.adopt_version` lets a caller
+that read the version's spec from the registry search it without that marker
+(Milvus forgets collection properties on a server restart).
 """
 
 from __future__ import annotations
 
 import abc
 import json
+import logging
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from plugins.metric import MetricReduction, normalize_metric, normalize_similarity
+from plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 
-MAX_ID_BYTES = 256  # UTF-8 bytes; DESIGN §1 ids are at most 128 bytes
+from mcrecall.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
+
+log = logging.getLogger("mcrecall.plugins")
+
+#: ``MCR_TRAIN_CRASH_AT=<step>`` kills the process with SIGKILL at that step (crash tests only;
+#: no ``MCRECALL_`` prefix because the config loader owns those).
+CRASH_ENV = "MCR_TRAIN_CRASH_AT"
+
 DEFAULT_PARAMS = {
     "hnsw_m": 16,
     "ef_construction": 200,
     "ef_search": 128,
     "nlist": 1024,
     "nprobe": 32,
+    "flat_max_items": 10_000,
     "timeout_s": 10.0,
 }
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if the crash-test hook names this step (no cleanup runs)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class VersionNotFoundError(LookupError):
@@ -100,19 +129,8 @@ def check_k(k) -> int:
 
 
 def check_ids(ids) -> list[str]:
-    """Validate external item ids: non-empty strings of at most MAX_ID_BYTES UTF-8 bytes."""
-    if isinstance(ids, (str, bytes)):
-        raise ValueError("ids must be a sequence of strings, not a single string")
-    out = list(ids)
-    for i in out:
-        if not isinstance(i, str) or not i:
-            raise ValueError(f"item ids must be non-empty strings, got {i!r}")
-        if len(i) * 4 > MAX_ID_BYTES and len(i.encode("utf-8")) > MAX_ID_BYTES:
-            raise ValueError(
-                f"item id of {len(i.encode('utf-8'))} bytes exceeds the maximum of "
-                f"{MAX_ID_BYTES} bytes: {i[:40]!r}..."
-            )
-    return out
+    """Validate external item ids: strings of 1..MAX_ID_BYTES UTF-8 bytes (mcrecall.ids)."""
+    return check_stored_ids(ids, "item id")
 
 
 class VectorStore(abc.ABC):
@@ -128,7 +146,11 @@ class VectorStore(abc.ABC):
     collection : str
         Base collection name; version N is ``<collection>_v<N>``.
     hnsw_m, ef_construction, ef_search, nlist, nprobe : int
-        Index parameters (used where the index type has them).
+        Index parameters (used where the index type has them). Backends size them to
+        the version: HNSW searches with ``ef >= k``, IVF probes more cells for a large k.
+    flat_max_items : int
+        A version with at most this many items gets an exact (FLAT) index whatever
+        ``index_type`` asks for: as fast as a graph at that size, and exact (0 = never).
     timeout_s : float
         Per-request timeout for networked backends.
 
@@ -146,6 +168,10 @@ class VectorStore(abc.ABC):
     auto_index_type: str = "FLAT"
     #: index types whose search is exact (a flat scan)
     exact_index_types: tuple[str, ...] = ("FLAT",)
+    #: a search for at least 1/direct_exact_share of a version's items (and >= 1000) goes to
+    #: :meth:`_exact_search` directly: a graph beam that wide is slower than a scan
+    #: (benchmarks/bench_exactly_k.py). 0 = never (e.g. where the scan fetches over a network).
+    direct_exact_share: int = 0
 
     def __init__(
         self,
@@ -158,6 +184,7 @@ class VectorStore(abc.ABC):
         ef_search: int = DEFAULT_PARAMS["ef_search"],
         nlist: int = DEFAULT_PARAMS["nlist"],
         nprobe: int = DEFAULT_PARAMS["nprobe"],
+        flat_max_items: int = DEFAULT_PARAMS["flat_max_items"],
         timeout_s: float = DEFAULT_PARAMS["timeout_s"],
     ):
         import re
@@ -180,7 +207,13 @@ class VectorStore(abc.ABC):
         for key, value in params.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(flat_max_items, bool) or not isinstance(flat_max_items, (int, np.integer)) or flat_max_items < 0:
+            raise ValueError(f"flat_max_items must be an integer >= 0, got {flat_max_items!r}")
+        params["flat_max_items"] = flat_max_items
         self.params = {k: int(v) for k, v in params.items()}
+        self._adopted: dict[int, VersionSpec] = {}
+        self._counts_cache: dict[tuple[int, float], int] = {}
+        self._warned_no_exact = False
         if not float(timeout_s) > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
@@ -378,15 +411,82 @@ class VectorStore(abc.ABC):
             return []
         # Over-fetch by the size of the exclusion set so that k survive the filter.
         fetch = k + max(len(e) for e in excl)
+        if (self.direct_exact_share and fetch >= 1000 and spec.index_type not in self.exact_index_types
+                and fetch * self.direct_exact_share >= self._cached_count(spec)):
+            exact = self._exact_fallback(spec, stored_q, fetch)
+            if exact is not None:
+                ids, raw, kind = exact
+                return [self._rank(spec, row_ids, row_raw, kind, qnorms[j], excl[j], k)
+                        for j, (row_ids, row_raw) in enumerate(zip(ids, raw))]
         ids, raw, kind = self._search(spec, stored_q, fetch)
-        results = []
-        for j, (row_ids, row_raw) in enumerate(zip(ids, raw)):
-            scores = spec.reduction.scores(np.asarray(row_raw, dtype=np.float64)[None, :], kind, qnorms[j : j + 1])[0]
-            pairs = [(i, float(s)) for i, s in zip(row_ids, scores) if i not in excl[j]]
-            # The conversion is monotone; a stable re-sort only repairs float ties.
-            pairs.sort(key=lambda p: -p[1])
-            results.append(pairs[:k])
+        results = [self._rank(spec, row_ids, row_raw, kind, qnorms[j], excl[j], k)
+                   for j, (row_ids, row_raw) in enumerate(zip(ids, raw))]
+        short = [j for j, r in enumerate(results) if len(r) < k and len(set(ids[j])) < fetch]
+        if short:
+            # The index returned fewer than asked: complete unless it returned every item.
+            count = self._cached_count(spec)
+            short = [j for j in short if len(set(ids[j])) < count]
+        if short:
+            exact = self._exact_fallback(spec, stored_q[short], fetch)
+            if exact is not None:
+                ex_ids, ex_raw, ex_kind = exact
+                for n, j in enumerate(short):
+                    results[j] = self._rank(spec, ex_ids[n], ex_raw[n], ex_kind, qnorms[j], excl[j], k)
         return results
+
+    def _rank(self, spec, row_ids, row_raw, kind, qnorm, excluded, k) -> list[tuple[str, float]]:
+        """Model scores of one query's raw hits, excluded and repeated ids dropped, best k."""
+        scores = spec.reduction.scores(np.asarray(row_raw, dtype=np.float64)[None, :], kind,
+                                       np.asarray([qnorm]))[0]
+        pairs, taken = [], set()
+        for i, s in zip(row_ids, scores):
+            if i not in excluded and i not in taken:
+                taken.add(i)
+                pairs.append((i, float(s)))
+        # The conversion is monotone; a stable re-sort only repairs float ties.
+        pairs.sort(key=lambda p: -p[1])
+        return pairs[:k]
+
+    def _cached_count(self, spec: VersionSpec) -> int:
+        key = (spec.version, spec.created_at)  # a number re-created after a crash is another key
+        n = self._counts_cache.get(key)
+        if n is None:
+            n = self._counts_cache[key] = int(self._count(spec.version))
+        return n
+
+    def _exact_fallback(self, spec, queries, k):
+        try:
+            return self._exact_search(spec, queries, k)
+        except NotImplementedError:
+            if not self._warned_no_exact:
+                self._warned_no_exact = True
+                log.warning("%s: the index returned fewer than k items and this backend has no "
+                            "exact-search hook (_exact_search or _iter_stored); answers are short",
+                            self.name)
+            return None
+
+    @property
+    def has_exact_fallback(self) -> bool:
+        """True when short ANN answers are completed by an exact scan (see :meth:`_exact_search`)."""
+        cls = type(self)
+        return (cls._exact_search is not VectorStore._exact_search
+                or cls._iter_stored is not VectorStore._iter_stored)
+
+    def adopt_version(self, spec: "VersionSpec | dict") -> VersionSpec:
+        """Trust ``spec`` for its version: from now on this object searches and reads that
+        version without consulting the store's own finalized marker.
+
+        The caller read ``spec`` from the model registry (the authority on complete versions;
+        the publisher stores :meth:`version_info` there), so a store that lost its own
+        bookkeeping — Milvus forgets collection properties when its server restarts — keeps
+        serving what the registry says is published.
+        """
+        if isinstance(spec, dict):
+            spec = VersionSpec(**spec)
+        if not isinstance(spec, VersionSpec):
+            raise TypeError(f"spec must be a VersionSpec or its dict, got {type(spec).__name__}")
+        self._adopted[check_version(spec.version)] = spec
+        return spec
 
     def make_current(self, version: int) -> None:
         """Atomically make a finalized version the one ``current_version`` returns."""
@@ -401,12 +501,24 @@ class VectorStore(abc.ABC):
         """Finalized versions in the store, ascending."""
         return sorted(self._versions())
 
+    def stored_versions(self) -> list[int]:
+        """Every version with anything stored, finalized or not (a killed writer's leftovers
+        included), ascending. The publisher removes those its registry does not keep."""
+        return sorted(set(self._stored_versions()))
+
     def drop_version(self, version: int) -> None:
-        """Delete a version (not the current one); unknown versions raise."""
+        """Delete a version (not the current one), finalized or not; unknown versions raise."""
         version = check_version(version)
         if version == self.current_version():
             raise ValueError(f"version {version} is current; make another version current first")
+        self._adopted.pop(version, None)
         self._drop(version)
+
+    def purge_leftovers(self) -> list[str]:
+        """Remove partial writes of killed writers that belong to no version number
+        (temporary files, trash); returns what was removed. Call it only while no other
+        writer is publishing (the publisher holds ``train.lock.publisher_lock``)."""
+        return self._purge_leftovers()
 
     def version_info(self, version: int) -> VersionSpec:
         """The :class:`VersionSpec` a finalized version was created with."""
@@ -452,7 +564,7 @@ class VectorStore(abc.ABC):
 
     def _published_spec(self, version) -> VersionSpec:
         version = check_version(version)
-        spec = self._spec(version)
+        spec = self._adopted.get(version) or self._spec(version)
         if spec is None:
             raise VersionNotFoundError(
                 f"version {version} of collection {self.collection!r} does not exist or is not finalized"
@@ -502,3 +614,46 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def _count(self, version: int) -> int: ...
+
+    # -- optional hooks (defaults keep older backends working) --------------------------------
+    def _exact_search(self, spec: VersionSpec, queries: np.ndarray, k: int) -> tuple[list[list[str]], list[Any], str]:
+        """Exact top-k over every vector of the version: same contract as :meth:`_search`.
+
+        Called when an approximate index answered a query with fewer than k items. The
+        default scans what :meth:`_iter_stored` yields with numpy (``plugins.metric.exact_top_k``);
+        a backend overrides either this method (e.g. a brute-force search of its own) or
+        :meth:`_iter_stored`. Without both, short answers stay short (logged once).
+        """
+        chunks = self._iter_stored(spec.version)
+        largest = spec.metric != "L2"
+        best_ids: list[list[str]] = [[] for _ in range(len(queries))]
+        best_raw = np.zeros((len(queries), 0))
+        kind = "ip"
+        for chunk_ids, chunk_stored in chunks:
+            chunk_ids = list(chunk_ids)
+            if not chunk_ids:
+                continue
+            labels, raw, kind = exact_top_k(spec.metric, queries, np.asarray(chunk_stored), k)
+            cand_raw = np.concatenate([best_raw, raw.astype(np.float64)], axis=1)
+            order = top_k(cand_raw, k, largest)
+            new_ids = []
+            for j in range(len(queries)):
+                cand = best_ids[j] + [chunk_ids[c] for c in labels[j]]
+                new_ids.append([cand[o] for o in order[j]])
+            best_ids, best_raw = new_ids, np.take_along_axis(cand_raw, order, axis=1)
+        return best_ids, list(best_raw), kind
+
+    def _iter_stored(self, version: int) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Yield ``(ids, stored vectors)`` chunks covering every item of a finalized version
+        (the reduced vectors the index holds). Optional: used by the default
+        :meth:`_exact_search`."""
+        raise NotImplementedError
+
+    def _stored_versions(self) -> list[int]:
+        """Versions with anything stored, finalized or not. Default: the finalized ones; a
+        backend whose unfinalized versions persist (Milvus collections) lists them too."""
+        return self._versions()
+
+    def _purge_leftovers(self) -> list[str]:
+        """Remove partial writes that belong to no version number; default: nothing to do."""
+        return []

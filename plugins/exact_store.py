@@ -9,18 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from plugins.file_store import FileVectorStore, LoadedVersion
-
-
-def top_k(values: np.ndarray, k: int, largest: bool) -> np.ndarray:
-    """Column indices of the top-k of each row of ``values``, best first."""
-    v = -values if largest else values
-    k = min(k, v.shape[1])
-    if k < v.shape[1]:
-        part = np.argpartition(v, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(v.shape[1]), v.shape).copy()
-    order = np.argsort(np.take_along_axis(v, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+from plugins.metric import top_k  # noqa: F401  (re-exported)
 
 
 class ExactVectorStore(FileVectorStore):

@@ -3,7 +3,8 @@
 Layout under ``<data_dir>/vectors/<collection>/``::
 
     v<N>/meta.json      VersionSpec + count
-    v<N>/ids.npy        external ids (fixed-width unicode; np.save, no pickle)
+    v<N>/ids.utf8.npy   external ids: their UTF-8 bytes back to back (uint8; np.save, no pickle)
+    v<N>/id_offsets.npy where each id starts and ends in ids.utf8.npy (int64, n + 1)
     v<N>/stored.npy     the reduced vectors the index was built from
     v<N>/norms.npy      model norms (restore cosine vectors for get_vectors)
     v<N>/<index file>   the backend's own index (faiss / hnswlib), if any
@@ -11,7 +12,13 @@ Layout under ``<data_dir>/vectors/<collection>/``::
 
 A version is built in memory by its writer, written to a hidden temporary
 directory and renamed to ``v<N>`` in one step, so a crash never leaves a half
-version visible and any other process can read it once it exists.
+version visible and any other process can read it once it exists. A writer
+killed mid-write leaves a hidden ``.v<N>.tmp-*`` directory: :meth:`purge_leftovers`
+(called by the publisher under its lock) removes it.
+
+Ids are kept as UTF-8 bytes plus offsets rather than a fixed-width numpy string
+array: numpy's ``U`` dtype strips trailing NULs (``"tail\x00"`` would come back as
+``"tail"``), and ids are data that must come back exactly as stored.
 """
 
 from __future__ import annotations
@@ -28,9 +35,54 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.base import VectorStore, VersionNotFoundError, VersionSpec
+from plugins.base import VectorStore, VersionNotFoundError, VersionSpec, crash_point
+from plugins.metric import exact_top_k
 
 _VERSION_DIR = re.compile(r"v(\d+)")
+_LEFTOVER = re.compile(r"\.(v\d+\.tmp|trash-v\d+|current\.tmp)-.*")
+
+
+class IdTable:
+    """The ids of a version: UTF-8 bytes back to back and their offsets (exact round trip).
+
+    Loading is two ``np.load`` calls (no per-id work); an id is decoded only when a
+    search returns it, or when :meth:`tolist` builds the id -> row map in the background.
+    """
+
+    __slots__ = ("blob", "offsets")
+
+    def __init__(self, blob: bytes, offsets: np.ndarray):
+        self.blob = blob
+        self.offsets = offsets
+
+    @classmethod
+    def from_list(cls, ids: list[str]) -> "IdTable":
+        encoded = [i.encode("utf-8") for i in ids]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return cls(b"".join(encoded), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def take(self, rows) -> list[str]:
+        b, o = self.blob, self.offsets
+        return [b[o[r]:o[r + 1]].decode("utf-8") for r in rows]
+
+    def tolist(self) -> list[str]:
+        b, o = self.blob, self.offsets.tolist()
+        return [b[o[r]:o[r + 1]].decode("utf-8") for r in range(len(o) - 1)]
+
+    def save(self, d: Path) -> None:
+        np.save(d / "ids.utf8.npy", np.frombuffer(self.blob, dtype=np.uint8), allow_pickle=False)
+        np.save(d / "id_offsets.npy", self.offsets, allow_pickle=False)
+
+    @classmethod
+    def load(cls, d: Path) -> "IdTable":
+        if not (d / "id_offsets.npy").exists() and (d / "ids.npy").exists():  # earlier layout
+            return cls.from_list(np.load(d / "ids.npy", allow_pickle=False).tolist())
+        blob = np.load(d / "ids.utf8.npy", allow_pickle=False).tobytes()
+        return cls(blob, np.load(d / "id_offsets.npy", allow_pickle=False))
 
 
 @dataclass
@@ -49,7 +101,7 @@ class LoadedVersion:
     """A finalized version read into memory."""
 
     spec: VersionSpec
-    ids: np.ndarray  # (n,) str
+    ids: IdTable
     stored: np.ndarray  # (n, stored_dim) float32
     norms: np.ndarray  # (n,) float32
     index: object
@@ -72,6 +124,7 @@ class FileVectorStore(VectorStore):
     """
 
     index_file: str | None = None
+    direct_exact_share = 10  # the vectors are in memory: a scan for k >= n/10 beats a wide beam
 
     def __init__(self, data_dir=None, uri: str = "", collection: str = "mcrecall_items", **params):
         super().__init__(data_dir, uri, collection, **params)
@@ -115,15 +168,18 @@ class FileVectorStore(VectorStore):
         stored_all = np.concatenate(p.stored) if p.stored else np.zeros((0, dim), np.float32)
         stored = np.ascontiguousarray(stored_all[rows])
         norms = np.concatenate(p.norms)[rows]
-        ids = np.array([p.ids[r] for r in rows], dtype=str)
+        ids = IdTable.from_list([p.ids[r] for r in rows])
         spec = replace(p.spec, params={**p.spec.params})
+        if spec.index_type not in self.exact_index_types and len(ids) <= spec.params.get("flat_max_items", 0):
+            # A small version is served best by a flat scan: exact, and as fast as a graph.
+            spec = replace(spec, index_type="FLAT", params={**spec.params, "requested_index_type": spec.index_type})
         index = self._build_index(spec, stored)
 
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".v{version}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            np.save(tmp / "ids.npy", ids, allow_pickle=False)
+            ids.save(tmp)
             np.save(tmp / "stored.npy", stored, allow_pickle=False)
             np.save(tmp / "norms.npy", norms, allow_pickle=False)
             if self.index_file is not None:
@@ -133,6 +189,7 @@ class FileVectorStore(VectorStore):
             meta["backend"] = self.name
             (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
             _fsync_dir_files(tmp)
+            crash_point("file-store-rename")
             final = self.version_dir(version)
             try:
                 os.rename(tmp, final)  # the publishing step: atomic on POSIX
@@ -193,7 +250,7 @@ class FileVectorStore(VectorStore):
                 meta.pop("count", None)
                 meta.pop("backend", None)
                 spec = VersionSpec(**meta)
-                ids = np.load(d / "ids.npy", allow_pickle=False)
+                ids = IdTable.load(d)
                 stored = np.load(d / "stored.npy", allow_pickle=False)
                 norms = np.load(d / "norms.npy", allow_pickle=False)
                 index = self._load_index(spec, d / self.index_file if self.index_file else None, stored)
@@ -214,7 +271,7 @@ class FileVectorStore(VectorStore):
         raws = []
         for lab_row, raw_row in zip(labels, raw):
             keep = lab_row >= 0  # an ANN index may return fewer than k
-            ids.append(loaded.ids[lab_row[keep]].tolist())
+            ids.append(loaded.ids.take(lab_row[keep].tolist()))
             raws.append(np.asarray(raw_row)[keep])
         return ids, raws, kind
 
@@ -227,6 +284,11 @@ class FileVectorStore(VectorStore):
             if r is not None:
                 out[i] = (loaded.stored[r], float(loaded.norms[r]))
         return out
+
+    def _exact_search(self, spec, queries, k):
+        loaded = self.load(spec.version)
+        labels, raw, kind = exact_top_k(spec.metric, queries, loaded.stored, min(k, len(loaded.ids)))
+        return [loaded.ids.take(row.tolist()) for row in labels], list(raw), kind
 
     def _count(self, version: int) -> int:
         meta = self._read_meta(version)
@@ -271,6 +333,21 @@ class FileVectorStore(VectorStore):
         shutil.rmtree(trash, ignore_errors=True)
         with self._lock:
             self._loaded.pop(version, None)
+
+    def _purge_leftovers(self) -> list[str]:
+        """Remove what killed writers left: temporary version directories, trash, pointer tmp."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for entry in os.listdir(self.root):
+            if _LEFTOVER.fullmatch(entry):
+                path = self.root / entry
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(entry)
+        return removed
 
     def close(self) -> None:
         with self._lock:

@@ -74,17 +74,26 @@ class HnswlibVectorStore(FileVectorStore):
         metric = loaded.spec.metric
         if metric == "COSINE":  # hnswlib.BFIndex does not normalise queries itself
             queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
-        if loaded.spec.index_type == "HNSW" and k > self.params["ef_search"]:
-            # hnswlib cannot return more than ef results; ef is index state, so
-            # raise it under a lock (concurrent small-k searches only get a bigger ef).
-            with self._ef_lock:
-                index.set_ef(k)
-                try:
-                    labels, dist = index.knn_query(queries, k=k)
-                finally:
-                    index.set_ef(self.params["ef_search"])
-        else:
-            labels, dist = index.knn_query(queries, k=k)
+        try:
+            if loaded.spec.index_type == "HNSW" and k > self.params["ef_search"]:
+                # hnswlib cannot return more than ef results; ef is index state, so
+                # raise it under a lock (concurrent small-k searches only get a bigger ef).
+                with self._ef_lock:
+                    index.set_ef(k)
+                    try:
+                        labels, dist = index.knn_query(queries, k=k)
+                    finally:
+                        index.set_ef(self.params["ef_search"])
+            else:
+                labels, dist = index.knn_query(queries, k=k)
+        except RuntimeError as e:
+            if "contiguous 2D array" not in str(e):
+                raise
+            # The graph search reached fewer than k items for some query: report "none" and
+            # let VectorStore.search_batch answer with its exact scan (exactly k, never short).
+            empty = np.full((len(queries), 0), -1, dtype=np.int64)
+            return empty, np.zeros((len(queries), 0)), "sqeuclidean" if metric == "L2" else (
+                "ip" if metric == "IP" else "cosine")
         labels = labels.astype(np.int64)
         if metric == "L2":
             return labels, dist, "sqeuclidean"

@@ -277,3 +277,44 @@ class MetricReduction:
         if self.similarity == "cosine":
             s /= np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None, :]
         return s
+
+
+# -- exact search (the reference every backend falls back to) ---------------------------------
+def top_k(values: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    """Column indices of the top-k of each row of ``values``, best first."""
+    v = -values if largest else values
+    k = min(k, v.shape[1])
+    if k < v.shape[1]:
+        part = np.argpartition(v, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(v.shape[1]), v.shape).copy()
+    order = np.argsort(np.take_along_axis(v, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def exact_top_k(metric: str, queries: np.ndarray, stored: np.ndarray, k: int):
+    """Exact top-k of stored (reduced) queries against stored (reduced) items, by ``metric``.
+
+    Returns
+    -------
+    labels : numpy.ndarray, shape (q, min(k, n)), int64
+        Row numbers of ``stored``, best first.
+    raw : numpy.ndarray, shape (q, min(k, n))
+        The metric's raw values of those rows (for :meth:`MetricReduction.scores`).
+    kind : {"ip", "sqeuclidean", "cosine"}
+    """
+    metric = normalize_metric(metric)
+    q = np.asarray(queries, dtype=np.float32)
+    x = np.asarray(stored, dtype=np.float32)
+    if metric == "COSINE":
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        raw = qn @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+        labels, kind = top_k(raw, k, largest=True), "cosine"
+    elif metric == "IP":
+        raw = q @ x.T
+        labels, kind = top_k(raw, k, largest=True), "ip"
+    else:
+        raw = (np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", x, x)[None, :]
+               - 2.0 * (q @ x.T))
+        labels, kind = top_k(raw, k, largest=False), "sqeuclidean"
+    return labels.astype(np.int64), np.take_along_axis(raw, labels, axis=1), kind

@@ -418,6 +418,11 @@ class MilvusVectorStore(VectorStore):
             # Another writer created the alias between our check and create.
             self.client.alter_alias(name, self.collection)
 
+    def _stored_versions(self) -> list[int]:
+        # Every collection of this base name, finalized or not: a killed writer's unfinalized
+        # collection must be found to be removed (the registry, not a property, is the authority).
+        return [v for v in map(self._parse_version, self.client.list_collections()) if v is not None]
+
     def _drop(self, version: int) -> None:
         name = self.collection_name(version)
         self._pending.pop(version, None)

@@ -103,3 +103,80 @@ def checkerboard(n_blocks: int = 4, items_per_block: int = 6, seed: int = 0):
         ids.append(f"hub{j}")
         vecs.append(v)
     return ids, np.asarray(vecs, dtype=np.float32), cases
+
+
+# --------------------------------------------------------------------------- shared checks
+# Each ``check_*`` takes an open store of any backend and raises AssertionError on a failure; the
+# test suite runs them for every backend (tests/test_plugins_backends.py), and a third-party
+# backend can run them too.
+
+#: Ids that break naive code: quotes, backslash, control characters, NUL in the middle and at
+#: either end (numpy's fixed-width strings strip trailing NULs), non-ASCII, brackets, commas,
+#: and filter-expression injections. Every store must return each exactly as given.
+HOSTILE_IDS = [
+    "it's", "rock'n'roll", 'say "hi"', "back\\slash", "trailing\\", "new\nline", "cr\rlf\n",
+    "tab\tbed", "nul\x00mid", "tail\x00", "\x00head", "\x00", "naïve ünï 日本語 🎵", "[bracket]",
+    "{brace}", "a,b,c", "x'] or not id in ['", 'x"] or id != ["', "id like '%'", "%", "*", " ",
+    "trailing space ", "42", "0", "-1", "1e3", "null", "é" * 64,  # 128 UTF-8 bytes
+]
+
+
+def _one_hot_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """n item vectors where item j is the unique best match of query j (for j < dim)."""
+    rng = np.random.default_rng(seed)
+    x = 0.05 * rng.normal(size=(n, dim))
+    for j in range(min(n, dim)):
+        x[j, j] = 3.0 + 0.01 * j
+    return x.astype(np.float32)
+
+
+def check_hostile_ids_round_trip(store, version: int, index_type: str = "FLAT") -> None:
+    """Hostile ids survive upsert -> search / get_vectors / exclude exactly as given."""
+    ids = list(HOSTILE_IDS) + [f"plain{j}" for j in range(8)]
+    dim = len(ids)
+    x = _one_hot_vectors(len(ids), dim)
+    store.create_version(version, dim, "IP", index_type)
+    store.upsert(version, ids, x, batch_size=7)
+    assert store.finalize(version) == len(ids)
+    eye = np.eye(dim, dtype=np.float32)
+    results = store.search_batch(version, eye, 1)
+    got = [r[0][0] for r in results]
+    assert got == ids, [(a, b) for a, b in zip(got, ids) if a != b]
+    everything = store.search(version, eye[0], len(ids) + 5)
+    assert sorted(i for i, _ in everything) == sorted(ids), "search over all items lost or changed ids"
+    assert len({i for i, _ in everything}) == len(ids), "an id came back twice"
+    np.testing.assert_allclose(store.get_vectors(version, ids), x, rtol=1e-6, atol=1e-6)
+    for j, hostile in enumerate(ids):
+        rest = store.search(version, eye[j], 3, exclude=[hostile])
+        assert hostile not in [i for i, _ in rest] and len(rest) == 3, (hostile, rest)
+    # an excluded id that only looks like another one excludes nothing else
+    near = store.search(version, eye[ids.index("tail\x00")], 1, exclude=["tail", "tail\x00\x00"])
+    assert near[0][0] == "tail\x00", near
+    # unknown ids that resemble stored ones are unknown, not matched
+    got = store.get_vectors(version, ["tail", "nul", "x'] or id in ['"], missing="nan")
+    assert np.isnan(got).all()
+
+
+def check_exactly_k(store, version: int, index_type: str, n: int = 300, dim: int = 16,
+                    seed: int = 0) -> None:
+    """``search`` returns min(k, items not excluded) distinct items, best first, for k around
+    and beyond the version's size, with and without exclusions."""
+    x = clustered_vectors(n, dim, n_clusters=max(2, n // 40), seed=seed)
+    ids = [f"i{j}" for j in range(n)]
+    store.create_version(version, dim, "IP", index_type)
+    store.upsert(version, ids, x)
+    store.finalize(version)
+    q = queries_like(x, 4, seed=seed + 1)
+    excluded = [ids[3], ids[n // 2], ids[-1], "not-an-item", "another-unknown"]
+    in_version = 3
+    for k in (1, 10, n - 1, n, n + 7, 3 * n):
+        for exclude in ((), excluded):
+            want = min(k, n - (in_version if exclude else 0))
+            results = store.search_batch(version, q, k, exclude=[exclude] * len(q) if exclude else None)
+            for res in results:
+                got = [i for i, _ in res]
+                assert len(got) == want, (index_type, k, len(exclude), len(got), want)
+                assert len(set(got)) == len(got), "repeated ids"
+                assert not set(got) & set(exclude)
+                scores = [s for _, s in res]
+                assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:])), "not best first"

@@ -75,7 +75,11 @@ def _version_state(number: int, meta: dict) -> _Version:
     fm = meta.get("foldin") or {}
     similarity = str(meta.get("similarity", fm.get("similarity", "dot")))
     scale = float(meta.get("score_scale", fm.get("score_scale", 1.0)))
-    popular = tuple((str(p[0]), float(p[1])) for p in meta.get("popular_items") or ())
+    raw = [(str(p[0]), float(p[1])) for p in meta.get("popular_items") or ()]
+    # Popularity is a count, on no model's scale: serve it as a share of the most popular
+    # item's figure, in (0, 1], so it can never pass for a predicted interest (DESIGN §8).
+    top = max((c for _, c in raw), default=0.0)
+    popular = tuple((i, c / top if top > 0 else 0.0) for i, c in raw)
     return _Version(number, meta, similarity, scale, int(meta.get("store_seq", 0)), popular,
                     bool(fm))
 
@@ -127,6 +131,7 @@ class RecallClient:
         self._triples_path = Path(cfg.data_dir) / "triples.lmdb" / "data.mdb"
         self._lock = threading.Lock()
         self._states: dict[int, _Version] = {}
+        self._adopted: set[int] = set()
         self._items = LRUCache(cfg.serve.item_cache_size)
         self._foldins = LRUCache(cfg.serve.foldin_cache_size)
         self._fold_in_on = bool(cfg.serve.fold_in)
@@ -152,16 +157,19 @@ class RecallClient:
         user_id : str or int
             External user id (an integer means its decimal string, as in events).
         k : int
-            1..``[serve] max_k``. Fewer come back only when the version has fewer items
-            (or fewer popular items, for a user without a vector).
+            1..``[serve] max_k``. Exactly ``min(k, items of the version not excluded)`` come
+            back, on every backend and index type (a short approximate answer is completed by
+            an exact scan); a user without a vector gets at most the version's popular items.
         exclude_seen : bool
             Leave out items the user already has triples for.
 
         Returns
         -------
         list of Recalled(item_id, score, source)
-            ``score`` is the model's predicted interest; ``source`` is ``"model"``,
-            ``"fold_in"`` or ``"popular"``.
+            ``source`` is ``"model"``, ``"fold_in"`` or ``"popular"``. For ``model`` and
+            ``fold_in``, ``score`` is the model's predicted interest. For ``popular`` it is the
+            item's popularity as a share of the version's most popular item, in (0, 1]: a
+            ranking figure on no model's scale, not comparable with model scores.
 
         Raises
         ------
@@ -181,10 +189,18 @@ class RecallClient:
         exclude_seen = check_flag(exclude_seen, "exclude_seen")
         return self._with_version(lambda st: self._recall_at(st, uid, k, exclude_seen))
 
-    def score(self, user_id, item_ids: Iterable) -> list[float]:
+    def score(self, user_id, item_ids: Iterable) -> list[float | None]:
         """The model's predicted interest of the user for each item (same user vector as
-        :meth:`recall`). NaN for an item the current version does not know, and for every item
-        when the user has no vector (a cold-start user)."""
+        :meth:`recall`, same scale as its ``model`` / ``fold_in`` scores).
+
+        Returns
+        -------
+        list of float or None
+            One entry per item, in order. ``None`` where the model has no opinion: an item the
+            current version does not know (e.g. newer than the version), and every item when
+            the user has no vector (a cold-start user, whom :meth:`recall` serves ``popular``
+            items). Never NaN.
+        """
         uid = check_id(user_id, "user_id")
         ids = check_ids(item_ids, "item_ids")
         return self._with_version(lambda st: self._score_at(st, uid, ids))
@@ -204,6 +220,7 @@ class RecallClient:
         """Release what this client opened (a shared registry or store is left open)."""
         with self._lock:
             vs, self._vs = self._vs, None
+            self._adopted = set()
             if vs is not None and self._own_store:
                 vs.close()
             if self._own_registry:
@@ -296,7 +313,23 @@ class RecallClient:
                 vs = self._vs
         return vs
 
+    def _adopt(self, vs, number: int) -> None:
+        """Tell the store what the registry (the authority) says version ``number`` is, so it
+        is searched without the store's own finalized marker (lost by a Milvus restart)."""
+        st = self._states.get(number)
+        spec = st.meta.get("vector_store") if st is not None else None
+        if spec:
+            try:
+                vs.adopt_version(spec)
+            except (TypeError, ValueError) as e:  # metadata of another layout: use the store's own
+                log.warning("version %s: cannot adopt its vector-store spec (%s)", number, e)
+        self._adopted.add(number)
+
     def _store_call(self, number: int, fn: Callable[[], T]) -> T:
+        if number not in self._adopted:
+            vs = self._store()
+            if hasattr(vs, "adopt_version"):
+                self._adopt(vs, number)
         try:
             return fn()
         except VersionNotFoundError as e:
@@ -426,16 +459,16 @@ class RecallClient:
                 return hits[:k]
             fetch = min(need, fetch * 4)
 
-    def _score_at(self, st: _Version, uid: str, ids: list[str]) -> list[float]:
+    def _score_at(self, st: _Version, uid: str, ids: list[str]) -> list[float | None]:
         vec, _source, _ = self._user_vector(st, uid, False)
         if not ids:
             return []
         if vec is None:
-            return [math.nan] * len(ids)
+            return [None] * len(ids)
         V = self._item_vectors(st.number, ids).astype(np.float64)
         a = vec.astype(np.float64)
         s = V @ a
         if st.similarity == "cosine":
             with np.errstate(invalid="ignore", divide="ignore"):
                 s = s / (np.linalg.norm(V, axis=1) * np.linalg.norm(a))
-        return [float(x) for x in s * st.scale]
+        return [None if math.isnan(x) else float(x) for x in (s * st.scale).tolist()]

@@ -21,8 +21,9 @@ class Recalled(NamedTuple):
     item_id : str
         External item id.
     score : float
-        The model's predicted interest (``source="popular"``: the popularity figure the version
-        stored with its popular items).
+        The model's predicted interest (``model``, ``fold_in``). For ``source="popular"``: the
+        item's popularity (distinct positive actions) as a share of the version's most popular
+        item, in (0, 1] — not a model score.
     source : str
         ``"model"``, ``"fold_in"`` or ``"popular"``.
     """

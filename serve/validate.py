@@ -6,29 +6,17 @@ from typing import Iterable
 
 import numpy as np
 
-MAX_ID_BYTES = 128  # DESIGN §1
+from mcrecall.ids import MAX_ID_BYTES, canonical_id
+
+__all__ = ["MAX_ID_BYTES", "check_flag", "check_id", "check_ids", "check_k"]
 
 
 def check_id(value, what: str = "user_id") -> str:
-    """Canonical id: a string of 1..128 UTF-8 bytes, or an integer >= 0 as its decimal string."""
-    if type(value) is str and 0 < len(value) <= MAX_ID_BYTES // 4:  # fast path: surely valid
+    """Canonical id (:mod:`mcrecall.ids`): a string of 1..128 UTF-8 bytes, or an integer >= 0
+    as its decimal string. TypeError for a wrong type, ValueError for a wrong value."""
+    if type(value) is str and value.isascii() and 0 < len(value) <= MAX_ID_BYTES:  # fast path
         return value
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{what} must be a string or a non-negative integer, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        if value < 0:
-            raise ValueError(f"{what} must be a string or a non-negative integer, got {value!r}")
-        return str(int(value))
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{what} must be a string or a non-negative integer, got {type(value).__name__} "
-            f"{value!r:.60}"
-        )
-    if not value:
-        raise ValueError(f"{what} must not be empty")
-    if len(value) * 4 > MAX_ID_BYTES and len(value.encode("utf-8")) > MAX_ID_BYTES:
-        raise ValueError(f"{what} is longer than {MAX_ID_BYTES} UTF-8 bytes: {value[:40]!r}...")
-    return value
+    return canonical_id(value, what)
 
 
 def check_ids(values: Iterable, what: str = "item_ids") -> list[str]:

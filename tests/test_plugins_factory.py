@@ -101,3 +101,54 @@ def test_reduction_rejects_what_it_cannot_represent():
         MetricReduction("dot", "COSINE", 2, max_norm=1).queries([[0, 0]])
     assert MetricReduction("dot", "IP", 2).scores([[5.0]], "ip", [1.0])[0, 0] == 5.0
     assert MetricReduction("dot", "l2", 2, max_norm=1).metric == "L2"
+
+
+def test_default_exact_fallback_scans_what_iter_stored_yields(tmp_path):
+    """A backend with only ``_iter_stored`` gets exactly k from the base class's exact scan, for
+    every metric, even when its index answers short; without either hook answers stay short."""
+    import numpy as np
+
+    from plugins.base import VectorStore
+    from plugins.exact_store import ExactVectorStore
+    from plugins.testing import clustered_vectors
+
+    class ShortIndex(ExactVectorStore):
+        """An 'approximate' index that loses everything past the 7th hit."""
+
+        _exact_search = VectorStore._exact_search
+
+        def _search(self, spec, queries, k):
+            ids, raw, kind = super()._search(spec, queries, k)
+            return [r[:7] for r in ids], [r[:7] for r in raw], kind
+
+        def _iter_stored(self, version):
+            loaded = self.load(version)
+            for s in range(0, len(loaded.ids), 13):  # small chunks: the merge across them counts
+                yield loaded.ids.take(range(s, min(s + 13, len(loaded.ids)))), loaded.stored[s:s + 13]
+
+    class NoHook(ShortIndex):
+        _iter_stored = VectorStore._iter_stored
+
+    x = clustered_vectors(100, 8, n_clusters=5, seed=2)
+    ids = [f"i{j}" for j in range(100)]
+    q = x[:3] + 0.1
+    for metric in ("IP", "L2", "COSINE"):
+        ref = ExactVectorStore(data_dir=tmp_path / f"ref{metric}")
+        short = ShortIndex(data_dir=tmp_path / f"short{metric}")
+        for vs in (ref, short):
+            vs.create_version(1, 8, metric, "FLAT", max_norm=float(np.linalg.norm(x, axis=1).max()))
+            vs.upsert(1, ids, x)
+            vs.finalize(1)
+        assert short.has_exact_fallback
+        for k in (5, 30, 100, 150):
+            want = ref.search_batch(1, q, k, exclude=[["i0", "i9"]] * 3)
+            got = short.search_batch(1, q, k, exclude=[["i0", "i9"]] * 3)
+            assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in want], (metric, k)
+            np.testing.assert_allclose([[s for _, s in r] for r in got], [[s for _, s in r] for r in want],
+                                       rtol=1e-5, atol=1e-6)
+    nohook = NoHook(data_dir=tmp_path / "nohook")
+    nohook.create_version(1, 8, "IP", "FLAT")
+    nohook.upsert(1, ids, x)
+    nohook.finalize(1)
+    assert not nohook.has_exact_fallback
+    assert len(nohook.search(1, q[0], 30)) == 7

@@ -133,14 +133,15 @@ def test_cold_start_gets_popular_minus_seen(env):
     env.publish(popular_items=popular)
     res = env.client.recall_result("stranger", 5)
     assert res.source == "popular"
-    assert res.items == [Recalled(f"i{j}", float(100 - j), "popular") for j in range(5)]
+    # popularity as a share of the most popular item's, in (0, 1]: on no model's scale
+    assert res.items == [Recalled(f"i{j}", (100 - j) / 100, "popular") for j in range(5)]
     # a user whose only triples are impressions: implicit fold-in has nothing to go on
     env.triples.put_scores(["shy"] * 3, ["i0", "i2", "i5"], [0, 0, 0])
     res = env.client.recall("shy", 4, exclude_seen=True)
     assert [r.item_id for r in res] == ["i1", "i3", "i4", "i6"]
     assert {r.source for r in res} == {"popular"}
     assert [r.item_id for r in env.client.recall("shy", 2)] == ["i0", "i1"]
-    assert math.isnan(env.client.score("stranger", ["i0"])[0])
+    assert env.client.score("stranger", ["i0", "nope"]) == [None, None]  # no vector: no opinion
 
 
 def test_fold_in_for_new_and_changed_users(env):
@@ -200,7 +201,8 @@ def test_score_is_the_predicted_interest(env):
     U, V = env.versions[v]
     got = env.client.score("u6", ["i3", "i77", "nope", "i3"])
     np.testing.assert_allclose(got[:2], [V[3] @ U[6], V[77] @ U[6]], rtol=1e-5)
-    assert math.isnan(got[2]) and got[3] == got[0]
+    assert got[2] is None and got[3] == got[0]  # an item the version does not know: None
+    assert not any(isinstance(g, float) and math.isnan(g) for g in got)
     top = env.client.recall("u6", 5)
     np.testing.assert_allclose(env.client.score("u6", [r.item_id for r in top]),
                                [r.score for r in top], rtol=1e-5)
@@ -413,3 +415,47 @@ def test_module_level_recall_uses_the_default_config(env, tmp_path, monkeypatch)
     finally:
         if serve._default is not None:
             serve._default.close()
+
+
+# --------------------------------------------------------------------------- ids are data, exactly k
+def test_hostile_ids_through_recall_and_score(tmp_path):
+    from plugins.testing import HOSTILE_IDS
+
+    e = Env(tmp_path)
+    hostile = list(HOSTILE_IDS)
+    e.item_ids = hostile + [f"i{j}" for j in range(N_ITEMS - len(hostile))]
+    e.user_ids = ["rock'n'roll", "u\x00", "x'] or not id in ['"] + e.user_ids[3:]
+    v = e.publish()
+    U, V = e.versions[v]
+    for u, uid in enumerate(e.user_ids[:3]):
+        ids, scores = e.top(v, U[u], 50)
+        assert_matches(e.client.recall(uid, 50), ids, scores, "model")
+        np.testing.assert_allclose(e.client.score(uid, hostile), V[:len(hostile)] @ U[u], rtol=1e-5)
+        assert e.client.score(uid, ["tail", "x'] or id in ['"]) == [None, None]
+    # seen hostile items are excluded exactly (and nothing that merely resembles them)
+    seen = ["tail\x00", "it's", "x'] or not id in ['"]
+    e.triples.put_scores(["rock'n'roll"] * 3, seen, [1, 1, 1])
+    got = [r.item_id for r in e.client.recall("rock'n'roll", N_ITEMS, exclude_seen=True)]
+    assert len(got) == N_ITEMS - 3 and not set(seen) & set(got) and "tail" not in got
+    e.client.close()
+    e.vs.close()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+@pytest.mark.parametrize("direct_max", [256, 0], ids=["exclude-in-store", "client-rounds"])
+def test_exactly_k_with_an_ann_index_and_exclude_seen(tmp_path, backend, direct_max):
+    """min(k, unseen items) on an approximate index, k up to every item of the version."""
+    e = Env(tmp_path, backend=backend, index={"index_type": "HNSW", "flat_max_items": 0},
+            serve_cfg={"exclude_direct_max": direct_max, "fold_in": False})
+    v = e.publish(index_type="HNSW")
+    U, V = e.versions[v]
+    seen = [e.item_ids[j] for j in np.argsort(-(V @ U[3]))[:40]]
+    e.triples.put_scores(["u3"] * len(seen), seen, [1] * len(seen))
+    for k in (10, N_ITEMS - 41, N_ITEMS - 40, N_ITEMS - 1, N_ITEMS, e.cfg.serve.max_k):
+        got = e.client.recall("u3", k, exclude_seen=True)
+        ids = [r.item_id for r in got]
+        assert len(ids) == min(k, N_ITEMS - 40) == len(set(ids)), (k, len(ids))
+        assert not set(ids) & set(seen)
+        assert len(e.client.recall("u5", k)) == min(k, N_ITEMS)
+    e.client.close()
+    e.vs.close()

@@ -139,7 +139,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point", ["start", "users", "items", "finalize", "metadata"])
+@pytest.mark.parametrize("point", ["start", "users", "created", "items", "finalize", "metadata"])
 def test_crash_during_publication_keeps_previous_version(tmp_path, data, point):
     fill_store(tmp_path, data)
     cfg = small_config(tmp_path, dim=8, epochs=2)
@@ -203,3 +203,250 @@ def test_sigkill_mid_run_keeps_previous_version(tmp_path, data):
         v, hits = _recall(cfg, data.user_ids[1])
         assert (v, hits) == before or v > 1  # the old version, or a complete newer one
     assert train_run(cfg, force=True, **QUIET).status == "published"
+
+
+# --------------------------------------------------------------------------- one publisher at a time
+def test_publisher_lock_api(tmp_path):
+    import threading
+
+    from train.lock import PublisherBusyError, is_locked, publisher_lock
+
+    assert not is_locked(tmp_path)
+    with publisher_lock(tmp_path):
+        assert is_locked(tmp_path)
+        with publisher_lock(tmp_path, wait=False):  # re-entrant in the holding thread
+            pass
+        assert is_locked(tmp_path)
+        errors = []
+
+        def other_thread():
+            try:
+                with publisher_lock(tmp_path, wait=False):
+                    pass
+            except PublisherBusyError as e:
+                errors.append(str(e))
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert errors and "publish.lock" in errors[0] and f"pid {os.getpid()}" in errors[0]
+        # another process: refused at once, or after its timeout
+        code = ("import sys, time; from train.lock import publisher_lock, PublisherBusyError\n"
+                "t = time.monotonic()\n"
+                "try:\n"
+                "    with publisher_lock(sys.argv[1], timeout_s=0.3): print('got')\n"
+                "except PublisherBusyError as e: print('busy', round(time.monotonic() - t, 1), e)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, text=True,
+                             capture_output=True, timeout=60).stdout
+        assert out.startswith("busy") and "gave up after 0.3 s" in out, out
+    assert not is_locked(tmp_path)
+    with pytest.raises(ValueError):
+        with publisher_lock(tmp_path, timeout_s=-1):
+            pass
+
+
+def test_publisher_lock_is_released_when_its_holder_is_killed(tmp_path):
+    import signal
+    import time
+
+    from train.lock import publisher_lock
+
+    code = ("import sys, time; from train.lock import publisher_lock\n"
+            "with publisher_lock(sys.argv[1]):\n"
+            "    print('held', flush=True); time.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        os.kill(p.pid, signal.SIGKILL)
+        with publisher_lock(tmp_path, timeout_s=30):
+            assert time.monotonic() - t0 < 30
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+
+
+def _write_config(tmp_path, backend="exact"):
+    cfg_file = tmp_path / "mcrecall.toml"
+    cfg_file.write_text(f'[store]\ndata_dir = "{tmp_path}"\n[index]\nbackend = "{backend}"\n'
+                        f'index_type = "FLAT"\n[train]\ndim = 8\nepochs = 2\n')
+    return cfg_file
+
+
+class _Reader:
+    """Collects a process's output in a thread (so the test can poll it while it runs)."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.chunks: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.chunks.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def join(self) -> str:
+        self.thread.join(timeout=60)
+        return self.text
+
+
+def _mcrecall(*args, **kw):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCRECALL_")}
+    return subprocess.Popen([sys.executable, "-m", "mcrecall", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_no_wait_exits_with_a_clear_message(tmp_path, data):
+    from train.lock import publisher_lock
+
+    fill_store(tmp_path, data)
+    cfg_file = _write_config(tmp_path)
+    with publisher_lock(tmp_path):
+        p = _mcrecall("--config", str(cfg_file), "train", "--no-wait")
+        out, _ = p.communicate(timeout=120)
+    assert p.returncode == 75, out
+    assert "another publisher holds" in out and "--no-wait" in out and "Traceback" not in out
+    assert ModelRegistry(tmp_path, readonly=True).current_version() is None
+
+
+@pytest.mark.parametrize("n_trainers", [2, 3])
+def test_concurrent_trainers_publish_one_at_a_time(tmp_path, data, n_trainers):
+    """`mcrecall train --force` started together, over several rounds: each waits its turn, every
+    version gets its own number, and the current version is complete (all its users)."""
+    import time
+
+    from train.lock import publisher_lock
+
+    fill_store(tmp_path, data)
+    cfg_file = _write_config(tmp_path)
+    cfg = small_config(tmp_path, dim=8, epochs=2)
+    published = []
+    for _round in range(2):
+        # Hold the lock while they start, until every one says it waits: then they really
+        # race for it when it is released, whatever the start-up times on a loaded machine.
+        with publisher_lock(tmp_path):
+            procs = [_mcrecall("--config", str(cfg_file), "train", "--force")
+                     for _ in range(n_trainers)]
+            readers = [_Reader(p) for p in procs]
+            deadline = time.monotonic() + 300
+            while not all("waiting for the publisher lock" in r.text for r in readers):
+                assert time.monotonic() < deadline, [r.text[-2000:] for r in readers]
+                assert all(p.poll() is None for p in procs), [r.text[-2000:] for r in readers]
+                time.sleep(0.1)
+        for p in procs:
+            p.wait(timeout=600)
+        outs = [r.join() for r in readers]
+        for p, out in zip(procs, outs):
+            assert p.returncode == 0, out[-3000:]
+            assert "Traceback" not in out, out[-3000:]
+        published += [int(line.split("published version ")[1].split()[0])
+                      for out in outs for line in out.splitlines() if "published version" in line]
+        reg = ModelRegistry(tmp_path, readonly=True)
+        cur = reg.current_version()
+        meta = reg.metadata(cur)
+        assert reg.n_users(cur) == meta["n_users"] > 0
+        assert reg.inflight() == {}
+        assert reg.stored_versions() == reg.versions() and len(reg.versions()) == 2
+        with _vs(cfg) as vs:
+            assert vs.count(cur) == meta["n_items"] > 0
+            assert vs.stored_versions() == reg.versions() and vs.current_version() == cur
+        reg.close()
+        v, hits = _recall(cfg, data.user_ids[0])
+        assert v == cur and len(hits) == 5
+    assert sorted(published) == list(range(1, 2 * n_trainers + 1)), published
+
+
+CRASH_BACKENDS = ["exact", "faiss", "hnswlib", "milvus"]
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from train.testing import small_config
+    from train.trainer import train_run
+    cfg = small_config(sys.argv[1], backend=sys.argv[2], index_type=sys.argv[3], dim=8, epochs=2)
+    train_run(cfg, force=True)
+""")
+
+
+def _leftover_files(tmp_path):
+    root = tmp_path / "vectors"
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.parent.name in ("vectors", "mcrecall_items") and p.name.startswith("."))
+
+
+@pytest.mark.parametrize("backend", CRASH_BACKENDS)
+def test_sigkill_at_each_step_then_a_clean_publish_leaves_nothing_stray(tmp_path, data, backend):
+    from train.publish import CRASH_POINTS
+
+    fill_store(tmp_path, data)
+    index_type = {"exact": "FLAT", "milvus": "FLAT"}.get(backend, "HNSW")
+    cfg = small_config(tmp_path, backend=backend, index_type=index_type, dim=8, epochs=2)
+    assert train_run(cfg, force=True, **QUIET).status == "published"
+    # file backends also die between writing a version's temporary directory and its rename
+    for point in CRASH_POINTS + (("file-store-rename",) if backend != "milvus" else ()):
+        env = dict(os.environ, **{CRASH_ENV: point})
+        p = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), backend, index_type],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == CRASH_EXIT_CODE, (point, p.stderr[-3000:])
+        r = train_run(cfg, force=True, **QUIET)
+        assert r.status == "published", point
+        reg = ModelRegistry(tmp_path, readonly=True)
+        cur = reg.current_version()
+        assert cur == r.version
+        versions = reg.versions()
+        assert reg.stored_versions() == versions and len(versions) == 2 and versions[-1] == cur
+        assert reg.inflight() == {}, point
+        with _vs(cfg) as vs:
+            assert vs.stored_versions() == versions, (point, vs.stored_versions(), versions)
+            assert vs.current_version() == cur
+            if backend == "milvus":  # every collection, whatever the store's own markers say
+                names = {c for c in vs.client.list_collections()
+                         if c.startswith(cfg.index.collection + "_v")}
+                assert names == {f"{cfg.index.collection}_v{v}" for v in versions}, (point, names)
+        assert _leftover_files(tmp_path) == [], point
+        v, hits = _recall(cfg, data.user_ids[0])
+        assert v == cur and len(hits) == 5
+        reg.close()
+
+
+def test_a_version_without_its_vectors_is_never_current(tmp_path):
+    from plugins import open_vector_store as ovs
+    from train.publish import publish
+
+    reg = ModelRegistry(tmp_path)
+    vs = ovs("exact", data_dir=tmp_path)
+    meta = {"similarity": "dot", "dim": 4}
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="0 user"):
+        publish(reg, vs, version=1, user_ids=[], user_vectors=np.zeros((0, 4), np.float32),
+                item_ids=["a", "b", "c", "d"], item_vectors=x, meta=meta, metric="IP",
+                index_type="FLAT", log=lambda s: None)
+    assert reg.current_version() is None and reg.stored_versions() == [] and vs.stored_versions() == []
+    reg.close()
+
+
+def test_a_version_missing_items_is_removed_not_made_current(tmp_path):
+    """If the store holds fewer items than were written (another writer dropped some, a lossy
+    server), the version is never made current and what was written of it is removed."""
+    from plugins import open_vector_store as ovs
+    from train.publish import IncompleteVersionError, next_version, publish
+
+    reg = ModelRegistry(tmp_path)
+    vs = ovs("exact", data_dir=tmp_path)
+    x = np.eye(4, dtype=np.float32)
+    kw = dict(user_ids=["u1", "u2"], user_vectors=x[:2], item_ids=["a", "b", "c", "d"],
+              item_vectors=x, meta={"similarity": "dot", "dim": 4}, metric="IP",
+              index_type="FLAT", log=lambda s: None)
+    assert publish(reg, vs, version=next_version(reg, vs), **kw) == 1
+    real_count = vs.count
+    vs.count = lambda v: real_count(v) - 1  # the store lost an item
+    with pytest.raises(IncompleteVersionError, match="3/4 item"):
+        publish(reg, vs, version=next_version(reg, vs), **kw)
+    vs.count = real_count
+    assert reg.current_version() == 1 and reg.stored_versions() == [1] and reg.inflight() == {}
+    assert vs.stored_versions() == [1]
+    assert publish(reg, vs, version=next_version(reg, vs), **kw) == 3  # numbers never go back
+    reg.close()

@@ -1,7 +1,8 @@
 """``mcrecall train [--force] [--every DURATION]`` (wired into mcrecall/cli.py by its owner).
 
 Exit status: 0 published (or, with ``--every``, stopped by Ctrl-C); 1 nothing to train on;
-3 not published because the held-out RMSE regressed (see ``--force``).
+3 not published because the held-out RMSE regressed (see ``--force``); 75 another trainer
+holds the publisher lock and ``--no-wait`` was given.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--every", metavar="DURATION", type=parse_duration, default=None,
                         help="retrain on this period (e.g. 15m, 1h), skipping a run when the "
                              "store has no new triples since the current version")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="exit (status 75) instead of waiting when another trainer is "
+                             "publishing in the same data dir")
     return parser
 
 
@@ -47,15 +51,24 @@ def run_train(args, cfg) -> int:
 
     force = bool(getattr(args, "force", False))
     every = getattr(args, "every", None)
+    wait = not getattr(args, "no_wait", False)
+    from .lock import PublisherBusyError
+
     if not every:
-        res = train_run(cfg, force=force)
+        try:
+            res = train_run(cfg, force=force, wait=wait)
+        except PublisherBusyError as e:
+            print(f"mcrecall train: {e}; not waiting (--no-wait)", file=sys.stderr, flush=True)
+            return 75
         return {"published": 0, "refused": 3, "empty": 1, "unchanged": 0}[res.status]
     print(f"train: retraining every {every:g} s (Ctrl-C stops)", flush=True)
     try:
         while True:
             started = time.monotonic()
             try:
-                train_run(cfg, force=force, skip_unchanged=True)
+                train_run(cfg, force=force, skip_unchanged=True, wait=wait)
+            except PublisherBusyError as e:
+                print(f"train: {e}; skipping this round (--no-wait)", flush=True)
             except Exception:  # a failed run leaves the current version serving; try again
                 traceback.print_exc()
                 print("train: run failed; the current version is unchanged", file=sys.stderr,

@@ -1,101 +1,154 @@
 """Publication of a model version (DESIGN §4): write N completely, then ONE atomic step.
 
-Order, and what a crash after each step leaves (the previous version C stays current until
-step 5, because readers follow only the pointer in users.lmdb):
+One publisher at a time: every function here runs under the publisher lock
+(:func:`train.lock.publisher_lock`, re-entrant; ``mcrecall train`` holds it for its whole run),
+so version numbers are allocated without races and the cleanup below can tell a killed
+publisher's leftovers from a live publisher's version in flight — a live one holds the lock.
 
-1. user vectors of N into users.lmdb          -> rows without metadata: invisible, cleaned next run
-2. item vectors into ``<collection>_v<N>``     -> unfinalized: invisible, replaced/dropped
-3. finalize (index built and loaded)          -> finalized, non-current: dropped next run
-4. metadata of N into users.lmdb              -> complete but not current: dropped next run
+The registry (``users.lmdb``) is the authority on which versions exist; the vector store's
+own lists are only searched for leftovers. Order, and what a kill after each step leaves (the
+previous version C stays current until step 6, because readers follow only the pointer in
+users.lmdb):
+
+0. allocate N (registry, one transaction; recorded in flight)  -> skipped number, record cleaned
+1. user vectors of N into users.lmdb          -> rows without metadata: removed next run
+2. ``<collection>_v<N>`` created, items upserted -> unfinalized collection / temp files: removed
+3. finalize (index built and loaded)          -> finalized, non-current: removed next run
+4. check: N has every user and item vector, metadata (with the store's spec) into users.lmdb
+                                              -> complete but not current: removed next run
 5. ``current`` := N in users.lmdb             -> THE atomic step: N serves from here on
 6. vector store ``make_current(N)`` (Milvus alias) -> reconciled by the next run if missed
-7. drop every version except N and C (C is kept for recalls in flight)
+7. drop every version except N and C (C is kept for recalls in flight), and leftovers
 
-``MCR_TRAIN_CRASH_AT=<step name>`` makes the process ``os._exit`` right after that step (for
-the crash tests; the name has no ``MCRECALL_`` prefix because the config loader owns those).
+``MCR_TRAIN_CRASH_AT=<step name>`` SIGKILLs the process right after that step (crash tests).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
 import numpy as np
 
+from plugins.base import CRASH_ENV, crash_point  # noqa: F401  (CRASH_ENV re-exported for tests)
+
+from .lock import publisher_lock
 from .versions import ModelRegistry
 
-CRASH_ENV = "MCR_TRAIN_CRASH_AT"
-CRASH_POINTS = ("start", "users", "items", "finalize", "metadata", "current", "alias", "dropped")
-CRASH_EXIT_CODE = 86
+CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "current", "alias",
+                "dropped")
+CRASH_EXIT_CODE = -9  # SIGKILL, as subprocess reports it
 
 
-def crash_point(name: str) -> None:
-    """Exit abruptly (no cleanup, no flush) if the crash-test hook names this step."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(CRASH_EXIT_CODE)
+class IncompleteVersionError(RuntimeError):
+    """A version about to be made current lacks user or item vectors (never made current)."""
+
+
+def _data_dir(registry: ModelRegistry):
+    return registry.path.parent
 
 
 def next_version(registry: ModelRegistry, vs) -> int:
-    """One more than any version number either store has seen (numbers only grow)."""
-    seen = [0, registry.current_version() or 0, *registry.stored_versions()]
+    """Allocate the next version number atomically: above every number the registry ever
+    handed out and every version the vector store holds (numbers only grow)."""
+    seen = [0]
     try:
-        seen += list(vs.list_versions())
+        seen += list(vs.stored_versions())
         seen.append(vs.current_version() or 0)
     except Exception:  # a store that cannot list is still publishable to
         pass
-    return max(seen) + 1
+    with publisher_lock(_data_dir(registry)):
+        return registry.allocate_version(max(seen) + 1)
 
 
 def _drop_vs(vs, version: int, log) -> None:
     try:
         vs.drop_version(version)
-    except Exception as e:  # unknown or unfinalized version: nothing to drop, or a later run will
+    except Exception as e:  # unknown version: nothing to drop, or a later run will
         log(f"  note: could not drop vector-store version {version}: {e}")
 
 
-def cleanup_stale(registry: ModelRegistry, vs, log: Callable[[str], None] = print) -> None:
-    """Remove leftovers of interrupted runs and re-point the vector store at the current version.
+def _stale_inflight(registry: ModelRegistry) -> set[int]:
+    """In-flight versions whose publication is over: every one of other processes (the caller
+    holds the lock, so their publishers are gone) and this process's own but its newest (an
+    earlier run of this process that failed before publishing, e.g. in an ``--every`` loop)."""
+    me = (os.getpid(), os.uname().nodename)
+    flying = registry.inflight()
+    own = [v for v, rec in flying.items() if (rec.get("pid"), rec.get("host")) == me]
+    newest = max(own, default=None)
+    return {v for v in flying if v != newest}
 
-    Stale = any version newer than the current one, or without metadata. Complete versions older
-    than the current one are left for :func:`drop_old`.
+
+def cleanup_stale(registry: ModelRegistry, vs, log: Callable[[str], None] = print) -> None:
+    """Remove leftovers of killed publishers and re-point the vector store at the current version.
+
+    Stale = any version newer than the current one, or without metadata, that is not in flight
+    in this process. Complete versions older than the current one are left for
+    :func:`drop_old`. Holds the publisher lock, so no other live publisher has a version in
+    flight.
     """
-    cur = registry.current_version()
-    complete = set(registry.versions())
-    for v in registry.stored_versions():
-        if v != cur and (cur is None or v > cur or v not in complete):
-            log(f"  removing leftover version {v} from users.lmdb")
-            registry.drop(v)
-    try:
-        vs_versions = list(vs.list_versions())
-    except Exception:
-        vs_versions = []
-    if cur is not None:
+    with publisher_lock(_data_dir(registry)):
+        cur = registry.current_version()
+        complete = set(registry.versions())
+        dead = _stale_inflight(registry)
+        mine = set(registry.inflight()) - dead
+        for v in dead:
+            registry.clear_inflight(v)
+        for v in registry.stored_versions():
+            if v != cur and v not in mine and (cur is None or v > cur or v not in complete):
+                log(f"  removing leftover version {v} from users.lmdb")
+                registry.drop(v, in_flight_ok=True)
         try:
-            if vs.current_version() != cur and cur in vs_versions:
-                log(f"  re-pointing the vector store at the current version {cur}")
-                vs.make_current(cur)
+            vs_versions = list(vs.stored_versions())
         except Exception as e:
-            log(f"  note: could not re-point the vector store: {e}")
-    for v in vs_versions:
-        if v != cur and (cur is None or v > cur or v not in complete):
-            log(f"  removing leftover collection of version {v}")
-            _drop_vs(vs, v, log)
+            log(f"  note: could not list vector-store versions: {e}")
+            vs_versions = []
+        if cur is not None:
+            try:
+                if vs.current_version() != cur:
+                    spec = registry.metadata(cur).get("vector_store")
+                    if spec:
+                        vs.adopt_version(spec)
+                    log(f"  re-pointing the vector store at the current version {cur}")
+                    vs.make_current(cur)
+            except Exception as e:
+                log(f"  note: could not re-point the vector store: {e}")
+        for v in vs_versions:
+            if v != cur and v not in mine and (cur is None or v > cur or v not in complete):
+                log(f"  removing leftover collection of version {v}")
+                _drop_vs(vs, v, log)
+        try:
+            for name in vs.purge_leftovers():
+                log(f"  removed leftover {name}")
+        except Exception as e:
+            log(f"  note: could not remove vector-store leftovers: {e}")
 
 
 def drop_old(registry: ModelRegistry, vs, keep: set[int], log=print) -> list[int]:
-    """Drop every version not in ``keep`` from both stores."""
+    """Drop every version not in ``keep`` (and not in flight in this process) from both stores."""
     dropped = []
-    for v in registry.stored_versions():
-        if v not in keep:
-            registry.drop(v)
-            dropped.append(v)
-    try:
-        for v in vs.list_versions():
+    with publisher_lock(_data_dir(registry)):
+        dead = _stale_inflight(registry)
+        mine = set(registry.inflight()) - dead
+        keep = set(keep) | mine
+        for v in dead:
+            registry.clear_inflight(v)
+        for v in registry.stored_versions():
             if v not in keep:
-                _drop_vs(vs, v, log)
+                registry.drop(v, in_flight_ok=True)
                 dropped.append(v)
-    except Exception as e:
-        log(f"  note: could not list vector-store versions: {e}")
+        try:
+            for v in vs.stored_versions():
+                if v not in keep:
+                    _drop_vs(vs, v, log)
+                    dropped.append(v)
+        except Exception as e:
+            log(f"  note: could not list vector-store versions: {e}")
+        try:
+            vs.purge_leftovers()
+        except Exception as e:
+            log(f"  note: could not remove vector-store leftovers: {e}")
     return sorted(set(dropped))
 
 
@@ -104,10 +157,50 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
             metric: str, index_type: str, log: Callable[[str], None] = print) -> int:
     """Write version ``version`` completely, make it current atomically, drop old versions.
 
-    Returns the version number. The item vectors are model-space; the plugin applies the
-    metric reduction (``max_norm`` = the largest item norm, needed for dot through L2/COSINE).
+    ``version`` comes from :func:`next_version`. Returns the version number. The item vectors
+    are model-space; the plugin applies the metric reduction (``max_norm`` = the largest item
+    norm, needed for dot through L2/COSINE).
+
+    Raises
+    ------
+    ValueError
+        No user or no item vectors, or ``version`` is already published.
+    IncompleteVersionError
+        After writing, the version lacks user or item vectors (it is removed, never current).
     """
-    previous = registry.current_version()
+    if len(user_ids) == 0 or len(item_ids) == 0:
+        raise ValueError(f"refusing to publish version {version} with {len(user_ids)} user and "
+                         f"{len(item_ids)} item vectors")
+    with publisher_lock(_data_dir(registry)):
+        previous = registry.current_version()
+        if version in registry.versions() or version == previous:
+            raise ValueError(f"version {version} is already published; allocate a new number "
+                             "with next_version()")
+        if version not in registry.inflight():
+            registry.mark_inflight(version)  # a caller-chosen number
+        try:
+            _write_version(registry, vs, version, user_ids, user_vectors, item_ids,
+                           item_vectors, meta, metric, index_type)
+        except BaseException:
+            _abandon(registry, vs, version, log)
+            raise
+        registry.set_current(version)  # the one atomic step
+        crash_point("current")
+        try:
+            vs.make_current(version)
+        except Exception as e:  # serving follows users.lmdb; the next run re-points the store
+            log(f"  warning: vector store make_current({version}) failed: {e}")
+        crash_point("alias")
+        keep = {version} | ({previous} if previous is not None else set())
+        dropped = drop_old(registry, vs, keep, log)
+        if dropped:
+            log(f"  dropped old version(s) {dropped}")
+        crash_point("dropped")
+    return version
+
+
+def _write_version(registry, vs, version, user_ids, user_vectors, item_ids, item_vectors, meta,
+                   metric, index_type) -> None:
     crash_point("start")
     registry.write_users(version, user_ids, user_vectors)
     crash_point("users")
@@ -115,23 +208,29 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
     max_norm = float(norms.max()) if len(norms) and norms.max() > 0 else 1.0
     vs.create_version(version, dim=int(item_vectors.shape[1]), metric=metric,
                       index_type=index_type, similarity=meta["similarity"], max_norm=max_norm)
+    crash_point("created")
     vs.upsert(version, item_ids, item_vectors)
     crash_point("items")
     vs.finalize(version)
     crash_point("finalize")
-    meta = dict(meta, version=version, max_norm=max_norm)
+    # Never current without all its vectors: count what both stores really hold.
+    n_users, n_items = registry.n_users(version), vs.count(version)
+    want_users, want_items = len(set(map(str, user_ids))), len(set(item_ids))
+    if n_users != want_users or n_items != want_items:
+        raise IncompleteVersionError(
+            f"version {version} holds {n_users}/{want_users} user and {n_items}/{want_items} "
+            "item vectors after writing; not making it current")
+    spec = json.loads(vs.version_info(version).to_json())
+    meta = dict(meta, version=version, max_norm=max_norm, vector_store=spec)
     registry.write_metadata(version, meta)
     crash_point("metadata")
-    registry.set_current(version)  # the one atomic step
-    crash_point("current")
-    try:
-        vs.make_current(version)
-    except Exception as e:  # serving follows users.lmdb; the next run re-points the store
-        log(f"  warning: vector store make_current({version}) failed: {e}")
-    crash_point("alias")
-    keep = {version} | ({previous} if previous is not None else set())
-    dropped = drop_old(registry, vs, keep, log)
-    if dropped:
-        log(f"  dropped old version(s) {dropped}")
-    crash_point("dropped")
-    return version
+
+
+def _abandon(registry, vs, version, log) -> None:
+    """Best effort after a failed publication: remove what was written of ``version``."""
+    for what, fn in (("users.lmdb", lambda: registry.drop(version, in_flight_ok=True)),
+                     ("vector store", lambda: vs.drop_version(version))):
+        try:
+            fn()
+        except Exception as e:
+            log(f"  note: could not remove the failed version {version} from the {what}: {e}")

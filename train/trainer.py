@@ -138,7 +138,18 @@ def train_once(cfg, force: bool = False, *, skip_unchanged: bool = False,
 
 
 def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
-              log=_log_default) -> TrainResult:
+              log=_log_default, wait: bool = True) -> TrainResult:
+    """:func:`_train_run` holding the publisher lock (train/lock.py) for the whole run: one
+    trainer at a time per data dir. ``wait=False`` raises ``PublisherBusyError`` if another
+    holds it; otherwise this waits, saying so in ``log``."""
+    from .lock import publisher_lock_logged
+
+    with publisher_lock_logged(cfg.data_dir, wait=wait, log=log):
+        return _train_run(cfg, force, skip_unchanged=skip_unchanged, log=log)
+
+
+def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
+               log=_log_default) -> TrainResult:
     """Train on a snapshot of the triple store and publish a new version.
 
     Parameters

@@ -9,7 +9,19 @@ key                                    value
 ``current``                            ASCII decimal version number (the ONE pointer)
 ``meta/`` + BE uint32 N                metadata JSON of version N (written last: complete)
 ``user/`` + BE uint32 N + user id      float32 little-endian vector
+``allocated``                          ASCII decimal: the highest version number handed out
+``inflight/`` + BE uint32 N            JSON {pid, host, at}: N allocated, not yet published
 =====================================  =====================================================
+
+This registry is the authority on which versions exist and are complete — not the vector
+store's own bookkeeping (Milvus loses collection properties on a server restart). The
+metadata of a version carries its vector-store spec (``vector_store``), so readers can search
+the version without asking the store whether it is finalized.
+
+Version numbers only grow: :meth:`ModelRegistry.allocate_version` hands out the next one in one
+write transaction and records it as in flight; :meth:`ModelRegistry.drop` refuses the current
+version and versions in flight (unless the caller, holding the publisher lock, knows their
+publisher is dead).
 
 A version is listed by :meth:`ModelRegistry.versions` only once its metadata exists; user rows
 of a version without metadata are leftovers of a crashed run and are removed by the next one.
@@ -22,6 +34,7 @@ import json
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -33,6 +46,8 @@ from mcrecall.datadir import lmdb_env_writable
 CURRENT = b"current"
 META = b"meta/"
 USER = b"user/"
+ALLOCATED = b"allocated"
+INFLIGHT = b"inflight/"
 DEFAULT_MAP_SIZE = 8 << 30
 
 
@@ -74,6 +89,21 @@ def _ver(version: int) -> bytes:
     if not isinstance(version, (int, np.integer)) or not 0 < int(version) < 2**32:
         raise ValueError(f"version must be an integer in 1..2^32-1, got {version!r}")
     return struct.pack(">I", int(version))
+
+
+def _inflight_record() -> bytes:
+    return json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                       "at": time.time()}).encode()
+
+
+def _highest(txn, prefix: bytes) -> int:
+    """The highest version number under ``prefix`` (0 if none): the last key before the end."""
+    cur = txn.cursor()
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    ok = cur.prev() if cur.set_range(end) else cur.last()
+    if ok and cur.key().startswith(prefix):
+        return struct.unpack(">I", cur.key()[len(prefix):len(prefix) + 4])[0]
+    return 0
 
 
 class ModelRegistry:
@@ -181,6 +211,21 @@ class ModelRegistry:
                 ok = cur.set_range(prefix + struct.pack(">I", v + 1)) if v + 1 < 2**32 else False
         return found
 
+    def inflight(self) -> dict[int, dict]:
+        """Versions allocated but not yet published: {version: {pid, host, at}}."""
+        env = self._open()
+        if env is None:
+            return {}
+        out = {}
+        with env.begin() as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(INFLIGHT)
+            while ok and cur.key().startswith(INFLIGHT):
+                v = struct.unpack(">I", cur.key()[len(INFLIGHT):])[0]
+                out[v] = json.loads(cur.value())
+                ok = cur.next()
+        return out
+
     def n_users(self, version: int) -> int:
         env = self._open()
         if env is None:
@@ -220,23 +265,65 @@ class ModelRegistry:
         with self._writer().begin(write=True) as txn:
             txn.put(META + _ver(version), json.dumps(meta, sort_keys=True).encode("utf-8"))
 
+    def allocate_version(self, at_least: int = 1) -> int:
+        """Hand out a new version number atomically and record it as in flight.
+
+        The number is above every number handed out before, every stored version, the current
+        one and ``at_least`` (e.g. what the vector store has seen), in one write transaction:
+        two publishers never get the same number, and numbers never go back.
+        """
+        env = self._writer()
+        with env.begin(write=True) as txn:
+            seen = [int(at_least) - 1, int(txn.get(ALLOCATED) or 0), int(txn.get(CURRENT) or 0)]
+            for prefix in (META, USER, INFLIGHT):
+                seen.append(_highest(txn, prefix))
+            version = max(seen) + 1
+            ver = _ver(version)
+            txn.put(ALLOCATED, str(version).encode("ascii"))
+            txn.put(INFLIGHT + ver, _inflight_record())
+        return version
+
+    def mark_inflight(self, version: int) -> None:
+        """Record a caller-chosen version number as in flight (and as handed out)."""
+        with self._writer().begin(write=True) as txn:
+            txn.put(INFLIGHT + _ver(version), _inflight_record())
+            if int(txn.get(ALLOCATED) or 0) < int(version):
+                txn.put(ALLOCATED, str(int(version)).encode("ascii"))
+
     def set_current(self, version: int) -> None:
-        """THE atomic step: one LMDB write flips the pointer (only to a complete version)."""
+        """THE atomic step: one LMDB write flips the pointer (only to a complete version) and
+        ends the version's in-flight record."""
         with self._writer().begin(write=True) as txn:
             if txn.get(META + _ver(version)) is None:
                 raise ValueError(f"version {version} is not complete (no metadata)")
             txn.put(CURRENT, str(int(version)).encode("ascii"))
+            txn.delete(INFLIGHT + _ver(version))
 
-    def drop(self, version: int) -> None:
-        """Remove a version's metadata (first, so it stops being listed) and user vectors."""
+    def clear_inflight(self, version: int) -> None:
+        """Forget an in-flight record (its publisher died; the caller holds the lock)."""
+        with self._writer().begin(write=True) as txn:
+            txn.delete(INFLIGHT + _ver(version))
+
+    def drop(self, version: int, *, in_flight_ok: bool = False) -> None:
+        """Remove a version's metadata (first, so it stops being listed) and user vectors.
+
+        Refuses the current version, and a version in flight (allocated, not yet published)
+        unless ``in_flight_ok`` — for a publisher that holds the publisher lock and so knows
+        the version's own publisher is gone.
+        """
         env = self._writer()
         ver = _ver(version)
         with env.begin() as txn:
             cur = txn.get(CURRENT)
+            flying = txn.get(INFLIGHT + ver)
         if cur is not None and int(cur) == int(version):
             raise ValueError(f"refusing to drop the current version {version}")
+        if flying is not None and not in_flight_ok:
+            raise ValueError(f"refusing to drop version {version}: it is being published "
+                             f"({json.loads(flying)})")
         with env.begin(write=True) as txn:
             txn.delete(META + ver)
+            txn.delete(INFLIGHT + ver)
         prefix = USER + ver
         while True:  # bounded transactions so a huge version does not need one huge txn
             with env.begin(write=True) as txn:
