@@ -144,6 +144,9 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
     holds it; otherwise this waits, saying so in ``log``."""
     from .lock import publisher_lock_logged
 
+    if not (cfg.data_dir / "triples.lmdb").exists():  # before the lock file: create nothing
+        log(f"train: no triple store at {cfg.data_dir / 'triples.lmdb'}; nothing to train on")
+        return TrainResult("empty")
     with publisher_lock_logged(cfg.data_dir, wait=wait, log=log):
         return _train_run(cfg, force, skip_unchanged=skip_unchanged, log=log)
 
