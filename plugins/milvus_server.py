@@ -1,8 +1,9 @@
-"""Run a local ``milvus-lite server`` process on 127.0.0.1 for several processes.
+"""Run a local Milvus Lite server on 127.0.0.1 for several processes.
 
-Milvus Lite 3.x locks its data directory to one process; processes that share
-item vectors (the trainer publishing, clients recalling) connect to one server
-by URI instead — the same client code path as a real Milvus server.
+Milvus Lite (2.5, the C++ engine) serves a ``.db`` file from one server process
+that holds the file's lock; processes that share item vectors (the trainer
+publishing, clients recalling) connect to one server by URI — the same client
+code path as a real Milvus server. The database is ``<data_dir>/milvus.db``.
 
 >>> with MilvusLiteServer("mcrecall-data/milvus-server") as server:   # doctest: +SKIP
 ...     vs = open_vector_store("milvus", uri=server.uri)
@@ -21,6 +22,59 @@ from mcrecall.net import free_port, port_open  # noqa: F401  (re-exported)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19530
+DB_NAME = "milvus.db"
+
+
+def serve_forever(db_file, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, on_ready=None) -> int:
+    """Serve ``db_file`` with Milvus Lite on ``host:port`` until SIGTERM/SIGINT; return 0.
+
+    The engine runs as a child (``milvus_lite.server.Server``) while this process
+    holds the file's lock; stopping this process always stops the engine.
+
+    Raises
+    ------
+    RuntimeError
+        The file is locked by another process, or the engine did not start.
+    """
+    import threading
+
+    from milvus_lite.server import Server
+
+    from plugins.milvus_store import check_not_locked, quiet_pymilvus
+
+    quiet_pymilvus()
+    db_file = Path(db_file).absolute()
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    check_not_locked(str(db_file))
+    server = Server(str(db_file), f"{host}:{port}")
+    if not server.init() or not server.start():
+        check_not_locked(str(db_file))
+        raise RuntimeError(f"Milvus Lite did not start on {host}:{port} for {db_file}")
+    done = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        deadline = time.monotonic() + 60
+        while not server_answers(f"http://{host}:{port}", timeout=2.0):
+            if server._p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Milvus Lite did not answer on {host}:{port} (exit {server._p.poll()})")
+            time.sleep(0.2)
+        if on_ready is not None:
+            on_ready()
+        while not done.wait(0.5):
+            if server._p.poll() is not None:
+                raise RuntimeError(f"the Milvus Lite engine exited with code {server._p.returncode}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        proc = server._p
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # let the engine close its file before the lock goes
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        server.stop()
+    return 0
 
 
 def server_answers(uri: str, timeout: float = 5.0) -> bool:
@@ -56,12 +110,12 @@ def _die_with_parent() -> None:
 
 
 class MilvusLiteServer:
-    """A ``milvus-lite server`` child process bound to 127.0.0.1.
+    """A Milvus Lite server child process bound to 127.0.0.1 (see :func:`serve_forever`).
 
     Parameters
     ----------
     data_dir : path-like
-        Milvus Lite data directory (created if missing; locked while running).
+        Directory of the database ``milvus.db`` (created if missing; locked while running).
     port : int
         TCP port; 0 picks a free one.
     host : str
@@ -88,10 +142,7 @@ class MilvusLiteServer:
         return self.process.pid if self.process else None
 
     def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "milvus_lite", "server",
-            "--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port),
-        ]
+        return [sys.executable, "-m", "plugins.milvus_server", str(self.data_dir / DB_NAME), self.host, str(self.port)]
 
     def start(self, timeout: float = 60.0) -> str:
         """Start the server and wait until it answers; return its URI.
@@ -114,8 +165,10 @@ class MilvusLiteServer:
         try:
             # Own session: a Ctrl-C in a test runner's terminal does not kill it mid-run,
             # and stop() can signal exactly this process group.
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
             self.process = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT if out else None,
+                self.command(), stdout=out, env=env, stderr=subprocess.STDOUT if out else None,
                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
             )
         finally:
@@ -142,8 +195,8 @@ class MilvusLiteServer:
         return (locked[-1] if locked else "\n".join(lines[-5:])) or "(empty log)"
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the server by its pid: SIGINT (it drains requests and closes the
-        database cleanly), then SIGKILL after ``timeout``."""
+        """Stop the server by its pid: SIGINT (it stops the engine and releases the
+        database lock), then SIGKILL after ``timeout``."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
@@ -169,3 +222,11 @@ class MilvusLiteServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+if __name__ == "__main__":  # python -m plugins.milvus_server DB_FILE HOST PORT
+    try:
+        sys.exit(serve_forever(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    except Exception as e:  # one line for the parent's log, no traceback
+        print(f"milvus-lite server: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
