@@ -73,7 +73,13 @@ class IndexConfig:
     ef_search: int = 128
     nlist: int = 1024
     nprobe: int = 32
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # searches and reads; publishing (flush, index, load) has its own
+    # milvus credentials and TLS (MCRECALL_INDEX_TOKEN etc.); secrets never printed or stored
+    token: str = ""  # "user:password" or an API key
+    user: str = ""
+    password: str = ""
+    secure: bool = False  # TLS to the Milvus server
+    server_pem_path: str = ""  # CA / server certificate for TLS
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,10 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[train] dim and epochs must be positive")
     if not 0.0 < t.holdout_fraction < 1.0:
         raise ConfigError("[train] holdout_fraction must be in (0, 1)")
+    if i.secure and i.server_pem_path and not Path(i.server_pem_path).is_file():
+        raise ConfigError(f"[index] server_pem_path {i.server_pem_path!r} is not a file")
+    if i.token and (i.user or i.password):
+        raise ConfigError("[index] set either token or user/password, not both")
     if i.metric.upper() not in ("L2", "IP", "COSINE"):
         raise ConfigError(f"[index] metric must be L2, IP or COSINE, got {i.metric!r}")
     if cfg.kafka.partitions <= 0:
@@ -257,10 +267,18 @@ def load_config(
     return _validate(cfg)
 
 
+SECRET_KEYS = {"index": ("token", "password")}  # redacted wherever a config is shown or stored
+
+
 def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The configuration as plain nested dicts (for printing and for version metadata)."""
+    """The configuration as plain nested dicts (for printing and for version metadata);
+    secrets (:data:`SECRET_KEYS`) read ``"***"`` when set."""
     from dataclasses import asdict
 
     d = asdict(cfg)
     d.pop("source", None)
+    for section, keys in SECRET_KEYS.items():
+        for key in keys:
+            if d[section].get(key):
+                d[section][key] = "***"
     return d

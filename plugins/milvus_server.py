@@ -28,52 +28,60 @@ DB_NAME = "milvus.db"
 def serve_forever(db_file, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, on_ready=None) -> int:
     """Serve ``db_file`` with Milvus Lite on ``host:port`` until SIGTERM/SIGINT; return 0.
 
-    The engine runs as a child (``milvus_lite.server.Server``) while this process
-    holds the file's lock; stopping this process always stops the engine.
+    The engine (milvus-lite's ``milvus`` binary, as ``milvus_lite.server.Server``
+    runs it) is a child that dies with this process, which holds the file's lock
+    meanwhile: stopping or killing this process always stops the engine.
 
     Raises
     ------
     RuntimeError
         The file is locked by another process, or the engine did not start.
     """
+    import fcntl
     import threading
 
     from milvus_lite.server import Server
 
-    from plugins.milvus_store import check_not_locked, quiet_pymilvus
+    from plugins.milvus_store import MilvusStoreLockedError, quiet_pymilvus
 
     quiet_pymilvus()
     db_file = Path(db_file).absolute()
     db_file.parent.mkdir(parents=True, exist_ok=True)
-    check_not_locked(str(db_file))
-    server = Server(str(db_file), f"{host}:{port}")
-    if not server.init() or not server.start():
-        check_not_locked(str(db_file))
-        raise RuntimeError(f"Milvus Lite did not start on {host}:{port} for {db_file}")
-    done = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    spec = Server(str(db_file), f"{host}:{port}")  # validates the file name; we run its command
+    lock = open(spec._lock_path, "a")
     try:
-        deadline = time.monotonic() + 60
-        while not server_answers(f"http://{host}:{port}", timeout=2.0):
-            if server._p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Milvus Lite did not answer on {host}:{port} (exit {server._p.poll()})")
-            time.sleep(0.2)
-        if on_ready is not None:
-            on_ready()
-        while not done.wait(0.5):
-            if server._p.poll() is not None:
-                raise RuntimeError(f"the Milvus Lite engine exited with code {server._p.returncode}")
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise MilvusStoreLockedError(f"Milvus Lite database {db_file} is locked by another process") from None
+        env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([str(spec._bin_path), os.environ.get("LD_LIBRARY_PATH", "")])}
+        engine = subprocess.Popen([str(a) for a in spec.args], env=env, cwd=str(db_file.parent),
+                                  stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        done = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            deadline = time.monotonic() + 60
+            while not server_answers(f"http://{host}:{port}", timeout=2.0):
+                if engine.poll() is not None or time.monotonic() > deadline or done.is_set():
+                    raise RuntimeError(f"Milvus Lite did not answer on {host}:{port} (exit {engine.poll()})")
+                time.sleep(0.2)
+            if on_ready is not None:
+                on_ready()
+            while not done.wait(0.5):
+                if engine.poll() is not None:
+                    raise RuntimeError(f"the Milvus Lite engine exited with code {engine.returncode}")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if engine.poll() is None:
+                engine.terminate()  # the engine closes its file before the lock goes
+                try:
+                    engine.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    engine.kill()
+                    engine.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        proc = server._p
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # let the engine close its file before the lock goes
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        server.stop()
+        lock.close()
     return 0
 
 

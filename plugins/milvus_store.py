@@ -8,8 +8,8 @@ Layout
   ``norm`` FLOAT. Ids are data: every lookup and exclusion goes by integer key,
   no id is ever written into a filter expression.
 * ``<collection>_versions`` holds one row per finalized version (its
-  :class:`~plugins.base.VersionSpec` as JSON) and one row (key ``-1``) naming the
-  current version. Rows survive server restarts; collection properties do not
+  :class:`~plugins.base.VersionSpec` as JSON) and a row with a negative key
+  naming the current version. Rows survive server restarts; collection properties do not
   (Milvus 2.3 keeps only the last property change, milvus-io/milvus#30144) and
   Milvus Lite has no aliases, so neither carries state here. The project's
   registry (users.lmdb) remains the authority on what is served.
@@ -33,6 +33,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,12 @@ import numpy as np
 from plugins.base import MAX_ID_BYTES, VectorStore, VersionNotFoundError, VersionSpec
 
 log = logging.getLogger(__name__)
+# milvus-lite 2.5 imports pkg_resources (hence setuptools<81) and warns about it on every start
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 MAX_TOPK = 16384  # Milvus' limit on a search's top-k (and on offset + limit)
-CURRENT_KEY = -1  # row of <collection>_versions naming the current version
+# Rows of <collection>_versions with a negative key name the current version; the newest
+# (most negative, -time_ns) wins, so a flip inserts before it deletes: never a moment without one.
 READ_CONSISTENCY = "Bounded"  # finalized versions are immutable
 FLAT_MAX_ROWS = 20_000  # AUTOINDEX: an exact FLAT scan up to here, IVF_FLAT above
 ADMIN_TIMEOUT_S = 3600.0  # flush / index build / load: minutes at 10^6 rows, never the search timeout
@@ -51,6 +55,9 @@ _SCAN_BATCH = 8192
 _LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT")
 _SERVER_INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")  # Milvus 2.3 rejects HNSW_SQ
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+# One channel per store, pinging rarely: Milvus Lite answers pymilvus' 10 s keepalive pings
+# with GOAWAY "too_many_pings" and the channel is lost.
+_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 _RAW_KIND = {"L2": "sqeuclidean", "IP": "ip", "COSINE": "cosine"}
 _DB_NAME = re.compile(r"[A-Za-z0-9.\-_]+")  # what Milvus Lite accepts as a .db file name (< 36 chars)
 
@@ -234,7 +241,8 @@ class MilvusVectorStore(VectorStore):
 
         if self.file_path is None:
             try:
-                return MilvusClient(uri=self.uri, timeout=self.timeout_s, **self._auth)
+                return MilvusClient(uri=self.uri, timeout=self.timeout_s, dedicated=True,
+                                    grpc_options=_GRPC_OPTIONS, **self._auth)
             except MilvusException as e:
                 raise ConnectionError(
                     f"cannot reach Milvus at {self.uri}: {_error_text(e)}. "
@@ -254,10 +262,15 @@ class MilvusVectorStore(VectorStore):
         """Milvus Lite builds FLAT and IVF_FLAT only (and has no get_server_version)."""
         if self.file_path is not None:
             return ("AUTOINDEX",) + _LITE_INDEX_TYPES
+        quiet = logging.getLogger("pymilvus.decorators")
+        drop_all = logging.Filter("no such logger")  # Lite answers UNIMPLEMENTED: expected, not an error
+        quiet.addFilter(drop_all)
         try:
             self._client.get_server_version(timeout=self.timeout_s)
         except Exception:
             return ("AUTOINDEX",) + _LITE_INDEX_TYPES
+        finally:
+            quiet.removeFilter(drop_all)
         return ("AUTOINDEX",) + _SERVER_INDEX_TYPES
 
     def _reconnect(self) -> None:
@@ -388,7 +401,7 @@ class MilvusVectorStore(VectorStore):
             if not self._registry():
                 return {}
             if keys is None:
-                rows = self.client.query(self.registry_name, filter="pk >= -1", output_fields=["pk", "spec"],
+                rows = self.client.query(self.registry_name, filter="pk >= 0", output_fields=["pk", "spec"],
                                          consistency_level="Strong", timeout=self.timeout_s)
             else:
                 rows = self.client.get(self.registry_name, ids=keys, output_fields=["pk", "spec"],
@@ -396,6 +409,16 @@ class MilvusVectorStore(VectorStore):
             return {int(r["pk"]): r["spec"] for r in rows}
 
         return self._retrying(read, "reading the version registry")
+
+    def _current_rows(self) -> dict[int, str]:
+        def read():
+            if not self._registry():
+                return {}
+            rows = self.client.query(self.registry_name, filter="pk < 0", output_fields=["pk", "spec"],
+                                     consistency_level="Strong", timeout=self.timeout_s)
+            return {int(r["pk"]): r["spec"] for r in rows}
+
+        return self._retrying(read, "reading the current version")
 
     def _registry_write(self, key: int, text: str) -> None:
         def write():
@@ -674,11 +697,18 @@ class MilvusVectorStore(VectorStore):
         return [v for v in rows if v >= 0 and self.collection_name(v) in names]
 
     def _current(self) -> int | None:
-        text = self._registry_rows([CURRENT_KEY]).get(CURRENT_KEY)
-        return int(text) if text else None
+        rows = self._current_rows()
+        return int(rows[min(rows)]) if rows else None
 
     def _set_current(self, version: int) -> None:
-        self._registry_write(CURRENT_KEY, str(version))
+        key = -time.time_ns()
+        self._registry_write(key, str(version))
+
+        def tidy():  # older pointers, after the new one is visible
+            self.client.delete(self.registry_name, filter=f"pk > {key} and pk < 0", timeout=ADMIN_TIMEOUT_S)
+            self.client.flush(self.registry_name, timeout=ADMIN_TIMEOUT_S)
+
+        self._retrying(tidy, "writing the version registry")
 
     def _drop(self, version: int) -> None:
         name = self.collection_name(version)
