@@ -40,9 +40,9 @@ def serve_forever(db_file, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, o
     import fcntl
     import threading
 
-    from milvus_lite.server import Server
+    from plugins.milvus_store import MilvusStoreLockedError, quiet_pymilvus  # first: its warning filter
 
-    from plugins.milvus_store import MilvusStoreLockedError, quiet_pymilvus
+    from milvus_lite.server import Server
 
     quiet_pymilvus()
     db_file = Path(db_file).absolute()

@@ -276,16 +276,15 @@ class MilvusVectorStore(VectorStore):
     def _reconnect(self) -> None:
         """A new client after the server went away (its collections come back released)."""
         with self._lock:
-            old, self._client = self._client, None
             self._loaded.clear()
-            if self.file_path is None:
-                try:
-                    old.close()
-                except Exception:
-                    pass
-                self._client = self._connect()
-            else:
-                self._client = old  # file mode: the child server is ours; nothing to redial
+            if self.file_path is not None or self._client is None:
+                return  # file mode: the child server is ours; nothing to redial
+            fresh = self._connect()  # raises while the server is down: the old client stays
+            old, self._client = self._client, fresh
+            try:
+                old.close()
+            except Exception:
+                pass
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None

@@ -87,10 +87,11 @@ def milvus_collection(request):
 
 def in_private_network_namespace() -> bool:
     """True when the only network interface is loopback (e.g. under ``unshare -n``)."""
-    try:
-        return set(os.listdir("/sys/class/net")) <= {"lo"}
+    try:  # /proc/net/dev is per network namespace (/sys/class/net is the mounter's)
+        lines = Path("/proc/net/dev").read_text().splitlines()[2:]
     except OSError:
         return False
+    return {ln.split(":")[0].strip() for ln in lines} <= {"lo"}
 
 
 class StandaloneMilvus:
