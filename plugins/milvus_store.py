@@ -332,11 +332,11 @@ class MilvusVectorStore(VectorStore):
     # ------------------------------------------------------------------ resilient calls
     def _retrying(self, fn, what: str, collection: str | None = None):
         """Run ``fn``; after a lost connection or a released collection, reconnect,
-        reload and try again for up to ``max(timeout_s, 10 s)``; raise the server's
-        own words if it does not come back."""
+        reload and try again within ``timeout_s``; else raise the server's own words
+        (the next call tries again: a restarted server is found within seconds)."""
         from pymilvus.exceptions import MilvusException
 
-        deadline = time.monotonic() + max(self.timeout_s, 10.0)
+        deadline = time.monotonic() + self.timeout_s
         while True:
             try:
                 if collection is not None:
