@@ -131,11 +131,12 @@ class StandaloneMilvus:
 
 
 @pytest.fixture(scope="session")
-def milvus_real_uri(tmp_path_factory):
-    """URI of a real Milvus server (env ``MCRECALL_TEST_MILVUS_URI`` or a private-netns standalone)."""
-    uri = os.environ.get(MILVUS_URI_ENV)
-    if uri:
-        yield uri
+def milvus_real_server(tmp_path_factory):
+    """The session's real Milvus standalone (a StandaloneMilvus), or None when
+    ``MCRECALL_TEST_MILVUS_URI`` names an outside server. One per network namespace:
+    its internal ports are fixed, so a second one cannot start beside it."""
+    if os.environ.get(MILVUS_URI_ENV):
+        yield None
         return
     if not in_private_network_namespace():
         pytest.skip(f"no real Milvus: set {MILVUS_URI_ENV} or run under `unshare -n` (see .ci/run)")
@@ -149,24 +150,22 @@ def milvus_real_uri(tmp_path_factory):
     except RuntimeError as e:
         pytest.fail(str(e))
     try:
-        yield server.uri
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def milvus_standalone(tmp_path):
-    """A private real Milvus standalone for restart tests (private network namespace only)."""
-    if not in_private_network_namespace():
-        pytest.skip("a real Milvus standalone is started only in a private network namespace (.ci/run)")
-    try:
-        import milvus  # noqa: F401
-    except ImportError:
-        pytest.skip("the PyPI `milvus` package is not installed")
-    from mcrecall.net import free_port
-
-    server = StandaloneMilvus(tmp_path / "standalone", port=free_port())
-    try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_real_uri(milvus_real_server):
+    """URI of a real Milvus server (env ``MCRECALL_TEST_MILVUS_URI`` or a private-netns standalone)."""
+    return os.environ.get(MILVUS_URI_ENV) or milvus_real_server.uri
+
+
+@pytest.fixture
+def milvus_standalone(milvus_real_server):
+    """The session's real standalone, for tests that restart it (not an outside server)."""
+    if milvus_real_server is None:
+        pytest.skip(f"{MILVUS_URI_ENV} names an outside server: not restarted by tests")
+    yield milvus_real_server
+    if milvus_real_server.process is None:  # a test left it stopped
+        milvus_real_server.start()

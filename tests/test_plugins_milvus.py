@@ -310,11 +310,12 @@ def test_a_client_recovers_after_its_lite_server_restarts(tmp_path):
 
 
 @pytest.mark.milvus_server
-def test_real_server_restart_keeps_what_is_served(milvus_standalone):
-    """milvus-io/milvus#30144: a restart loses collection properties; versions must survive."""
-    uri = milvus_standalone.start()
+def test_real_server_restart_keeps_what_is_served(milvus_standalone, milvus_collection):
+    """milvus-io/milvus#30144: a restart loses collection properties; versions must survive,
+    and a store open across the restart answers again by itself."""
+    uri = milvus_standalone.uri
     x = clustered_vectors(300, 8, n_clusters=5)
-    store = open_vector_store("milvus", uri=uri, collection="restart", timeout_s=1.0)
+    store = open_vector_store("milvus", uri=uri, collection=milvus_collection, timeout_s=1.0)
     try:
         publish(store, 1, [f"i{i}" for i in range(300)], x, index_type="HNSW")
         publish(store, 2, [f"i{i}" for i in range(300)], x * 2, index_type="IVF_FLAT")
@@ -322,9 +323,17 @@ def test_real_server_restart_keeps_what_is_served(milvus_standalone):
         before = {v: store.search(v, x[0], 5) for v in (1, 2)}
         milvus_standalone.stop()
         milvus_standalone.start()
-        assert store.list_versions() == [1, 2] and store.current_version() == 2
+        deadline = time.monotonic() + 60  # a restarted server takes a while to serve again
+        while True:
+            try:
+                versions = store.list_versions()
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "the store did not reconnect within 60 s"
+                time.sleep(1)
+        assert versions == [1, 2] and store.current_version() == 2
         assert {v: store.search(v, x[0], 5) for v in (1, 2)} == before
-        fresh = open_vector_store("milvus", uri=uri, collection="restart")
+        fresh = open_vector_store("milvus", uri=uri, collection=milvus_collection)
         assert fresh.list_versions() == [1, 2] and fresh.search(None, x[0], 5) == before[2]
         fresh.close()
     finally:
