@@ -85,7 +85,8 @@ class _OneLine(logging.Filter):
 
 def quiet_pymilvus() -> None:
     """One line per failed pymilvus call (it logs tracebacks at ERROR), once per process."""
-    for name in ("pymilvus.decorators", "pymilvus"):
+    for name in ("pymilvus.decorators", "pymilvus", "pymilvus.client.connection_manager",
+                 "pymilvus.client.grpc_handler", "pymilvus.milvus_client.milvus_client"):
         lg = logging.getLogger(name)
         if not any(isinstance(f, _OneLine) for f in lg.filters):
             lg.addFilter(_OneLine())

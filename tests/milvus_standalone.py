@@ -11,11 +11,25 @@ on stdout once the server answers, then blocks until it is signalled.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", int(port)))
+            return True
+        except OSError:
+            return False
 
 
 def main(argv: list[str]) -> int:
@@ -27,10 +41,21 @@ def main(argv: list[str]) -> int:
     for component in COMPONENTS:
         default_server.config.set(f"{component}.ip", "127.0.0.1")
     default_server.listen_port = port
+    # A restart must reuse every internal port: the sessions in its etcd name them. Wait until
+    # the old ones are bindable again (TIME_WAIT) instead of letting it pick neighbours.
+    ports_file = Path(base_dir) / "mcrecall-ports.json"
+    saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+    for key, value in saved.items():
+        default_server.config.set(key, value)
+    deadline = time.monotonic() + 120
+    while saved and not all(_bindable(p) for p in saved.values()) and time.monotonic() < deadline:
+        time.sleep(1)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     default_server.start()
+    items = default_server.config.configurable_items
+    ports_file.write_text(json.dumps({k: int(v[1]) for k, v in items.items() if k.endswith("_port")}))
     print(f"ready http://127.0.0.1:{default_server.listen_port}", flush=True)
     try:
         while not done.wait(0.5):
