@@ -50,6 +50,7 @@ MAX_TOPK = 16384  # Milvus' limit on a search's top-k (and on offset + limit)
 READ_CONSISTENCY = "Bounded"  # finalized versions are immutable
 FLAT_MAX_ROWS = 20_000  # AUTOINDEX: an exact FLAT scan up to here, IVF_FLAT above
 ADMIN_TIMEOUT_S = 3600.0  # flush / index build / load: minutes at 10^6 rows, never the search timeout
+REGISTRY_TIMEOUT_S = 30.0  # reads of <collection>_versions: publication and cache misses, not searches
 _GET_CHUNK = 1000
 _SCAN_BATCH = 8192
 _LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT")
@@ -154,7 +155,15 @@ def check_not_locked(path: str) -> None:
 
 
 def _error_text(e: BaseException) -> str:
-    return getattr(e, "message", None) or str(e) or type(e).__name__
+    """The server's own words, on one line."""
+    details = getattr(e, "details", None)
+    if callable(details):  # a raw grpc.RpcError
+        try:
+            return f"{e.code().name}: {details()}"
+        except Exception:
+            pass
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    return " ".join(str(text).split())
 
 
 def _connection_lost(e: BaseException) -> bool:
@@ -335,6 +344,7 @@ class MilvusVectorStore(VectorStore):
         """Run ``fn``; after a lost connection or a released collection, reconnect,
         reload and try again within ``timeout_s``; else raise the server's own words
         (the next call tries again: a restarted server is found within seconds)."""
+        import grpc
         from pymilvus.exceptions import MilvusException
 
         deadline = time.monotonic() + self.timeout_s
@@ -343,7 +353,7 @@ class MilvusVectorStore(VectorStore):
                 if collection is not None:
                     self._ensure_loaded(collection)
                 return fn()
-            except (MilvusException, ConnectionError, OSError) as e:
+            except (MilvusException, grpc.RpcError, ConnectionError, OSError) as e:
                 if collection is not None and _gone(e):
                     raise
                 retry_load = collection is not None and _not_loaded(e)
@@ -402,10 +412,10 @@ class MilvusVectorStore(VectorStore):
                 return {}
             if keys is None:
                 rows = self.client.query(self.registry_name, filter="pk >= 0", output_fields=["pk", "spec"],
-                                         consistency_level="Strong", timeout=self.timeout_s)
+                                         consistency_level="Strong", timeout=max(self.timeout_s, REGISTRY_TIMEOUT_S))
             else:
                 rows = self.client.get(self.registry_name, ids=keys, output_fields=["pk", "spec"],
-                                       consistency_level="Strong", timeout=self.timeout_s)
+                                       consistency_level="Strong", timeout=max(self.timeout_s, REGISTRY_TIMEOUT_S))
             return {int(r["pk"]): r["spec"] for r in rows}
 
         return self._retrying(read, "reading the version registry")
@@ -415,7 +425,7 @@ class MilvusVectorStore(VectorStore):
             if not self._registry():
                 return {}
             rows = self.client.query(self.registry_name, filter="pk < 0", output_fields=["pk", "spec"],
-                                     consistency_level="Strong", timeout=self.timeout_s)
+                                     consistency_level="Strong", timeout=max(self.timeout_s, REGISTRY_TIMEOUT_S))
             return {int(r["pk"]): r["spec"] for r in rows}
 
         return self._retrying(read, "reading the current version")
