@@ -65,8 +65,8 @@ class IndexConfig:
     uri: str = ""  # milvus: file path or http://host:port; "" = <data_dir>/milvus.db
     collection: str = "mcrecall_items"
     metric: str = "IP"  # L2 | IP | COSINE
-    # AUTOINDEX = the backend's best: milvus IVF_FLAT, faiss/hnswlib HNSW, exact FLAT;
-    # or FLAT | HNSW | HNSW_SQ | IVF_FLAT | IVF_SQ8 (what the backend supports)
+    # AUTOINDEX = the backend's best: milvus FLAT or IVF_FLAT sized to the version, faiss/hnswlib HNSW, exact FLAT;
+    # or FLAT | HNSW | IVF_FLAT | IVF_SQ8 (what the backend supports; Milvus Lite: FLAT, IVF_FLAT)
     index_type: str = "AUTOINDEX"
     hnsw_m: int = 16
     ef_construction: int = 200
