@@ -387,3 +387,50 @@ def test_credentials_come_from_config_and_env_and_are_redacted(tmp_path):
         store.close()
     with pytest.raises(ConfigError, match="token or user/password"):
         load_config(environ={"MCRECALL_INDEX_TOKEN": "a:b", "MCRECALL_INDEX_USER": "a"})
+
+
+def test_a_recall_client_answers_again_after_its_milvus_lite_restarts(tmp_path):
+    """RecallClient over `mcrecall milvus`'s server: a restart on the same data costs a few
+    seconds of clear errors (the server's words), then recalls return what they did before."""
+    from mcrecall.config import load_config
+    from serve import RecallClient, VectorStoreUnavailableError
+    from serve.testing import publish_vectors
+    from train.versions import ModelRegistry
+
+    server = MilvusLiteServer(tmp_path / "srv", log_path=tmp_path / "srv.log")
+    uri = server.start(timeout=90)
+    cfg = load_config(environ={}).with_overrides(
+        store={"data_dir": str(tmp_path / "data")},
+        index={"backend": "milvus", "uri": uri, "collection": "rc", "timeout_s": 2.0})
+    V = clustered_vectors(400, 8, n_clusters=5)
+    U = clustered_vectors(20, 8, n_clusters=5, seed=3)
+    reg = ModelRegistry(cfg.data_dir)
+    client = None
+    try:
+        from plugins import vector_store_from_config
+
+        vs = vector_store_from_config(cfg)
+        publish_vectors(reg, vs, user_ids=[f"u{i}" for i in range(20)], user_vectors=U,
+                        item_ids=[f"i{j}" for j in range(400)], item_vectors=V, index_type="AUTOINDEX")
+        vs.close()
+        client = RecallClient(cfg, registry=reg)
+        before = [r.item_id for r in client.recall("u1", 5)]
+        assert len(before) == 5 and all(r.source == "model" for r in client.recall("u1", 5))
+        server.stop()
+        with pytest.raises(VectorStoreUnavailableError, match=r"\S"):
+            client.recall("u1", 5)
+        server = MilvusLiteServer(tmp_path / "srv", port=server.port, log_path=tmp_path / "srv.log")
+        server.start(timeout=90)
+        t0, got = time.monotonic(), None
+        while time.monotonic() - t0 < 15:
+            try:
+                got = [r.item_id for r in client.recall("u1", 5)]
+                break
+            except VectorStoreUnavailableError:
+                time.sleep(0.5)
+        assert got == before, "no recall within 15 s of the server's return"
+    finally:
+        if client is not None:
+            client.close()
+        reg.close()
+        server.stop()
