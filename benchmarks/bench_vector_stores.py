@@ -47,7 +47,8 @@ DEFAULT_INDEX_TYPES = {
     "exact": ["FLAT"],
     "faiss": ["FLAT", "HNSW"],
     "hnswlib": ["FLAT", "HNSW"],
-    "milvus": ["FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"],
+    "milvus": ["AUTOINDEX", "FLAT", "IVF_FLAT"],  # Milvus Lite 2.5 builds FLAT and IVF_FLAT
+    "milvus_real": ["AUTOINDEX", "HNSW", "IVF_FLAT", "IVF_SQ8"],  # a Milvus server (--milvus-real-uri)
 }
 
 
@@ -112,6 +113,8 @@ def bench_store(store, x, q, truth_ids, ids, metric, index_type, n_single, repea
     store.upsert(1, ids, x, batch_size=10_000)
     store.finalize(1)
     build = time.perf_counter() - t
+    resolved = store.version_info(1).index_type
+    label = index_type if resolved == index_type else f"{index_type} ({resolved})"
     store.search(1, q[0], K)  # warm-up: loads the version
     p50, p99 = time_single(lambda v: store.search(1, v, K), q[:n_single])
 
@@ -125,7 +128,7 @@ def bench_store(store, x, q, truth_ids, ids, metric, index_type, n_single, repea
     found = [[i for i, _ in r] for r in results]
     recall = recall_at_k(found, truth_ids)
     store.drop_version(1)
-    return Row(len(x), "", store.name, index_type, metric, build, p50, p99, qps, recall)
+    return Row(len(x), "", store.name, label, metric, build, p50, p99, qps, recall)
 
 
 def _ratio(x: float) -> str:
@@ -161,10 +164,13 @@ def main(argv=None) -> int:
     p.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     p.add_argument("--milvus-single", type=int, default=50, help="single queries for milvus (slow)")
     p.add_argument("--milvus-mode", default="server", choices=["server", "file"],
-                   help="Milvus Lite through `milvus-lite server` (the multi-process default) or a .db file")
+                   help="Milvus Lite through `mcrecall milvus`'s server (the multi-process default) or a .db file")
     p.add_argument("--milvus-batch", type=int, default=1000, help="queries per milvus search call")
     p.add_argument("--milvus-ef", type=int, default=0, help="override ef_search for milvus (0 = default)")
     p.add_argument("--ef-search", type=int, default=0, help="override ef_search for every backend (0 = default)")
+    p.add_argument("--milvus-real-uri", default=os.environ.get("MCRECALL_BENCH_MILVUS_URI", ""),
+                   help="a real Milvus server for the milvus_real backend (tests/milvus_standalone.py "
+                        "in a private network namespace)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=str(RESULTS))
@@ -204,7 +210,14 @@ def main(argv=None) -> int:
                     if args.ef_search:
                         options["ef_search"] = args.ef_search
                         note = f"ef {args.ef_search}"
-                    if backend == "milvus":
+                    label = backend
+                    if backend == "milvus_real":
+                        if not args.milvus_real_uri:
+                            raise SystemExit("milvus_real needs --milvus-real-uri (or MCRECALL_BENCH_MILVUS_URI)")
+                        n_single, chunk = args.milvus_single, args.milvus_batch
+                        options["uri"], backend = args.milvus_real_uri, "milvus"
+                        note = f"Milvus server, {chunk}/call"
+                    elif backend == "milvus":
                         n_single, chunk = args.milvus_single, args.milvus_batch
                         if args.milvus_ef:
                             options["ef_search"] = args.milvus_ef
@@ -218,14 +231,19 @@ def main(argv=None) -> int:
                         note = f"{args.milvus_mode}, {chunk}/call" + (f", ef {args.milvus_ef}" if args.milvus_ef else "")
                     store = open_vector_store(backend, data_dir=work / f"{backend}-{n}-{dataset}",
                                               collection=f"bench_{n}_{dataset}", **options)
+                    types = DEFAULT_INDEX_TYPES[label]
                     try:
-                        for index_type in DEFAULT_INDEX_TYPES[backend]:
+                        for index_type in types:
                             if only_types and index_type not in only_types:
                                 continue
                             for metric in metrics:
                                 r = bench_store(store, x, q, truth_ids, ids, metric, index_type,
                                                 n_single, args.repeats, chunk)
                                 r.dataset, r.note = dataset, note
+                                if label == "milvus_real":
+                                    r.backend = "milvus (server 2.3)"
+                                elif backend == "milvus":
+                                    r.backend = "milvus (Lite 2.5)"
                                 rows.append(r)
                                 print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
                     finally:

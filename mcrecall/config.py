@@ -75,8 +75,8 @@ class IndexConfig:
     uri: str = ""  # milvus: file path or http://host:port; "" = <data_dir>/milvus.db
     collection: str = "mcrecall_items"
     metric: str = "IP"  # L2 | IP | COSINE
-    # AUTOINDEX = the backend's best: milvus IVF_FLAT, faiss/hnswlib HNSW, exact FLAT;
-    # or FLAT | HNSW | HNSW_SQ | IVF_FLAT | IVF_SQ8 (what the backend supports)
+    # AUTOINDEX = the backend's best: milvus FLAT or IVF_FLAT sized to the version, faiss/hnswlib HNSW, exact FLAT;
+    # or FLAT | HNSW | IVF_FLAT | IVF_SQ8 (what the backend supports; Milvus Lite: FLAT, IVF_FLAT)
     index_type: str = "AUTOINDEX"
     hnsw_m: int = 16
     ef_construction: int = 200
@@ -85,7 +85,13 @@ class IndexConfig:
     nprobe: int = 32
     # a version with at most this many items gets a FLAT (exact) index whatever index_type says
     flat_max_items: int = 10_000
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # searches and reads; publishing (flush, index, load) has its own
+    # milvus credentials and TLS (MCRECALL_INDEX_TOKEN etc.); secrets never printed or stored
+    token: str = ""  # "user:password" or an API key
+    user: str = ""
+    password: str = ""
+    secure: bool = False  # TLS to the Milvus server
+    server_pem_path: str = ""  # CA / server certificate for TLS
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ _SECTION_TYPES = {
 }
 
 # Keys whose value is a secret: shown as "<redacted>" in errors, as_dict() and repr().
-SECRET_KEYS = frozenset({("kafka", "sasl_password")})
+SECRET_KEYS = frozenset({("kafka", "sasl_password"), ("index", "token"), ("index", "password")})
 REDACTED = "<redacted>"
 
 
@@ -304,6 +310,11 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("[kafka] group_id must not be empty")
     if not cfg.store.data_dir.strip():
         raise ConfigError("[store] data_dir must not be empty")
+    i = cfg.index
+    if i.secure and i.server_pem_path and not Path(i.server_pem_path).is_file():
+        raise ConfigError(f"[index] server_pem_path {i.server_pem_path!r} is not a file")
+    if i.token and (i.user or i.password):
+        raise ConfigError("[index] set either token or user/password, not both")
     _validate_security(k)
     return cfg
 

@@ -105,6 +105,10 @@ def open_vector_store(backend: str, data_dir=None, uri: str = "", collection: st
 def vector_store_from_config(cfg) -> VectorStore:
     """Open the vector store described by ``cfg.index`` (and ``cfg.data_dir``)."""
     i = cfg.index
+    auth = {}
+    if i.backend == "milvus":  # credentials and TLS: only the Milvus client takes them
+        auth = {"token": i.token, "user": i.user, "password": i.password, "secure": i.secure,
+                "server_pem_path": i.server_pem_path}
     return open_vector_store(
         i.backend,
         data_dir=cfg.data_dir,
@@ -117,4 +121,5 @@ def vector_store_from_config(cfg) -> VectorStore:
         nprobe=i.nprobe,
         flat_max_items=i.flat_max_items,
         timeout_s=i.timeout_s,
+        **auth,
     )

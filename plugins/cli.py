@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 from pathlib import Path
 from urllib.parse import urlparse
 
-from plugins.milvus_server import DEFAULT_HOST, DEFAULT_PORT, port_open
+from plugins.milvus_server import DB_NAME, DEFAULT_HOST, DEFAULT_PORT, port_open
 
 
 def add_milvus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +22,7 @@ def add_milvus_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--milvus-data-dir", default=None,
-        help="Milvus Lite data directory (default <data_dir>/milvus-server)",
+        help=f"directory of the Milvus Lite database {DB_NAME} (default <data_dir>/milvus-server)",
     )
 
 
@@ -42,39 +41,34 @@ def run_milvus(args: argparse.Namespace, cfg) -> int:
     In-process (not a child) so that stopping this command always stops the
     server: nothing is left running holding the data-directory lock.
     """
-    from milvus_lite.adapter.grpc.server import run_server
-
+    from plugins.milvus_server import serve_forever
     from plugins.milvus_store import MilvusStoreLockedError, check_not_locked
 
     port = args.port if getattr(args, "port", None) else _port_from_config(cfg)
     host = getattr(args, "host", None) or DEFAULT_HOST
     data_dir = Path(getattr(args, "milvus_data_dir", None) or (cfg.data_dir / "milvus-server"))
+    db_file = data_dir / DB_NAME
     if port_open(host, port):
         print(f"mcrecall milvus: {host}:{port} is already in use (another server running?)")
         return 1
     try:
-        check_not_locked(str(data_dir))
+        check_not_locked(str(db_file))
     except MilvusStoreLockedError:
-        print(f"mcrecall milvus: {data_dir} is locked by another process (a server already running on it?)")
+        print(f"mcrecall milvus: {db_file} is locked by another process (a server already running on it?)")
         return 1
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
     uri = f"http://{host}:{port}"
-    print(f"mcrecall milvus: Milvus Lite server on {uri} (data in {data_dir}, pid {os.getpid()}).")
-    print(f'Point every process at it: [index] backend = "milvus", uri = "{uri}" '
-          f"(or MCRECALL_INDEX_URI={uri}). Ctrl-C stops it.", flush=True)
 
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt  # run_server shuts down gracefully on it
+    def ready():
+        print(f"mcrecall milvus: Milvus Lite server on {uri} (database {db_file}, pid {os.getpid()}).")
+        print(f'Point every process at it: [index] backend = "milvus", uri = "{uri}" '
+              f"(or MCRECALL_INDEX_URI={uri}). Ctrl-C stops it.", flush=True)
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run_server(str(data_dir), host=host, port=port)
+        serve_forever(db_file, host, port, on_ready=ready)
     except KeyboardInterrupt:
         pass
     except Exception as e:  # e.g. the lock taken in between, or the port
-        print(f"mcrecall milvus: {type(e).__name__}: {e}")
+        print(f"mcrecall milvus: {e}")
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print("mcrecall milvus: stopped", flush=True)
     return 0

@@ -29,6 +29,7 @@ COMPOSE = ROOT / "compose.yaml"
 # services that run for good (the rest: one-shot kafka-init, the `tools` profile)
 LONG_RUNNING = {"kafka", "etcd", "minio", "milvus", "ingest", "trainer"}
 ONE_SHOT = {"kafka-init"}
+CREDENTIALS = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MILVUS_ROOT_PASSWORD"}  # .env.example
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -138,8 +139,13 @@ def test_docker_compose_config_validates():
         pytest.skip("Docker Compose v2 is not installed (neither `docker compose` nor a v2 "
                     "`docker-compose`): `docker compose config` not run")
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(ENV_PREFIX) and not k.startswith("COMPOSE_")}
+           if not k.startswith(ENV_PREFIX) and not k.startswith("COMPOSE_") and k not in CREDENTIALS}
     base = [*cli, "--project-directory", str(ROOT), "-f", str(COMPOSE)]
+    # without credentials compose refuses, naming the missing variable
+    p = subprocess.run([*base, "config", "--quiet"], capture_output=True, text=True, env=env, timeout=120)
+    out = p.stderr + p.stdout
+    assert p.returncode != 0 and ("MINIO_ACCESS_KEY" in out or "MILVUS_ROOT_PASSWORD" in out), out
+    env.update(_example_credentials())
     p = subprocess.run([*base, "config", "--quiet"], capture_output=True, text=True, env=env,
                        timeout=120)
     assert p.returncode == 0, p.stderr
@@ -156,6 +162,30 @@ def test_docker_compose_config_validates():
     assert p.returncode == 0, p.stderr
     vol = [v for v in json.loads(p.stdout)["services"]["trainer"]["volumes"] if v["target"] == "/data"]
     assert vol and vol[0]["type"] == "bind" and vol[0]["source"] == "/srv/mcrecall"
+
+
+def _example_credentials() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    return dict(ln.split("=", 1) for ln in lines if ln.strip() and not ln.startswith("#"))
+
+
+def test_credentials_come_from_the_environment(compose, raw):
+    """No MinIO/Milvus credential is written in compose.yaml; .env.example names each one."""
+    assert "minioadmin" not in raw and "Milvus" not in re.findall(r"PASSWORD: (\S+)", raw)
+    assert set(_example_credentials()) == CREDENTIALS
+    svcs = compose["services"]
+    env_of = {name: _env(s) for name, s in svcs.items()}
+    assert env_of["minio"]["MINIO_ROOT_USER"].startswith("set MINIO_ACCESS_KEY")  # unset -> the error text
+    filled = _interpolate(_yaml().safe_load(raw), _example_credentials())
+    m, mi = _env(filled["services"]["milvus"]), _env(filled["services"]["minio"])
+    assert m["MINIO_ACCESS_KEY_ID"] == mi["MINIO_ROOT_USER"] == _example_credentials()["MINIO_ACCESS_KEY"]
+    assert m["MINIO_SECRET_ACCESS_KEY"] == mi["MINIO_ROOT_PASSWORD"]
+    assert m["COMMON_SECURITY_AUTHORIZATION_ENABLED"] == "true"
+    for name, s in _lmdb_users(filled).items():
+        cfg = load_config(environ=_env(s))
+        assert cfg.index.token == "root:" + _example_credentials()["MILVUS_ROOT_PASSWORD"], name
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines() if (ROOT / ".gitignore").exists() else []
+    assert ".env" in ignored, ".env holds secrets: keep it out of git"
 
 
 # ------------------------------------------------------------------------------------- structure
@@ -268,9 +298,12 @@ def test_every_mcrecall_variable_is_a_config_key(compose, raw):
         assert cfg.kafka.bootstrap_servers == "kafka:9092", name
         host = cfg.kafka.bootstrap_servers.split(":")[0]
         assert host in compose["services"], name
-    # every compose-level variable has a default: `docker compose up` needs no .env
-    for v in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-[^}]*)?\}", raw.replace("$$", "")):
-        assert v.group(2), f"${{{v.group(1)}}} has no default"
+    # every compose-level variable has a default, except the credentials: those are required
+    for v in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}", raw.replace("$$", "")):
+        if v.group(1) in CREDENTIALS:
+            assert (v.group(2) or "").startswith(":?"), f"${{{v.group(1)}}} must be required, not defaulted"
+        else:
+            assert v.group(2) and not v.group(2).startswith(":?"), f"${{{v.group(1)}}} has no default"
 
 
 def test_health_checks_and_start_order(compose):

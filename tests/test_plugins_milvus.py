@@ -39,7 +39,7 @@ def test_locked_db_gives_a_clear_error_not_a_stack_trace(tmp_path):
             open_vector_store("milvus", uri=db)
         # the server cannot take a locked data directory either, and says why
         with pytest.raises(RuntimeError, match="(?i)lock"):
-            MilvusLiteServer(db).start(timeout=60)
+            MilvusLiteServer(tmp_path).start(timeout=60)  # serves <dir>/milvus.db
     finally:
         holder.kill()
         holder.wait()
@@ -56,6 +56,10 @@ def test_unreachable_server_is_a_connection_error():
 def test_bad_uri_is_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"\.db"):
         open_vector_store("milvus", uri=str(tmp_path / "milvus.sqlite"))
+    with pytest.raises(ValueError, match="under 36 characters"):
+        open_vector_store("milvus", uri=str(tmp_path / ("x" * 40 + ".db")))
+    with pytest.raises(ValueError, match="letters, digits"):
+        open_vector_store("milvus", uri=str(tmp_path / "my items.db"))
 
 
 def test_server_restart_keeps_versions_and_reloads_them(tmp_path):
@@ -66,7 +70,7 @@ def test_server_restart_keeps_versions_and_reloads_them(tmp_path):
     uri = server.start(timeout=90)
     try:
         store = open_vector_store("milvus", uri=uri, collection="restart")
-        store.create_version(1, 8, "COSINE", "HNSW", similarity="cosine")
+        store.create_version(1, 8, "COSINE", "IVF_FLAT", similarity="cosine")
         store.upsert(1, ids, x)
         store.finalize(1)
         store.make_current(1)
@@ -119,21 +123,314 @@ def test_mcrecall_milvus_command_runs_in_foreground_and_stops_on_sigterm(tmp_pat
     assert not port_open("127.0.0.1", port)
 
 
-def test_flat_l2_batches_are_split_to_bound_milvus_lite_memory(tmp_path, monkeypatch):
-    """Milvus Lite's brute-force L2 allocates queries × rows × dim floats: big batches go in slices."""
+HOSTILE_IDS = [
+    "it's", 'say "hi"', "back\\slash", "trailing\\", "new\nline", "tab\there", "mid\x00nul", "end\x00",
+    "\x00", "é€😀 日本", "[brackets]", "a,b,c", "x'] or not id in ['", '" or 1==1 or "', "id in [1]", "%_*", " ",
+]
+
+
+def publish(store, version, ids, x, index_type="AUTOINDEX", metric="IP"):
+    max_norm = float(np.linalg.norm(x, axis=1).max())
+    store.create_version(version, x.shape[1], metric, index_type, max_norm=max_norm)
+    store.upsert(version, ids, x)
+    return store.finalize(version)
+
+
+def check_hostile_ids(store):
+    """Ids are data: stored, searched, excluded and fetched byte-exact, never parsed."""
+    x = clustered_vectors(len(HOSTILE_IDS) + 40, 8, n_clusters=3)
+    ids = HOSTILE_IDS + [f"i{i}" for i in range(40)]
+    assert publish(store, 1, ids, x) == len(ids)
+    found = store.search(1, x[0], len(ids))
+    assert sorted(i for i, _ in found) == sorted(ids)  # every id back exactly, each once
+    got = store.get_vectors(1, HOSTILE_IDS)
+    np.testing.assert_allclose(got, x[: len(HOSTILE_IDS)], rtol=1e-6)
+    with pytest.raises(KeyError):
+        store.get_vectors(1, ["end", "mid"])  # prefixes of NUL-carrying ids are other ids
+    for j, item in enumerate(HOSTILE_IDS):
+        top = [i for i, _ in store.search(1, x[j], 5)]
+        rest = [i for i, _ in store.search(1, x[j], 5, exclude=[item])]
+        assert item not in rest and len(rest) == 5
+        if top[0] == item:
+            assert rest == [i for i, _ in store.search(1, x[j], 6)][1:]
+    # an expression-shaped id excludes itself only
+    assert len(store.search(1, x[0], len(ids), exclude=["x'] or not id in ['"])) == len(ids) - 1
+
+
+def test_hostile_ids_milvus_lite_file(tmp_path):
+    store = open_vector_store("milvus", uri=str(tmp_path / "m.db"))
+    try:
+        check_hostile_ids(store)
+    finally:
+        store.close()
+
+
+def test_hostile_ids_milvus_lite_server(milvus_uri, milvus_collection):
+    store = open_vector_store("milvus", uri=milvus_uri, collection=milvus_collection)
+    try:
+        check_hostile_ids(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.milvus_server
+def test_hostile_ids_real_server(milvus_real_uri, milvus_collection):
+    store = open_vector_store("milvus", uri=milvus_real_uri, collection=milvus_collection)
+    try:
+        check_hostile_ids(store)
+    finally:
+        store.close()
+
+
+def check_exactly_k(store, index_types):
+    x = clustered_vectors(8000, 16, n_clusters=50, seed=2)
+    ids = [f"i{i}" for i in range(len(x))]
+    q = x[:3] + 0.01
+    for v, index_type in enumerate(index_types, start=1):
+        publish(store, v, ids, x, index_type=index_type)
+        for k in (10, 200, 5000, 8000, 9000):
+            for row in store.search_batch(v, q, k):
+                assert len(row) == min(k, 8000) == len({i for i, _ in row}), (index_type, k, len(row))
+                scores = [s for _, s in row]
+                assert scores == sorted(scores, reverse=True)
+        row = store.search(v, q[0], 100, exclude=ids[:50])
+        assert len(row) == 100 and not set(ids[:50]) & {i for i, _ in row}
+        store.drop_version(v)
+
+
+def test_exactly_k_milvus_lite(tmp_path):
+    store = open_vector_store("milvus", uri=str(tmp_path / "m.db"), nprobe=1)  # the tightest probe
+    try:
+        check_exactly_k(store, ["AUTOINDEX", "IVF_FLAT", "FLAT"])
+    finally:
+        store.close()
+
+
+@pytest.mark.milvus_server
+def test_exactly_k_real_server(milvus_real_uri, milvus_collection):
+    store = open_vector_store("milvus", uri=milvus_real_uri, collection=milvus_collection, nprobe=1, ef_search=8)
+    try:
+        check_exactly_k(store, ["HNSW", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"])
+    finally:
+        store.close()
+
+
+def test_k_beyond_milvus_topk_limit_is_served_exactly(tmp_path):
     import plugins.milvus_store as ms
 
     store = open_vector_store("milvus", uri=str(tmp_path / "m.db"))
     try:
-        x = clustered_vectors(300, 8, n_clusters=5)
-        store.create_version(1, 8, "L2", "FLAT", max_norm=float(np.linalg.norm(x, axis=1).max()))
-        store.upsert(1, [f"i{i}" for i in range(300)], x)
-        store.finalize(1)
-        spec = store.version_info(1)
-        assert store._queries_per_call(spec, 1000) == ms._FLAT_L2_BYTES // (300 * 9 * 4)
-        monkeypatch.setattr(ms, "_FLAT_L2_BYTES", 300 * 9 * 4 * 2)  # two queries per call
-        assert store._queries_per_call(spec, 1000) == 2
-        q = x[:5] + 0.01
-        assert store.search_batch(1, q, 4) == [store.search(1, v, 4) for v in q]
+        x = clustered_vectors(3000, 8, n_clusters=5)
+        ids = [f"i{i}" for i in range(3000)]
+        publish(store, 1, ids, x, index_type="IVF_FLAT")
+        expected = store.search(1, x[0], 3000)
+        old = ms.MAX_TOPK
+        ms.MAX_TOPK = 1000  # stand-in for 16,384: beyond it the version is scanned
+        try:
+            scanned = store.search(1, x[0], 3000)
+        finally:
+            ms.MAX_TOPK = old
+        assert [i for i, _ in scanned] == [i for i, _ in expected]
+        np.testing.assert_allclose([s for _, s in scanned], [s for _, s in expected], rtol=1e-4, atol=1e-4)
     finally:
         store.close()
+
+
+def test_auto_index_is_sized_to_the_version(tmp_path):
+    import plugins.milvus_store as ms
+
+    store = open_vector_store("milvus", uri=str(tmp_path / "m.db"))
+    try:
+        x = clustered_vectors(600, 8, n_clusters=5)
+        publish(store, 1, [f"i{i}" for i in range(600)], x)
+        assert store.version_info(1).index_type == "FLAT"  # a small version: exact
+        spec = store._sized(store.version_info(1), 100_000)
+        spec = ms.VersionSpec(**{**spec.__dict__, "index_type": "AUTOINDEX", "params": store.params})
+        big = store._sized(spec, 100_000)
+        assert big.index_type == "IVF_FLAT" and big.params["nlist_used"] == 1024  # min(nlist, 4*sqrt(n))
+        assert big.params["nprobe_used"] == 64
+    finally:
+        store.close()
+
+
+def test_versions_survive_a_restart_without_collection_properties(tmp_path):
+    """State lives in rows of <collection>_versions, not in properties (lost by Milvus 2.3 restarts)."""
+    db = str(tmp_path / "m.db")
+    store = open_vector_store("milvus", uri=db)
+    x = clustered_vectors(100, 8, n_clusters=3)
+    publish(store, 1, [f"i{i}" for i in range(100)], x)
+    publish(store, 2, [f"i{i}" for i in range(100)], x)
+    store.make_current(2)
+    for v in (1, 2):
+        assert not store.client.describe_collection(store.collection_name(v)).get("properties")
+    store.create_version(3, 8, "IP", "FLAT")  # never finalized: never listed
+    store.upsert(3, ["a"], x[:1])
+    before = store.search(2, x[0], 5)
+    store.close()
+    store = open_vector_store("milvus", uri=db)
+    try:
+        assert store.list_versions() == [1, 2] and store.current_version() == 2
+        assert store.search(None, x[0], 5) == before
+    finally:
+        store.close()
+
+
+def test_publishing_with_a_short_call_timeout(milvus_uri, milvus_collection):
+    """[index] timeout_s bounds searches; flush, index build and load have their own deadline."""
+    store = open_vector_store("milvus", uri=milvus_uri, collection=milvus_collection, timeout_s=0.5)
+    try:
+        x = clustered_vectors(30_000, 16, n_clusters=20)
+        assert publish(store, 1, [f"i{i}" for i in range(len(x))], x) == len(x)
+        assert len(store.search(1, x[0], 10)) == 10
+    finally:
+        store.close()
+
+
+def test_a_client_recovers_after_its_lite_server_restarts(tmp_path):
+    """The store reconnects and reloads (the restarted server starts released) within seconds."""
+    x = clustered_vectors(300, 8, n_clusters=5)
+    server = MilvusLiteServer(tmp_path / "srv", log_path=tmp_path / "srv.log")
+    uri = server.start(timeout=90)
+    store = open_vector_store("milvus", uri=uri, collection="recover", timeout_s=2)
+    try:
+        publish(store, 1, [f"i{i}" for i in range(300)], x)
+        store.make_current(1)
+        before = store.search(None, x[0], 5)
+        server.stop()
+        with pytest.raises(ConnectionError, match="search failed: .+"):  # the server's own words
+            store.search(1, x[0], 5)
+        server = MilvusLiteServer(tmp_path / "srv", port=server.port, log_path=tmp_path / "srv.log")
+        server.start(timeout=90)
+        t0 = time.monotonic()
+        assert store.search(1, x[0], 5) == before
+        assert time.monotonic() - t0 < 15
+    finally:
+        store.close()
+        server.stop()
+
+
+@pytest.mark.milvus_server
+def test_real_server_restart_keeps_what_is_served(milvus_standalone, milvus_collection):
+    """milvus-io/milvus#30144: a restart loses collection properties; versions must survive,
+    and a store open across the restart answers again by itself."""
+    uri = milvus_standalone.uri
+    x = clustered_vectors(300, 8, n_clusters=5)
+    store = open_vector_store("milvus", uri=uri, collection=milvus_collection, timeout_s=1.0)
+    try:
+        publish(store, 1, [f"i{i}" for i in range(300)], x, index_type="HNSW")
+        publish(store, 2, [f"i{i}" for i in range(300)], x * 2, index_type="IVF_FLAT")
+        store.make_current(2)
+        before = {v: store.search(v, x[0], 5) for v in (1, 2)}
+        milvus_standalone.stop()
+        milvus_standalone.start()
+        deadline = time.monotonic() + 60  # a restarted server takes a while to serve again
+        while True:
+            try:
+                versions = store.list_versions()
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "the store did not reconnect within 60 s"
+                time.sleep(1)
+        assert versions == [1, 2] and store.current_version() == 2
+        assert {v: store.search(v, x[0], 5) for v in (1, 2)} == before
+        fresh = open_vector_store("milvus", uri=uri, collection=milvus_collection)
+        assert fresh.list_versions() == [1, 2] and fresh.search(None, x[0], 5) == before[2]
+        fresh.close()
+    finally:
+        store.close()
+
+
+def test_pymilvus_errors_are_one_line(tmp_path):
+    """pymilvus logs a traceback per failed call; the store keeps one line of it."""
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from plugins import open_vector_store\n"
+        "s = open_vector_store('milvus', uri=sys.argv[1])\n"
+        "try:\n"
+        "    s.client.describe_collection('no_such_collection')\n"
+        "except Exception as e:\n"
+        "    print('raised', type(e).__name__)\n"
+        "s.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.db")], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert "raised" in proc.stdout, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Method not implemented" not in proc.stderr and "UNIMPLEMENTED\n" not in proc.stderr
+
+
+def test_credentials_reach_the_client_and_never_the_logs(tmp_path, milvus_uri, caplog):
+    from plugins.milvus_store import MilvusVectorStore
+
+    with caplog.at_level("DEBUG"):
+        store = MilvusVectorStore(uri=milvus_uri, collection="auth_t", user="bob", password="s3cret-pw")
+    try:
+        assert store._auth == {"user": "bob", "password": "s3cret-pw"}
+        assert "s3cret" not in repr(store) and "s3cret" not in caplog.text
+    finally:
+        store.close()
+
+
+def test_credentials_come_from_config_and_env_and_are_redacted(tmp_path):
+    from mcrecall.config import ConfigError, as_dict, load_config
+    from plugins import vector_store_from_config
+
+    cfg = load_config(environ={"MCRECALL_INDEX_TOKEN": "root:s3cret-pw", "MCRECALL_INDEX_SECURE": "false",
+                               "MCRECALL_STORE_DATA_DIR": str(tmp_path)})
+    assert cfg.index.token == "root:s3cret-pw"
+    assert as_dict(cfg)["index"]["token"] == "<redacted>" and "s3cret" not in repr(as_dict(cfg))
+    store = vector_store_from_config(cfg)  # Milvus Lite ignores credentials; the file mode opens
+    try:
+        assert "s3cret" not in repr(store)
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="token or user/password"):
+        load_config(environ={"MCRECALL_INDEX_TOKEN": "a:b", "MCRECALL_INDEX_USER": "a"})
+
+
+def test_a_recall_client_answers_again_after_its_milvus_lite_restarts(tmp_path):
+    """RecallClient over `mcrecall milvus`'s server: a restart on the same data costs a few
+    seconds of clear errors (the server's words), then recalls return what they did before."""
+    from mcrecall.config import load_config
+    from serve import RecallClient, VectorStoreUnavailableError
+    from serve.testing import publish_vectors
+    from train.versions import ModelRegistry
+
+    server = MilvusLiteServer(tmp_path / "srv", log_path=tmp_path / "srv.log")
+    uri = server.start(timeout=90)
+    cfg = load_config(environ={}).with_overrides(
+        store={"data_dir": str(tmp_path / "data")},
+        index={"backend": "milvus", "uri": uri, "collection": "rc", "timeout_s": 2.0})
+    V = clustered_vectors(400, 8, n_clusters=5)
+    U = clustered_vectors(20, 8, n_clusters=5, seed=3)
+    reg = ModelRegistry(cfg.data_dir)
+    client = None
+    try:
+        from plugins import vector_store_from_config
+
+        vs = vector_store_from_config(cfg)
+        publish_vectors(reg, vs, user_ids=[f"u{i}" for i in range(20)], user_vectors=U,
+                        item_ids=[f"i{j}" for j in range(400)], item_vectors=V, index_type="AUTOINDEX")
+        vs.close()
+        client = RecallClient(cfg, registry=reg)
+        before = [r.item_id for r in client.recall("u1", 5)]
+        assert len(before) == 5 and all(r.source == "model" for r in client.recall("u1", 5))
+        server.stop()
+        with pytest.raises(VectorStoreUnavailableError, match=r"\S"):
+            client.recall("u1", 5)
+        server = MilvusLiteServer(tmp_path / "srv", port=server.port, log_path=tmp_path / "srv.log")
+        server.start(timeout=90)
+        t0, got = time.monotonic(), None
+        while time.monotonic() - t0 < 15:
+            try:
+                got = [r.item_id for r in client.recall("u1", 5)]
+                break
+            except VectorStoreUnavailableError:
+                time.sleep(0.5)
+        assert got == before, "no recall within 15 s of the server's return"
+    finally:
+        if client is not None:
+            client.close()
+        reg.close()
+        server.stop()
