@@ -109,10 +109,10 @@ class TripleStore:
         self._item_seq = e.open_db(b"item_seq")
         self._item_log = e.open_db(b"item_log")
         self._item_pairs = e.open_db(b"item_pairs")
-        if not readonly:
-            self._build_item_index()
         self._offsets = e.open_db(b"offsets")
         self._meta = e.open_db(b"meta")
+        if not readonly:
+            self._build_item_index()
         # id -> dense index, filled only from committed transactions (maps are append-only)
         self._user_cache: dict[str, int] = {}
         self._item_cache: dict[str, int] = {}

@@ -27,6 +27,9 @@ from .versions import ModelRegistry
 CRASH_ENV = "MCR_TRAIN_CRASH_AT"
 CRASH_POINTS = ("start", "users", "items", "finalize", "metadata", "current", "alias", "dropped")
 CRASH_EXIT_CODE = 86
+# M of the dot -> L2/COSINE reduction is the largest item norm times this: item refresh
+# (train/refresh.py) may add longer vectors later, and any M >= every norm keeps search exact.
+NORM_HEADROOM = 1.25
 
 
 def crash_point(name: str) -> None:
@@ -105,14 +108,14 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
     """Write version ``version`` completely, make it current atomically, drop old versions.
 
     Returns the version number. The item vectors are model-space; the plugin applies the
-    metric reduction (``max_norm`` = the largest item norm, needed for dot through L2/COSINE).
+    metric reduction (``max_norm`` = the largest item norm × NORM_HEADROOM, needed for dot through L2/COSINE).
     """
     previous = registry.current_version()
     crash_point("start")
     registry.write_users(version, user_ids, user_vectors)
     crash_point("users")
     norms = np.linalg.norm(item_vectors.astype(np.float64), axis=1)
-    max_norm = float(norms.max()) if len(norms) and norms.max() > 0 else 1.0
+    max_norm = float(norms.max()) * NORM_HEADROOM if len(norms) and norms.max() > 0 else 1.0
     vs.create_version(version, dim=int(item_vectors.shape[1]), metric=metric,
                       index_type=index_type, similarity=meta["similarity"], max_norm=max_norm)
     vs.upsert(version, item_ids, item_vectors)
