@@ -236,3 +236,48 @@ def describe(res: RefreshResult) -> str:
         return "refresh: a publication is in progress; will retry"
     return (f"refresh: version {res.version} was trained with an objective without a closed-form "
             "item step (bce); items wait for the next training")
+
+
+# ---------------------------------------------------------------------- command line
+def add_refresh_arguments(parser):
+    """Options of ``mcrecall refresh``."""
+    from train.cli import parse_duration
+
+    parser.add_argument("--every", metavar="DURATION", type=parse_duration, default=None,
+                        help="repeat on this period (e.g. 2s, 1m); a cycle without changed items "
+                             "writes nothing")
+    return parser
+
+
+def run_refresh(args, cfg) -> int:
+    """``mcrecall refresh [--every D]``: 0 done (or stopped by Ctrl-C); 1 no version / busy."""
+    import sys
+    import traceback
+
+    every = getattr(args, "every", None)
+    if not every:
+        res = refresh_once(cfg, wait=True, timeout_s=60.0)
+        print(describe(res), flush=True)
+        return 0 if res.status in ("refreshed", "unchanged", "unsupported") else 1
+    print(f"refresh: every {every:g} s (Ctrl-C stops)", flush=True)
+    r = Refresher(cfg)
+    last = None
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                res = r.run_once(wait=True, timeout_s=every)
+                line = describe(res)
+                if res.status == "refreshed" or line != last:  # quiet while nothing changes
+                    print(line, flush=True)
+                last = line
+            except Exception:  # the version keeps serving; the next cycle redoes the work
+                traceback.print_exc()
+                print("refresh: cycle failed; will retry", file=sys.stderr, flush=True)
+                r.close()
+                r = Refresher(cfg)
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        r.close()
