@@ -166,8 +166,8 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
         if tc.objective == "implicit":
             Uh = U[uh].astype(np.float64)
             gram = Uh.T @ Uh
-        return _Version(U, I, uh, ih, meta, np.array(user_ctr), np.argsort(-pop, kind="stable")[:200],
-                        gram)
+        order = np.argsort(-pop, kind="stable")[:200]
+        return _Version(U, I, uh, ih, meta, np.array(user_ctr), order[pop[order] > 0], gram)
 
     def topk(M, avail, vec, seen) -> set:
         s = M @ vec
@@ -223,7 +223,9 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
                 vec = user_vec(ver, u, fold, M, avail, gen)
                 vmodes.append(popular_top(ver.popular, seen) if vec is None
                               else topk(M, avail, vec, seen))
-            vmodes.append(popular_top(np.argsort(-np.array(pos_count), kind="stable"), seen))
+            counts = np.array(pos_count)
+            order = np.argsort(-counts, kind="stable")
+            vmodes.append(popular_top(order[counts[order] > 0], seen))
             for s, top in zip(STRATEGIES, vmodes):
                 res.hits[s] += i in top
         new = old | bits  # ... then train
