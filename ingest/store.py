@@ -6,6 +6,10 @@ Layout (LMDB named databases)::
     user_ids  external id (UTF-8)       -> >I dense index      users_by_idx  >I -> external id
     item_ids  external id (UTF-8)       -> >I dense index      items_by_idx  >I -> external id
     user_seq  >I user_idx               -> >Q store seq of the batch that last changed the user
+    item_seq  >I item_idx               -> >Q store seq of the batch that last changed the item
+    item_log  >QI (seq, item_idx)       -> b"" one entry per item, at its item_seq (changes since S
+                                           = a cursor from S + 1: O(changed items), no scan)
+    item_pairs >II (item_idx, user_idx) -> 1 byte action mask (the pairs, indexed by item)
     offsets   "<topic>\\0<partition>"     -> >q next offset to consume
     meta      name                      -> >Q counter (seq, n_users, n_items, n_pairs, events, ...)
 
@@ -108,8 +112,13 @@ class TripleStore:
         self._item_ids = e.open_db(b"item_ids")
         self._items_by_idx = e.open_db(b"items_by_idx")
         self._user_seq = e.open_db(b"user_seq")
+        self._item_seq = e.open_db(b"item_seq")
+        self._item_log = e.open_db(b"item_log")
+        self._item_pairs = e.open_db(b"item_pairs")
         self._offsets = e.open_db(b"offsets")
         self._meta = e.open_db(b"meta")
+        if not readonly:
+            self._build_item_index()
         # id -> dense index, filled only from committed transactions (maps are append-only)
         self._user_cache: dict[str, int] = {}
         self._item_cache: dict[str, int] = {}
@@ -144,6 +153,7 @@ class TripleStore:
                 counters = {name: self._get_counter(txn, name) for name in COUNTERS}
                 seq = counters["seq"] + 1
                 changed_users: set[int] = set()
+                changed_items: set[int] = set()
                 changed = 0
                 seq_bytes = _U64.pack(seq)
                 ucache, icache, pairs_db, pack = self._user_cache, self._item_cache, self._pairs, _PAIR.pack
@@ -168,6 +178,10 @@ class TripleStore:
                         if u not in changed_users:
                             changed_users.add(u)
                             txn.put(_U32.pack(u), seq_bytes, db=self._user_seq)
+                        txn.put(pack(i, u), bytes((new_mask,)), db=self._item_pairs)
+                        if i not in changed_items:
+                            changed_items.add(i)
+                            self._log_item(txn, i, seq_bytes)
                 for (topic, partition), offset in (offsets or {}).items():
                     k = _offset_key(topic, partition)
                     old = txn.get(k, db=self._offsets)
@@ -223,6 +237,31 @@ class TripleStore:
             txn.put(_U32.pack(idx), key, db=by_idx_db)
         new[ext_id] = idx
         return idx
+
+    def _log_item(self, txn, i: int, seq_bytes: bytes) -> None:
+        """Move item ``i``'s one change-log entry to this batch's seq (same transaction)."""
+        ikey = _U32.pack(i)
+        old = txn.get(ikey, db=self._item_seq)
+        if old is not None:
+            txn.delete(bytes(old) + ikey, db=self._item_log)
+        txn.put(ikey, seq_bytes, db=self._item_seq)
+        txn.put(seq_bytes + ikey, b"", db=self._item_log)
+
+    def _build_item_index(self) -> None:
+        """Index pairs by item once, for a store written before ``item_pairs`` existed.
+
+        Items changed before this point have no change-log entry (the next training covers them).
+        """
+        with self.env.begin() as txn:
+            if txn.get(b"item_index", db=self._meta) is not None:
+                return
+        with self.env.begin(write=True) as txn:
+            if txn.get(b"item_index", db=self._meta) is not None:  # another writer did it
+                return
+            for k, v in txn.cursor(db=self._pairs):
+                u, i = _PAIR.unpack(k)
+                txn.put(_PAIR.pack(i, u), bytes(v), db=self._item_pairs)
+            txn.put(b"item_index", _U64.pack(1), db=self._meta)
 
     def _get_counter(self, txn, name: str) -> int:
         raw = txn.get(name.encode(), db=self._meta)
@@ -291,6 +330,52 @@ class TripleStore:
             if raw is None:
                 return 0
             s = txn.get(raw, db=self._user_seq)
+        return _U64.unpack(s)[0] if s is not None else 0
+
+    def changed_items(self, since_seq: int) -> tuple[list[str], int]:
+        """Items whose triples changed in a batch after store seq ``since_seq``, and the seq now.
+
+        Reads only the change log from ``since_seq + 1``: O(changed items), one transaction.
+        """
+        out = []
+        with self.env.begin() as txn:
+            seq = self._get_counter(txn, "seq")
+            cur = txn.cursor(db=self._item_log)
+            if cur.set_range(_U64.pack(int(since_seq) + 1)):
+                for k in cur.iternext(keys=True, values=False):
+                    raw = txn.get(bytes(k[8:12]), db=self._items_by_idx)
+                    out.append(bytes(raw).decode("utf-8"))
+        return out, seq
+
+    def item_histories(self, item_ids: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
+        """Each item's users and scores (``([], empty)`` for an unknown item), one transaction.
+
+        Cost: O(the items' triples) through the by-item index.
+        """
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._item_pairs)
+            for item_id in item_ids:
+                raw = txn.get(str(item_id).encode("utf-8"), db=self._item_ids)
+                users, masks = [], []
+                if raw is not None:
+                    prefix = bytes(raw)
+                    if cur.set_range(prefix):
+                        for k, v in cur:
+                            if k[:4] != prefix:
+                                break
+                            users.append(bytes(txn.get(k[4:8], db=self._users_by_idx)).decode("utf-8"))
+                            masks.append(v[0])
+                out.append((users, _SCORE_TABLE[np.array(masks, dtype=np.uint8)]))
+        return out
+
+    def item_seq(self, item_id: str) -> int:
+        """Store seq of the last batch that changed ``item_id``'s triples (0 if never)."""
+        with self.env.begin() as txn:
+            raw = txn.get(str(item_id).encode("utf-8"), db=self._item_ids)
+            if raw is None:
+                return 0
+            s = txn.get(raw, db=self._item_seq)
         return _U64.unpack(s)[0] if s is not None else 0
 
     def iter_triples(self, batch: int = 65536) -> Iterable[tuple[str, str, int]]:

@@ -3,9 +3,11 @@
 Starts a local Kafka-protocol broker and a local Milvus Lite server, streams a synthetic event
 stream (with duplicates and malformed messages) through the ingest worker, trains and publishes
 version 1, serves recalls (a brand-new user through fold-in), keeps streaming while version 2
-trains from a warm start, and writes a report (text + PNG) to the output folder. Every process it
-starts is stopped on the way out; ``<out>/mcrecall.toml`` then points the ``mcrecall`` command at
-the demo's data (the item vectors are read from the Milvus Lite file the demo's server wrote).
+trains from a warm start — meanwhile a brand-new item is recalled seconds after its first clicks
+through item refresh (``mcrecall refresh --every 1s``), before version 2 exists — and writes a
+report (text + PNG) to the output folder. Every process it starts is stopped on the way out;
+``<out>/mcrecall.toml`` then points the ``mcrecall`` command at the demo's data (the item vectors
+are read from the Milvus Lite file the demo's server wrote).
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     _show_recall(client, world, newbie, rep, taste=[cluster], note=f"stored {stored_s:.2f}s after producing; "
                  "no retraining")
 
+    refresher = _start_worker(cfg, args, out / "refresher.log",
+                              ["refresh", "--every", "1s"])
+    stack.callback(_stop_process, refresher)
+    _fresh_item(client, world, cfg, producer, store, rep, cluster)
+    _stop_process(refresher)
+
     rep.step(f"streaming {args.more_events:,} more events while version 2 trains (warm start) ...")
     more = world.events(args.more_events)
     streamer = threading.Thread(target=_stream_slowly, args=(more, cfg, producer), daemon=True)
@@ -240,6 +248,43 @@ def write_demo_config(out: Path, cfg) -> Path:
 
 
 def _start_worker(cfg, args, log_path):
+def _fresh_item(client, world, cfg, producer, store, rep, cluster, n_fans: int = 25):
+    """A brand-new item gets clicks from users of one cluster; the refresher gives it a vector in
+    version 1 and a user of that cluster is recalled it — no retraining."""
+    from ingest.produce import produce_lines
+    from mcrecall.demo_stream import _line
+
+    item = "fresh-item-1"
+    fans = [u for u in range(1, world.n_users) if cluster in world.tastes[u]][:n_fans]
+    target = world.user_id(0)
+    lines = [_line(world.user_id(u), item, a, None) for u in fans
+             for a in ("impression", "click", "like", "collect")]
+    rep.step(f"a brand-new item {item!r}: {len(fans)} users of cluster {cluster} click and like it; "
+             f"`mcrecall refresh --every 1s` is running (pid in refresher.log) ...")
+    t = time.monotonic()
+    produce_lines(lines, cfg, validate=True, producer=producer)
+    while store.item_seq(item) == 0 and time.monotonic() - t < 30:
+        time.sleep(0.01)
+    stored = time.monotonic()
+    rank = None
+    while time.monotonic() - stored < 20:
+        top = [r.item_id for r in client.recall(target, k=100, exclude_seen=True)]
+        if item in top:
+            rank = top.index(item) + 1
+            if rank <= 10:
+                break
+        time.sleep(0.05)
+    recalled = time.monotonic()
+    if rank is None:
+        rep.say(f"    {item!r} was not recalled for {target!r} within 20 s (see refresher.log)")
+        return
+    rep.say(f"    stored {stored - t:.2f}s after producing; recalled for {target!r} (cluster "
+            f"{cluster}) at rank {rank} {recalled - stored:.2f}s after being stored, still on "
+            f"version {client.version} (no retraining)")
+    _show_recall(client, world, target, rep, taste=list(world.tastes[0]))
+
+
+def _start_worker(cfg, args, log_path, command=("ingest",)):
     import os
     import subprocess
     import sys
@@ -250,11 +295,12 @@ def _start_worker(cfg, args, log_path):
     env.update({"MCRECALL_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
                 "MCRECALL_KAFKA_TOPIC": cfg.kafka.topic,
                 "MCRECALL_KAFKA_SESSION_TIMEOUT_MS": str(cfg.kafka.session_timeout_ms),
-                "MCRECALL_STORE_DATA_DIR": str(cfg.data_dir)})
+                "MCRECALL_STORE_DATA_DIR": str(cfg.data_dir),
+                "MCRECALL_INDEX_BACKEND": cfg.index.backend, "MCRECALL_INDEX_URI": cfg.index.uri})
     env.update({f"MCRECALL_KAFKA_{k.upper()}": v for k, v in PLAINTEXT_OVERRIDES.items()})
     if args.config:
         env["MCRECALL_CONFIG"] = str(args.config)
-    return subprocess.Popen([sys.executable, "-m", "mcrecall", "ingest"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "mcrecall", *command], env=env,
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
 
@@ -346,7 +392,7 @@ def _compare_objectives(cfg, source: Path, rep, version) -> dict[str, list[dict]
 
 def _show_recall(client, world, user_id, rep, taste, note=""):
     res = client.recall(user_id, k=10, exclude_seen=True)
-    hits = sum(world.cluster_of(r.item_id) in taste for r in res)
+    hits = sum(r.item_id[1:].isdigit() and world.cluster_of(r.item_id) in taste for r in res)
     src = res[0].source if res else "-"
     rep.say(f"    recall({user_id!r}, 10, exclude_seen=True)  source={src}  version={client.version}  "
             f"{hits}/10 in the user's clusters {sorted(int(t) for t in taste)}" + (f"  ({note})" if note else ""))

@@ -41,7 +41,23 @@ def collect_status(cfg) -> dict:
                                                  "backend", "collection", "n_triples", "store_seq")}
         out["evaluation"] = meta.get("evaluation")
         out["new_triples_since_version"] = out["store"]["seq"] > int(meta.get("store_seq") or 0)
+        out["refresh"] = refresh_status(reg.refresh_info(current), meta, out["store"]["seq"])
     return out
+
+
+def refresh_status(info: dict | None, meta: dict, store_seq: int) -> dict:
+    """The current version's item refresh: last cycle, items updated, lag behind the store."""
+    import time
+
+    upto = int((info or {}).get("seq", meta.get("store_seq") or 0))
+    at = (info or {}).get("at_unix")
+    return {"refreshes": int((info or {}).get("generation", 0)),
+            "items_updated_total": int((info or {}).get("items_total", 0)),
+            "last_items_updated": (info or {}).get("last", {}).get("updated"),
+            "last_at_unix": at,
+            "seconds_ago": None if at is None else round(time.time() - at, 1),
+            "up_to_store_seq": upto,
+            "lag_batches": max(0, int(store_seq) - upto)}
 
 
 def _table(rows) -> str:
@@ -74,6 +90,15 @@ def render(st: dict) -> str:
     lines.append(_table((k, _fmt(v)) for k, v in st["model"].items()))
     if st.get("new_triples_since_version"):
         lines.append("  (the store has new triples since this version was trained)")
+    r = st.get("refresh")
+    if r:
+        last = ("never (items are as trained)" if not r["refreshes"] else
+                f"{r['seconds_ago']} s ago, {r['last_items_updated']} item(s) updated")
+        lines += ["", "item refresh of the current version (`mcrecall refresh`):"]
+        lines.append(_table([("last refresh", last), ("refreshes", r["refreshes"]),
+                             ("items updated", r["items_updated_total"]),
+                             ("up to store seq", r["up_to_store_seq"]),
+                             ("lag behind the store", f"{r['lag_batches']} store batch(es)")]))
     ev = st.get("evaluation")
     if ev:
         lines += ["", "evaluation of the current version (held-out):"]

@@ -22,6 +22,9 @@ which versions exist and are complete. A store's own "finalized" marker is a
 convenience for stand-alone use; :meth:`VectorStore.adopt_version` lets a caller
 that read the version's spec from the registry search it without that marker
 (Milvus forgets collection properties on a server restart).
+modified, so readers in any process see either all of it or none of it. The one exception is
+:meth:`VectorStore.replace_items` (item refresh): it replaces or adds whole items of a
+published version in one atomic step per call, so a reader sees each item's old or new vector.
 """
 
 from __future__ import annotations
@@ -323,6 +326,43 @@ class VectorStore(abc.ABC):
         self._building_spec(version)
         return self._finalize(version)
 
+    def replace_items(self, version: int, ids: Sequence[str], vectors) -> int:
+        """Replace or add items of a finalized (even current) version in place.
+
+        Item refresh: new items and items with new triples get vectors solved against the
+        version's own user vectors, without a new version. The call is atomic for readers in
+        any process (each search sees all of this call's rows or none) and a crash leaves the
+        version as it was before the call.
+
+        Parameters
+        ----------
+        version : int
+            A finalized version.
+        ids : sequence of str
+            External item ids; a repeated id keeps its last vector.
+        vectors : array_like, shape (len(ids), dim)
+            Model-space item vectors. For ``dot`` through ``L2``/``COSINE`` each norm must not
+            exceed the version's ``max_norm`` (the reduction's M; ``ValueError`` otherwise).
+
+        Returns
+        -------
+        int
+            Number of distinct ids written.
+        """
+        spec = self._published_spec(version)
+        ids = check_ids(ids)
+        stored, norms = spec.reduction.items(vectors) if ids else (None, None)
+        if not ids:
+            return 0
+        if stored.shape[0] != len(ids):
+            raise ValueError(f"{len(ids)} ids but {stored.shape[0]} vectors")
+        last = {i: r for r, i in enumerate(ids)}  # last write wins
+        if len(last) != len(ids):
+            rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+            ids, stored, norms = list(last), stored[rows], norms[rows]
+        self._replace(spec, ids, np.ascontiguousarray(stored), norms)
+        return len(ids)
+
     def get_vectors(self, version: int, ids: Sequence[str], missing: str = "raise") -> np.ndarray:
         """Model-space vectors of ``ids`` in version ``version``.
 
@@ -583,6 +623,10 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def _add(self, version: int, ids: list[str], stored: np.ndarray, norms: np.ndarray) -> None:
         """Write one batch of already-reduced vectors."""
+
+    def _replace(self, spec: VersionSpec, ids: list[str], stored: np.ndarray, norms: np.ndarray) -> None:
+        """Replace/add already-reduced rows of a finalized version, atomically for readers."""
+        raise NotImplementedError(f"the {self.name} backend cannot replace items of a published version")
 
     @abc.abstractmethod
     def _finalize(self, version: int) -> int:

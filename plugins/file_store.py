@@ -8,6 +8,9 @@ Layout under ``<data_dir>/vectors/<collection>/``::
     v<N>/stored.npy     the reduced vectors the index was built from
     v<N>/norms.npy      model norms (restore cosine vectors for get_vectors)
     v<N>/<index file>   the backend's own index (faiss / hnswlib), if any
+    v<N>/delta.npz      items replaced or added after publication (``replace_items``): ids,
+                        stored, norms, n_new; searched by brute force beside the index, and
+                        their rows in the index are ignored; replaced with os.replace
     current             the current version number, replaced with os.replace
 
 A version is built in memory by its writer, written to a hidden temporary
@@ -116,6 +119,29 @@ class LoadedVersion:
         return row_of
 
 
+@dataclass
+class _Delta:
+    """Items refreshed into a published version (``v<N>/delta.npz``), read into memory."""
+
+    key: tuple  # (inode, mtime_ns, size) of the file it was read from
+    ids: np.ndarray
+    stored: np.ndarray
+    norms: np.ndarray
+    n_new: int  # ids the version's index does not hold
+    row_of: dict
+
+
+def _delta_raw(metric: str, queries: np.ndarray, stored: np.ndarray):
+    """Raw values of the delta rows, in the kind the backends report for ``metric``."""
+    if metric == "COSINE":
+        q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        return q @ (stored / np.linalg.norm(stored, axis=1, keepdims=True)).T, "cosine"
+    if metric == "IP":
+        return queries @ stored.T, "ip"
+    qq = np.einsum("ij,ij->i", queries, queries)[:, None]
+    return qq + np.einsum("ij,ij->i", stored, stored)[None, :] - 2.0 * (queries @ stored.T), "sqeuclidean"
+
+
 class FileVectorStore(VectorStore):
     """Base of the file backends (``exact``, ``faiss``, ``hnswlib``).
 
@@ -134,6 +160,7 @@ class FileVectorStore(VectorStore):
         self._pending: dict[int, _Pending] = {}
         self._loaded: dict[int, LoadedVersion] = {}
         self._lock = threading.Lock()
+        self._deltas: dict[int, _Delta] = {}
 
     # -- paths -----------------------------------------------------------------------------------
     def version_dir(self, version: int) -> Path:
@@ -264,6 +291,41 @@ class FileVectorStore(VectorStore):
         return loaded
 
     def _search(self, spec, queries, k):
+        delta = self._delta(spec.version)
+        if delta is not None:
+            return self._search_with_delta(spec, queries, k, delta)
+        return self._search_main(spec, queries, k)
+
+    def _search_with_delta(self, spec, queries, k, delta: _Delta):
+        """Index hits minus the refreshed ids, merged with a brute-force scan of the delta."""
+        n_main = len(self.load(spec.version).ids)
+        n_over = len(delta.ids) - delta.n_new  # index rows that are stale
+        fetch = min(n_main, k + min(n_over, 32))
+        while True:
+            ids, raws, kind = self._search_main(spec, queries, fetch)
+            kept = []
+            short = False
+            for row_ids, row_raw in zip(ids, raws):
+                keep = [j for j, i in enumerate(row_ids) if i not in delta.row_of]
+                kept.append(([row_ids[j] for j in keep], np.asarray(row_raw)[keep]))
+                short |= len(keep) < k
+            if not short or fetch >= n_main:
+                break
+            fetch = min(n_main, fetch * 4)
+        draw, dkind = _delta_raw(spec.metric, queries, delta.stored)
+        if ids and dkind != kind:
+            raise RuntimeError(f"delta raw kind {dkind} differs from the index's {kind}")
+        smaller = dkind == "sqeuclidean"
+        out_ids, out_raw = [], []
+        for j, (row_ids, row_raw) in enumerate(kept):
+            all_ids = row_ids + delta.ids.tolist()
+            all_raw = np.concatenate([np.asarray(row_raw, dtype=np.float64), draw[j].astype(np.float64)])
+            order = np.argsort(all_raw if smaller else -all_raw, kind="stable")[:k]
+            out_ids.append([all_ids[r] for r in order])
+            out_raw.append(all_raw[order])
+        return out_ids, out_raw, dkind
+
+    def _search_main(self, spec, queries, k):
         loaded = self.load(spec.version)
         k = min(k, len(loaded.ids))
         labels, raw, kind = self._search_index(loaded, queries, k)
@@ -279,6 +341,13 @@ class FileVectorStore(VectorStore):
         loaded = self.load(version)
         row_of = loaded.row_of()
         out = {}
+        delta = self._delta(version)
+        if delta is not None:
+            for i in ids:
+                r = delta.row_of.get(i)
+                if r is not None:
+                    out[i] = (delta.stored[r], float(delta.norms[r]))
+            ids = [i for i in ids if i not in out]
         for i in ids:
             r = row_of.get(i)
             if r is not None:
@@ -294,7 +363,66 @@ class FileVectorStore(VectorStore):
         meta = self._read_meta(version)
         if meta is None:
             raise VersionNotFoundError(f"version {version} does not exist")
-        return int(meta["count"])
+        delta = self._delta(version)
+        return int(meta["count"]) + (delta.n_new if delta is not None else 0)
+
+    # -- item refresh (replace_items) -------------------------------------------------------------
+    def _delta(self, version: int) -> _Delta | None:
+        """The version's refreshed items, re-read when ``delta.npz`` was replaced (one stat)."""
+        path = self.version_dir(version) / "delta.npz"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._deltas.pop(version, None)
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        d = self._deltas.get(version)
+        if d is not None and d.key == key:
+            return d
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ids, stored, norms, n_new = z["ids"], z["stored"], z["norms"], int(z["n_new"])
+        except FileNotFoundError:  # the version was dropped meanwhile
+            raise VersionNotFoundError(f"version {version} was dropped while loading") from None
+        d = _Delta(key, ids, stored, norms, n_new, dict(zip(ids.tolist(), range(len(ids)))))
+        self._deltas[version] = d
+        return d
+
+    def _replace(self, spec, ids, stored, norms) -> None:
+        """Write old delta + these rows as a new ``delta.npz`` and os.replace it in one step.
+
+        Cost O(delta size), not O(version size): the version's index files are never rewritten.
+        """
+        version = spec.version
+        d = self.version_dir(version)
+        if not (d / "meta.json").exists():
+            raise VersionNotFoundError(f"version {version} of collection {self.collection!r} does not exist")
+        old = self._delta(version)
+        main_rows = self.load(version).row_of()
+        if old is not None:
+            new_set = set(ids)
+            keep = np.array([i not in new_set for i in old.ids.tolist()], dtype=bool)
+            all_ids = old.ids[keep].tolist() + list(ids)
+            stored = np.concatenate([old.stored[keep], stored])
+            norms = np.concatenate([old.norms[keep], norms])
+        else:
+            all_ids = list(ids)
+        n_new = sum(1 for i in all_ids if i not in main_rows)
+        tmp = d / f".delta.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=np.array(all_ids, dtype=str), stored=np.ascontiguousarray(stored, np.float32),
+                         norms=np.asarray(norms, np.float32), n_new=np.array(n_new, np.int64))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / "delta.npz")  # readers see the old or the new delta, never half
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(d)
 
     # -- versions --------------------------------------------------------------------------------
     def _versions(self) -> list[int]:

@@ -692,6 +692,15 @@ class MilvusVectorStore(VectorStore):
                     out[row["id"]] = (np.asarray(row["vector"], dtype=np.float32), float(row["norm"]))
         return out
 
+    def _replace(self, spec, ids, stored, norms) -> None:
+        """Item refresh: one Milvus upsert into the published, loaded collection (ids unique)."""
+        name = self.collection_name(spec.version)
+        vectors, norm_list = stored.tolist(), norms.tolist()
+        rows = [{"id": i, "vector": vectors[r], "norm": norm_list[r]} for r, i in enumerate(ids)]
+        for start in range(0, len(rows), 10_000):
+            batch = rows[start : start + 10_000]
+            self._call(spec.version, lambda: self.client.upsert(name, batch, timeout=self.timeout_s))
+
     def _count(self, version: int) -> int:
         n = self._counts.get(version)
         if n is None:

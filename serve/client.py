@@ -112,8 +112,9 @@ class RecallClient:
     Notes
     -----
     Safe to share between threads. Caches: the metadata of the last few versions, item vectors
-    per (version, item) and fold-in vectors per (version, user, user_seq) — versions are
-    immutable, so nothing cached can go stale.
+    per (version, refresh generation, item) and fold-in vectors per (version, user, user_seq,
+    refresh generation) — a version's item vectors change only by item refresh
+    (``mcrecall refresh``), which bumps the generation, so nothing cached can go stale.
     """
 
     def __init__(self, cfg: Config, *, registry: ModelRegistry | None = None, vector_store=None,
@@ -377,6 +378,7 @@ class RecallClient:
             useq = ts.user_seq(uid)
             if useq > st.store_seq:
                 key = (st.number, uid)
+                useq = (useq, self._registry.refresh_generation(st.number))  # refreshed items
                 hit = self._foldins.get(key)
                 if hit is not None and hit[0] == useq:
                     vec = hit[1]
@@ -414,16 +416,18 @@ class RecallClient:
 
     def _item_vectors(self, number: int, ids: list[str]) -> np.ndarray:
         """(len(ids), dim) model-space vectors of version ``number``; NaN rows for unknown ids."""
-        cached = self._items.get_many((number, i) for i in ids)
-        missing = [i for i in dict.fromkeys(ids) if (number, i) not in cached]
+        # read before the vectors: a refresh in between only makes the cached rows newer
+        gen = self._registry.refresh_generation(number)
+        cached = self._items.get_many((number, gen, i) for i in ids)
+        missing = [i for i in dict.fromkeys(ids) if (number, gen, i) not in cached]
         if missing:
             vs = self._store()
             got = self._store_call(number, lambda: vs.get_vectors(number, missing, missing="nan"))
-            fresh = {(number, i): got[j] for j, i in enumerate(missing)}
+            fresh = {(number, gen, i): got[j] for j, i in enumerate(missing)}
             self._items.put_many(fresh.items())
             cached.update(fresh)
-        return np.stack([cached[(number, i)] for i in ids]) if ids else np.zeros((0, 0),
-                                                                                  np.float32)
+        return np.stack([cached[(number, gen, i)] for i in ids]) if ids else np.zeros((0, 0),
+                                                                                       np.float32)
 
     # ------------------------------------------------------------------ recall and score
     def _recall_at(self, st: _Version, uid: str, k: int, exclude_seen: bool) -> RecallResult:

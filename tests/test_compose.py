@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
 
 # services that run for good (the rest: one-shot kafka-init, the `tools` profile)
-LONG_RUNNING = {"kafka", "etcd", "minio", "milvus", "ingest", "trainer"}
+LONG_RUNNING = {"kafka", "etcd", "minio", "milvus", "ingest", "trainer", "refresher"}
 ONE_SHOT = {"kafka-init"}
 CREDENTIALS = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MILVUS_ROOT_PASSWORD"}  # .env.example
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -246,9 +246,17 @@ def test_ingest_two_replicas_in_one_group_and_periodic_trainer(compose):
     assert train[train.index("--every") + 1] == "10m"
 
 
+def test_refresher_runs_refresh_every_few_seconds(compose):
+    svcs = compose["services"]
+    cmd = _command(svcs["refresher"])
+    assert cmd[:1] == ["refresh"] and cmd[cmd.index("--every") + 1] == "2s"
+    assert _depends(svcs["refresher"]).get("milvus") == "service_healthy"
+    assert "build" in svcs["refresher"] and svcs["refresher"].get("pull_policy") == "build"
+
+
 def test_lmdb_data_dir_is_one_shared_volume_in_one_pid_namespace(compose):
     users = _lmdb_users(compose)
-    assert {"ingest", "trainer", "kafka-init"} <= set(users)
+    assert {"ingest", "trainer", "kafka-init", "refresher"} <= set(users)
     sources = set()
     for name, s in users.items():
         data_dir = _env(s)["MCRECALL_STORE_DATA_DIR"]

@@ -458,3 +458,63 @@ def test_default_config_top10_matches_exact_on_clustered_data(env):
     assert all(len(f) == 10 for f in found)
     overlap = recall_at_k(found, truth)
     assert overlap >= 0.99, (store.version_info(1).index_type, overlap)
+# --------------------------------------------------------------------------- item refresh
+@pytest.mark.parametrize("similarity,metric", [("dot", "IP"), ("dot", "L2"), ("dot", "COSINE"), ("cosine", "IP")])
+def test_replace_items_updates_a_published_version_exactly(env, similarity, metric):
+    """replace_items replaces and adds items of a current version: FLAT search stays the exact
+    model top-k of the updated set, get_vectors/count follow, another process sees it."""
+    store = env.open()
+    n, dim = 200, 8
+    x = clustered_vectors(n, dim, n_clusters=5, seed=11)
+    ids = [f"i{i}" for i in range(n)]
+    publish(store, 3, ids, x, metric=metric, similarity=similarity)
+    store.make_current(3)
+    rng = np.random.default_rng(0)
+    max_norm = float(np.linalg.norm(x, axis=1).max())
+    # two rounds: the second replaces an item the first added and one it replaced
+    rounds = [(["i3", "i50", "new'\\\"\n\t1", "new2"], 0), (["new2", "i3", "new3"], 1)]
+    table = dict(zip(ids, x))
+    for round_ids, seed in rounds:
+        v = rng.normal(size=(len(round_ids), dim)).astype(np.float32)
+        v *= (0.9 * max_norm / np.linalg.norm(v, axis=1))[:, None]  # within M
+        assert store.replace_items(3, round_ids, v) == len(round_ids)
+        table.update(zip(round_ids, v))
+    all_ids = list(table)
+    all_x = np.stack([table[i] for i in all_ids])
+    assert store.count(3) == n + 3
+    np.testing.assert_allclose(store.get_vectors(3, ["new3", "i3", "i4"]),
+                               np.stack([table["new3"], table["i3"], table["i4"]]), rtol=1e-5, atol=1e-6)
+    red = MetricReduction(similarity, "IP", dim)
+    for q in queries_like(all_x, 4, seed=3):
+        res = store.search(3, q, 10)
+        assert_exact_topk(res, red.model_scores(q, all_x)[0], all_ids, 10)
+        excl = {res[0][0]}
+        assert res[0][0] not in [i for i, _ in store.search(3, q, 10, exclude=excl)]
+    # the new item is searchable by its own direction, also with k beyond the index
+    top = store.search(3, table["new3"], n + 50)
+    assert len(top) == n + 3 and "new3" in [i for i, _ in top[:5]]
+    if similarity == "dot" and metric != "IP":
+        with pytest.raises(ValueError, match="max_norm"):
+            store.replace_items(3, ["i1"], [x[0] * 0 + 2 * max_norm / np.sqrt(dim)])
+    with pytest.raises(VersionNotFoundError):
+        store.replace_items(99, ["i1"], x[:1])
+    assert store.replace_items(3, [], np.zeros((0, dim))) == 0
+    q = queries_like(all_x, 2, seed=8)
+    expected = store.search_batch(3, q, 5)
+    env.release()
+    out = run_reader(env, q, 3, "new3")
+    assert [[i for i, _ in r] for r in out["results"]] == [[i for i, _ in r] for r in expected]
+    np.testing.assert_allclose(out["vector"][0], table["new3"], rtol=1e-5, atol=1e-6)
+
+
+def test_replace_items_keeps_other_versions_apart(env):
+    """Refreshing version 3 changes nothing in version 4, and publishing 4 starts clean."""
+    store = env.open()
+    x = clustered_vectors(100, 6, n_clusters=4, seed=2)
+    ids = [f"i{i}" for i in range(100)]
+    publish(store, 3, ids, x)
+    store.make_current(3)
+    store.replace_items(3, ["fresh"], x[:1] * 0.5)
+    publish(store, 4, ids, x)
+    assert store.count(3) == 101 and store.count(4) == 100
+    assert np.isnan(store.get_vectors(4, ["fresh"], missing="nan")).all()

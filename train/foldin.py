@@ -160,3 +160,68 @@ def _bce_newton_offset(F, off, P, poff, n_neg, lam, iters: int = 25):
         if np.abs(step).max() < 1e-7:
             break
     return x
+
+
+def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
+                 user_gram: np.ndarray | None = None) -> np.ndarray | None:
+    r"""The item vector (published form, float32) for these triples under version ``meta``.
+
+    The item-side half-sweep of the version's ALS objective (:mod:`train.als`) for one item,
+    with the version's published user vectors fixed — the mirror of :func:`fold_in`:
+
+    * squared/dot:   (Σ f̃ f̃ᵀ + λ n I) x = Σ (y − μ − c_u) f̃, f̃ = [a_u, 1] from the published
+      user [a_u, 1, μ + c_u]; item = [x_b, x_β, 1]
+    * implicit/dot:  (G_U + Σ α y a aᵀ + λ (α Σ y + 1) I) x = Σ (1 + α y) a   (positives only;
+      G_U = Σ_u a_u a_uᵀ over the version's users, the all-cells term)
+    * cosine:        x = argmin_{‖x‖=1} xᵀ H x − 2 gᵀ x, H and g as above scaled by s², s (no λ)
+
+    Parameters
+    ----------
+    user_vectors : (n, dim) published vectors of the item's users in the version (users without
+        a vector in the version are left out by the caller).
+    scores : (n,) the item's scores 0..4 from those users.
+    meta : the version's metadata or its ``"foldin"`` part.
+    user_gram : (k, k) Σ a aᵀ over the version's published user vectors (``implicit`` only).
+
+    Returns
+    -------
+    np.ndarray (dim,) float32, or None when the triples carry no information for the objective
+    (no triples; no positive score for implicit / cosine).
+
+    Raises
+    ------
+    NotImplementedError
+        ``bce``: SGD-trained with sampled negatives, it has no closed-form item step.
+    """
+    fm = meta.get("foldin", meta)
+    obj, sim = fm["objective"], fm["similarity"]
+    if obj == "bce":
+        raise NotImplementedError("item refresh supports the ALS objectives (squared, implicit), "
+                                  "not bce")
+    k, lam = int(fm["factors"]), float(fm["reg"])
+    s = float(fm.get("score_scale", 1.0))
+    U = np.asarray(user_vectors, dtype=np.float64).reshape(len(scores), -1)
+    y = np.asarray(scores, dtype=np.float64)
+    if obj == "implicit":
+        pos = y > 0
+        U, y = U[pos], y[pos]
+    if len(y) == 0:
+        return None
+    if obj == "squared":
+        if sim == "dot":
+            Ft = np.hstack([U[:, :k], np.ones((len(y), 1))])
+            r = y - U[:, k + 1]  # y − μ − c_u: the published user carries μ + c_u
+            H = Ft.T @ Ft + lam * len(y) * np.eye(k + 1)
+            x = np.linalg.solve(H, Ft.T @ r)
+            return np.concatenate([x, [1.0]]).astype(np.float32)
+        H, g = U.T @ U, U.T @ y
+    else:  # implicit
+        if user_gram is None:
+            raise ValueError("implicit item fold-in needs the version's user Gram matrix")
+        a = float(fm["alpha"]) * y
+        H = np.asarray(user_gram, dtype=np.float64) + (U.T * a) @ U
+        g = U.T @ (1.0 + a)
+        if sim == "dot":
+            x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
+            return x.astype(np.float32)
+    return sphere_solve(H * (s * s), g * s).astype(np.float32)

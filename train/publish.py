@@ -39,6 +39,9 @@ from .versions import ModelRegistry
 CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "current", "alias",
                 "dropped")
 CRASH_EXIT_CODE = -9  # SIGKILL, as subprocess reports it
+# M of the dot -> L2/COSINE reduction is the largest item norm times this: item refresh
+# (train/refresh.py) may add longer vectors later, and any M >= every norm keeps search exact.
+NORM_HEADROOM = 1.25
 
 
 class IncompleteVersionError(RuntimeError):
@@ -159,7 +162,7 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
 
     ``version`` comes from :func:`next_version`. Returns the version number. The item vectors
     are model-space; the plugin applies the metric reduction (``max_norm`` = the largest item
-    norm, needed for dot through L2/COSINE).
+    norm × NORM_HEADROOM, needed for dot through L2/COSINE).
 
     Raises
     ------
@@ -205,7 +208,7 @@ def _write_version(registry, vs, version, user_ids, user_vectors, item_ids, item
     registry.write_users(version, user_ids, user_vectors)
     crash_point("users")
     norms = np.linalg.norm(item_vectors.astype(np.float64), axis=1)
-    max_norm = float(norms.max()) if len(norms) and norms.max() > 0 else 1.0
+    max_norm = float(norms.max()) * NORM_HEADROOM if len(norms) and norms.max() > 0 else 1.0
     vs.create_version(version, dim=int(item_vectors.shape[1]), metric=metric,
                       index_type=index_type, similarity=meta["similarity"], max_norm=max_norm)
     crash_point("created")

@@ -109,3 +109,75 @@ def make_synthetic(
         [f"u{i}" for i in range(n_users)], [f"i{j}" for j in range(n_items)],
         1, p, q,
     )
+
+
+def make_stream(
+    n_users: int = 800,
+    n_items: int = 600,
+    n_exposures: int = 30_000,
+    new_item_fraction: float = 0.6,
+    rank: int = 8,
+    half_life: float = 0.08,
+    alpha: float = 1.0,
+    beta: float = 2.0,
+    seed: int = 0,
+    ts0: int = 1_764_000_000_000,
+) -> list[dict]:
+    """A time-ordered event stream where new items keep arriving and popularity drifts.
+
+    Parameters
+    ----------
+    n_users, n_items : sizes; ``n_items * (1 - new_item_fraction)`` items exist at the start,
+        the others are born at uniform times during the stream.
+    n_exposures : exposures (each one ``impression`` event, maybe followed by positives).
+    half_life : an item's popularity halves every ``half_life`` × stream length after its birth
+        (fresh items draw the traffic: the drift that retraining alone lags behind).
+    alpha, beta : exposure log-odds weights of log popularity and of the user's affinity.
+    seed : RNG seed; the output is a deterministic function of all arguments.
+
+    Returns
+    -------
+    list of event dicts ``{"user_id", "item_id", "action", "ts"}`` in time order (DESIGN §1).
+
+    Notes
+    -----
+    affinity z_ui = <p_u, q_i> / sqrt(rank); at time t (0..1) the exposure of user u (drawn with
+    log-normal activity) goes to an item born before t with probability
+    ∝ exp(alpha * (log base_i − (t − birth_i) ln2 / half_life) + beta * z_ui) (Gumbel top-1); it is
+    clicked with probability σ(2 z_ui − 1), and each further positive action with σ(2 z_ui − 2).
+    """
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal((n_users, rank))
+    q = rng.standard_normal((n_items, rank))
+    n_old = int(round(n_items * (1 - new_item_fraction)))
+    birth = np.zeros(n_items)
+    birth[n_old:] = np.sort(rng.uniform(0.0, 1.0, n_items - n_old))
+    log_base = np.log(1.0 / np.arange(1, n_items + 1) ** 0.7)[rng.permutation(n_items)]
+    activity = np.exp(rng.normal(0, 0.8, n_users))
+    activity /= activity.sum()
+    z_all = (p @ q.T) / np.sqrt(rank)
+    sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    events: list[dict] = []
+    block = 200
+    for s in range(0, n_exposures, block):
+        m = min(block, n_exposures - s)
+        t = (s + np.arange(m)) / n_exposures
+        users = rng.choice(n_users, size=m, p=activity)
+        z = z_all[users]
+        age = t[:, None] - birth[None, :]
+        logits = alpha * (log_base[None, :] - np.maximum(age, 0) * np.log(2) / half_life) + beta * z
+        logits[age < 0] = -np.inf  # not born yet
+        logits += rng.gumbel(size=logits.shape)
+        items = np.argmax(logits, axis=1)
+        zz = z[np.arange(m), items]
+        draws = rng.random((m, 4))
+        for j in range(m):
+            u, i = f"u{users[j]}", f"i{items[j]}"
+            ts = ts0 + (s + j) * 10
+            events.append({"user_id": u, "item_id": i, "action": "impression", "ts": ts})
+            if draws[j, 0] < sig(2 * zz[j] - 1):
+                events.append({"user_id": u, "item_id": i, "action": "click", "ts": ts + 1})
+                for k, action in enumerate(("like", "collect", "share"), start=1):
+                    if draws[j, k] < sig(2 * zz[j] - 2):
+                        events.append({"user_id": u, "item_id": i, "action": action, "ts": ts + 2})
+    return events

@@ -11,6 +11,7 @@ key                                    value
 ``user/`` + BE uint32 N + user id      float32 little-endian vector
 ``allocated``                          ASCII decimal: the highest version number handed out
 ``inflight/`` + BE uint32 N            JSON {pid, host, at}: N allocated, not yet published
+``refresh/`` + BE uint32 N              JSON of version N's last item refresh (train/refresh.py)
 =====================================  =====================================================
 
 This registry is the authority on which versions exist and are complete — not the vector
@@ -48,6 +49,7 @@ META = b"meta/"
 USER = b"user/"
 ALLOCATED = b"allocated"
 INFLIGHT = b"inflight/"
+REFRESH = b"refresh/"
 DEFAULT_MAP_SIZE = 8 << 30
 
 
@@ -184,6 +186,39 @@ class ModelRegistry:
                 if raw is not None:
                     out[j] = np.frombuffer(raw, dtype="<f4")
         return out
+
+    def refresh_info(self, version: int) -> dict | None:
+        """Version N's last item refresh (``seq``, ``generation``, ...), or None if never."""
+        raw = self._get(REFRESH + _ver(version))
+        return None if raw is None else json.loads(raw)
+
+    def refresh_generation(self, version: int) -> int:
+        """How many item refreshes version N has had (0: its item vectors are as trained)."""
+        info = self.refresh_info(version)
+        return 0 if info is None else int(info.get("generation", 0))
+
+    def write_refresh(self, version: int, info: dict) -> None:
+        """Record an item refresh of a complete version (after its vectors are written)."""
+        with self._writer().begin(write=True) as txn:
+            if txn.get(META + _ver(version)) is None:
+                raise ValueError(f"version {version} is not complete (no metadata)")
+            txn.put(REFRESH + _ver(version), json.dumps(info, sort_keys=True).encode("utf-8"))
+
+    def user_matrix(self, version: int) -> np.ndarray:
+        """All user vectors of a version as one (n, dim) float32 matrix (one read transaction)."""
+        env = self._open()
+        prefix = USER + _ver(version)
+        rows = []
+        if env is not None:
+            with env.begin() as txn:
+                cur = txn.cursor()
+                ok = cur.set_range(prefix)
+                while ok and cur.key().startswith(prefix):
+                    rows.append(cur.value())
+                    ok = cur.next()
+        if not rows:
+            return np.zeros((0, int(self.metadata(version)["dim"])), np.float32)
+        return np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), -1).copy()
 
     def versions(self) -> list[int]:
         """Complete versions (those with metadata), ascending."""
@@ -324,6 +359,7 @@ class ModelRegistry:
         with env.begin(write=True) as txn:
             txn.delete(META + ver)
             txn.delete(INFLIGHT + ver)
+            txn.delete(REFRESH + ver)
         prefix = USER + ver
         while True:  # bounded transactions so a huge version does not need one huge txn
             with env.begin(write=True) as txn:

@@ -1,0 +1,336 @@
+r"""Prequential (test-then-train) evaluation of a time-ordered event stream: what freshness buys.
+
+``mcrecall evaluate --prequential FILE.jsonl`` replays the events in file order. For each
+positive event on a (user, item) pair that had no positive before, every strategy first recalls
+10 items for the user — leaving out the items the user already has a positive triple for (an
+impression alone does not count as seen: it comes right before the click) — and scores a hit if
+the item is among them; then the event is applied. Every ``retrain_every`` events a model
+version is trained on all triples so far with the configured objective (the trainer's own
+``fit_model``). Strategies, all on the same versions:
+
+* ``periodic retrain only``: the version's stored vectors; users it does not know get its most
+  popular items (what serve does without fold-in).
+* ``+ user fold-in``: users whose triples changed since the version are folded in
+  (:func:`train.foldin.fold_in`) against the version's item vectors — serve's default.
+* ``+ item refresh``: also, every ``refresh_every`` events, items whose triples changed get
+  :func:`train.foldin.fold_in_item` vectors against the version's users (``mcrecall refresh``),
+  so new items become recallable before the next version; fold-in then sees them too.
+* ``most popular``: the items with the most positive pairs so far (updated every event).
+
+Search is exact (numpy, in process — the ``exact`` backend's answer) so that the comparison
+measures the model, not an index. Hits are counted from the first version on (before it every
+strategy is "most popular").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ingest.events import ACTION_BITS, POSITIVE_BITS, BadEvent, parse_event, score_of
+from train.foldin import fold_in, fold_in_item
+
+STRATEGIES = ("periodic retrain only", "+ user fold-in", "+ item refresh", "most popular")
+
+
+@dataclass
+class _Version:
+    U: np.ndarray  # (n_users_v, d) published user vectors (zero rows: no vector)
+    I: np.ndarray  # (n_items_v, d) published item vectors
+    user_has: np.ndarray
+    item_has: np.ndarray
+    meta: dict  # {"foldin": ...}
+    user_ctr: np.ndarray  # per-user change counter when trained
+    popular: np.ndarray  # item indices, best first
+    gram: np.ndarray | None  # implicit: Σ a aᵀ over its users
+
+
+@dataclass
+class PrequentialResult:
+    """Hits and positives per strategy, and the cumulative Recall@k curve."""
+
+    k: int
+    events: int
+    positives: int  # positive events counted (first positive of a pair, after version 1)
+    hits: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=dict)  # strategy -> [(events seen, Recall@k so far)]
+    versions: int = 0
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    def recall(self, strategy: str) -> float:
+        return self.hits[strategy] / self.positives if self.positives else float("nan")
+
+    def table(self) -> str:
+        """A markdown table of Recall@k per strategy."""
+        rows = [f"| strategy | Recall@{self.k} | hits |", "| --- | ---: | ---: |"]
+        for s in STRATEGIES:
+            rows.append(f"| {s} | {self.recall(s):.4f} | {self.hits[s]:,} |")
+        rows.append(f"\n{self.positives:,} positive events scored of {self.events:,} events, "
+                    f"{self.versions} versions ({self.settings}), {self.seconds:.1f} s")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict:
+        return {"k": self.k, "events": self.events, "positives": self.positives,
+                "recall": {s: self.recall(s) for s in STRATEGIES}, "hits": self.hits,
+                "versions": self.versions, "settings": self.settings, "seconds": self.seconds}
+
+
+class _Ids:
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def get(self, x: str) -> int:
+        j = self.index.get(x)
+        if j is None:
+            j = self.index[x] = len(self.ids)
+            self.ids.append(x)
+        return j
+
+
+def read_events(path) -> list[tuple[str, str, int]]:
+    """(user_id, item_id, action bits) of every line; a bad line is a one-line ValueError."""
+    out = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                e = parse_event(line.rstrip(b"\r\n"))
+            except BadEvent as err:
+                raise ValueError(f"{path}:{n}: bad event: {err.reason}") from None
+            out.append((e.user_id, e.item_id, ACTION_BITS[e.action]))
+    return out
+
+
+def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 100,
+                k: int = 10, curve_points: int = 50, log=lambda s: None) -> PrequentialResult:
+    """Replay ``events`` ((user_id, item_id, bits) in time order) and score every strategy.
+
+    Parameters
+    ----------
+    tc : mcrecall.config.TrainConfig — objective (squared or implicit), similarity, dim, λ, α...
+    retrain_every : events between two trainings (the first after this many events).
+    refresh_every : events between two item refreshes (``mcrecall refresh --every``'s cadence).
+    """
+    import torch
+
+    from train.trainer import _has_data, fit_model, foldin_meta
+
+    if tc.objective not in ("squared", "implicit"):
+        raise ValueError(f"prequential evaluation needs an ALS objective (squared or implicit), "
+                         f"not {tc.objective!r}: item refresh has no closed form for it")
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    t0 = time.perf_counter()
+    users, items = _Ids(), _Ids()
+    mask: dict[tuple[int, int], int] = {}
+    by_user: dict[int, dict[int, int]] = {}
+    by_item: dict[int, dict[int, int]] = {}
+    user_ctr: list[int] = []
+    pos_count: list[int] = []
+    changed_items: set[int] = set()
+    res = PrequentialResult(k=k, events=len(events), positives=0,
+                            hits={s: 0 for s in STRATEGIES},
+                            settings={"objective": tc.objective, "similarity": tc.similarity,
+                                      "dim": tc.dim, "retrain_every": retrain_every,
+                                      "refresh_every": refresh_every})
+    curve_every = max(1, len(events) // curve_points)
+    ver: _Version | None = None
+    I_ref = avail_ref = None  # the refreshed item matrix of the current version
+    ref_gen = 0
+    foldin_cache: dict[tuple, np.ndarray | None] = {}
+
+    def train() -> _Version:
+        keys = np.array(list(mask.keys()), dtype=np.int64).reshape(-1, 2)
+        sc = np.array([score_of(m) for m in mask.values()], dtype=np.float32)
+
+        class Snap:  # the shape fit_model reads
+            user_idx, item_idx, score = keys[:, 0].astype(np.int32), keys[:, 1].astype(np.int32), sc
+            user_ids, item_ids = list(users.ids), list(items.ids)
+        snap = Snap()
+        model, _, _ = fit_model(snap, tc, device="cpu", train_mask=np.ones(len(sc), bool),
+                                log=lambda s: None)
+        U, I = model.published()
+        pos_only = tc.objective == "implicit"
+        uh = _has_data(snap.user_idx, sc, len(users.ids), pos_only)
+        ih = _has_data(snap.item_idx, sc, len(items.ids), pos_only)
+        meta = {"foldin": foldin_meta(model, tc, I, ih, tc.seed)}
+        pop = np.bincount(snap.item_idx[sc > 0], minlength=len(items.ids))
+        gram = None
+        if tc.objective == "implicit":
+            Uh = U[uh].astype(np.float64)
+            gram = Uh.T @ Uh
+        order = np.argsort(-pop, kind="stable")[:200]
+        return _Version(U, I, uh, ih, meta, np.array(user_ctr), order[pop[order] > 0], gram)
+
+    def topk(M, avail, vec, seen) -> set:
+        s = M @ vec
+        s[~avail] = -np.inf
+        seen = [j for j in seen if j < len(s)]
+        s[seen] = -np.inf
+        kk = min(k, len(s))
+        top = np.argpartition(-s, kk - 1)[:kk]
+        return {int(j) for j in top if np.isfinite(s[j])}
+
+    def popular_top(order, seen) -> set:
+        out = set()
+        for j in order:
+            if j not in seen:
+                out.add(int(j))
+                if len(out) == k:
+                    break
+        return out
+
+    def user_vec(v: _Version, u: int, fold: bool, M: np.ndarray, avail: np.ndarray, gen: int):
+        stored = v.U[u] if u < len(v.U) and v.user_has[u] and v.U[u].any() else None
+        if not fold or (u < len(v.user_ctr) and user_ctr[u] == v.user_ctr[u]):
+            return stored
+        key = (u, user_ctr[u], gen)
+        if key in foldin_cache:
+            x = foldin_cache[key]
+            return stored if x is None else x
+        hist = by_user.get(u, {})
+        its = np.fromiter((i for i in hist if i < len(M) and avail[i]), dtype=np.int64)
+        x = None
+        if len(its):
+            sc = np.array([score_of(hist[i]) for i in its], dtype=np.float64)
+            x = fold_in(M[its], sc, v.meta)
+            if x is not None and (not np.isfinite(x).all() or not x.any()):
+                x = None
+        foldin_cache[key] = x
+        return stored if x is None else x
+
+    for n, (uid, iid, bits) in enumerate(events):
+        u, i = users.get(uid), items.get(iid)
+        if u == len(user_ctr):
+            user_ctr.append(0)
+        if i == len(pos_count):
+            pos_count.append(0)
+        old = mask.get((u, i), 0)
+        first_positive = bool(bits & POSITIVE_BITS) and not (old & POSITIVE_BITS)
+        if first_positive and ver is not None:  # test ...
+            res.positives += 1
+            seen = {j for j, m in by_user.get(u, {}).items() if m & POSITIVE_BITS}
+            vmodes = []
+            for fold, M, avail, gen in ((False, ver.I, ver.item_has, 0), (True, ver.I, ver.item_has, 0),
+                                        (True, I_ref, avail_ref, ref_gen)):
+                vec = user_vec(ver, u, fold, M, avail, gen)
+                vmodes.append(popular_top(ver.popular, seen) if vec is None
+                              else topk(M, avail, vec, seen))
+            counts = np.array(pos_count)
+            order = np.argsort(-counts, kind="stable")
+            vmodes.append(popular_top(order[counts[order] > 0], seen))
+            for s, top in zip(STRATEGIES, vmodes):
+                res.hits[s] += i in top
+        new = old | bits  # ... then train
+        if new != old:
+            mask[(u, i)] = new
+            by_user.setdefault(u, {})[i] = new
+            by_item.setdefault(i, {})[u] = new
+            user_ctr[u] += 1
+            changed_items.add(i)
+            if first_positive:
+                pos_count[i] += 1
+        if (n + 1) % retrain_every == 0:
+            ver = train()
+            res.versions += 1
+            I_ref, avail_ref = ver.I.copy(), ver.item_has.copy()
+            changed_items.clear()
+            foldin_cache.clear()
+            log(f"prequential: version {res.versions} after {n + 1:,} events "
+                f"({len(mask):,} triples)")
+        elif ver is not None and (n + 1) % refresh_every == 0 and changed_items:
+            I_ref, avail_ref = _refresh(ver, I_ref, avail_ref, changed_items, by_item)
+            changed_items.clear()
+            ref_gen += 1
+        if (n + 1) % curve_every == 0 and res.positives:
+            for s in STRATEGIES:
+                res.curve.setdefault(s, []).append((n + 1, res.hits[s] / res.positives))
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _refresh(v: _Version, I_ref, avail_ref, changed: set, by_item) -> tuple[np.ndarray, np.ndarray]:
+    """Item refresh against version ``v``'s users (as train/refresh.py does in the store)."""
+    n = max(len(I_ref), max(changed) + 1)
+    if n > len(I_ref):
+        I_ref = np.vstack([I_ref, np.zeros((n - len(I_ref), I_ref.shape[1]), I_ref.dtype)])
+        avail_ref = np.concatenate([avail_ref, np.zeros(n - len(avail_ref), bool)])
+    for i in changed:
+        hist = by_item.get(i, {})
+        us = np.fromiter((u for u in hist if u < len(v.U) and v.user_has[u]), dtype=np.int64)
+        if not len(us):
+            continue
+        sc = np.array([score_of(hist[u]) for u in us], dtype=np.float64)
+        x = fold_in_item(v.U[us], sc, v.meta, user_gram=v.gram)
+        if x is not None and np.isfinite(x).all() and x.any():
+            I_ref[i] = x
+            avail_ref[i] = True
+    return I_ref, avail_ref
+
+
+def plot_prequential(curve: dict, path, *, k: int = 10, title: str = "") -> Path:
+    """Cumulative Recall@k over the stream, one line per strategy, to a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, pts in curve.items():
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, label=name, linewidth=1.8)
+    ax.set_xlabel("events replayed")
+    ax.set_ylabel(f"cumulative Recall@{k}")
+    ax.set_title(title or "prequential Recall@k (test, then train)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- command line
+def add_evaluate_arguments(parser):
+    """Options of ``mcrecall evaluate``."""
+    parser.add_argument("--prequential", metavar="FILE.jsonl", required=True,
+                        help="time-ordered event file (one JSON event per line, DESIGN §1)")
+    parser.add_argument("--retrain-every", type=int, default=5000, metavar="N",
+                        help="events between two trainings (default 5000)")
+    parser.add_argument("--refresh-every", type=int, default=100, metavar="N",
+                        help="events between two item refreshes (default 100)")
+    parser.add_argument("-k", type=int, default=10, help="recall size (default 10)")
+    parser.add_argument("--plot", metavar="PNG", default=None, help="write the Recall@k curve here")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def run_evaluate(args, cfg) -> int:
+    """``mcrecall evaluate --prequential FILE.jsonl``: prints the table (and writes the plot)."""
+    for name in ("retrain_every", "refresh_every", "k"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+    events = read_events(args.prequential)
+    if not events:
+        raise ValueError(f"{args.prequential}: no events")
+    res = prequential(events, cfg.train, retrain_every=args.retrain_every,
+                      refresh_every=args.refresh_every, k=args.k,
+                      log=lambda s: None if args.json else print(s, flush=True))
+    if args.plot:
+        plot_prequential(res.curve, args.plot, k=res.k)
+    if args.json:
+        print(json.dumps(res.to_json(), indent=2))
+    else:
+        print(res.table())
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
