@@ -67,6 +67,9 @@ class TrainConfig:
     reg_bce: float = 0.01  # bce: L2 weight per example (the ALS objectives use reg)
     eval_users: int = 5000  # at most this many users ranked in the held-out evaluation
     warm_start: bool = True  # start known users/items from the current version's vectors
+    # after evaluation, sweeps (bce: epochs) over ALL triples warm-started from the evaluated
+    # model, so every user/item with triples is served; 0 = serve the evaluated model as it is
+    refit_sweeps: int = 2
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("store", "map_size_gb"): Range(0.0001, 65536.0),  # 64 TiB: under the 47-bit address space
     ("train", "dim"): Range(1, 16_384),
     ("train", "epochs"): Range(1, 1_000_000),
+    ("train", "refit_sweeps"): Range(0, 1_000_000),
     ("train", "reg"): Range(0.0, 1e9),
     ("train", "seed"): Range(0, 2**32 - 1),  # numpy's seed range
     ("train", "holdout_fraction"): Range(0.0, 1.0, lo_open=True, hi_open=True),

@@ -186,3 +186,76 @@ def test_progress_loss_is_the_objective(data, split, objective, similarity):
     m = _fit(data, split, objective, similarity, epochs=2)
     fast, exact = m.loss(), m.loss(exact=True)
     assert fast["loss"] == pytest.approx(exact["loss"], rel=1e-4)
+
+
+def _holdout_only_ids(prefix, partners, side, n):
+    """``n`` ids ``prefix<k>`` whose pairs with every id in ``partners`` are all held out."""
+    out, k = [], 0
+    ph = id_hashes(partners)
+    while len(out) < n:
+        cand = f"{prefix}{k}"
+        ch = id_hashes([cand])
+        from train.split import pair_hash_unit
+        u, i = (np.repeat(ch, len(ph)), ph) if side == "user" else (ph, np.repeat(ch, len(ph)))
+        if (pair_hash_unit(u, i) < 0.1).all():
+            out.append(cand)
+        k += 1
+    return out
+
+
+def _served_everything(tmp_path, backend, objective):
+    """After `train`, every user and item with a positive triple gets a finite model score and
+    every such item can be recalled -- also those whose triples all fall in the hold-out."""
+    from ingest.store import TripleStore
+    from serve.client import RecallClient
+
+    data = make_synthetic(n_users=200, n_items=80, n_triples=4000, seed=3)
+    fill_store(tmp_path, data)
+    some_items = data.item_ids[:2]
+    hold_users = _holdout_only_ids("held-user-", some_items, "user", 2)
+    hold_items = _holdout_only_ids("held-item-", data.user_ids[:3], "item", 2)
+    st = TripleStore(tmp_path)
+    st.put_scores([u for u in hold_users for _ in some_items], some_items * len(hold_users),
+                  [4] * (len(hold_users) * len(some_items)))
+    st.put_scores([u for _ in hold_items for u in data.user_ids[:3]],
+                  [i for i in hold_items for _ in range(3)], [4] * (3 * len(hold_items)))
+    snap = st.snapshot()
+    st.close()
+    pos_users = sorted({snap.user_ids[u] for u in snap.user_idx[snap.score > 0]})
+    pos_items = sorted({snap.item_ids[i] for i in snap.item_idx[snap.score > 0]})
+    assert set(hold_users) <= set(pos_users) and set(hold_items) <= set(pos_items)
+    # FLAT: an exact search, so that k = every item must return every item
+    cfg = small_config(tmp_path, backend=backend, index_type="FLAT", dim=8, epochs=4,
+                       objective=objective)
+    cfg = cfg.with_overrides(serve={"fold_in": False})
+    res = train_run(cfg, log=lambda s: None)
+    assert res.status == "published"
+    reg = ModelRegistry(tmp_path, readonly=True)
+    meta = reg.metadata(res.version)
+    client = RecallClient(cfg, registry=reg)
+    try:
+        for u in pos_users[:20] + hold_users:
+            assert client.user_vector(u).source == "model", u
+        scores = client.score(hold_users[0], pos_items)
+        assert np.isfinite(scores).all()
+        scores = client.score(data.user_ids[0], hold_items)
+        assert np.isfinite(scores).all()
+        rec = client.recall(hold_users[0], k=len(pos_items))
+        got = {r.item_id for r in rec}
+        assert len(rec) == len(pos_items)
+        assert set(pos_items) <= got
+        assert meta["served_model"]["kind"] == "refit_all"
+        assert meta["served_model"]["sweeps"] >= 1
+        assert meta["n_users"] == len(pos_users) and meta["n_items"] == len(pos_items)
+    finally:
+        client.close()
+        reg.close()
+
+
+@pytest.mark.parametrize("objective", ["implicit", "squared", "bce"])
+def test_every_user_and_item_with_triples_is_served(tmp_path, objective):
+    _served_everything(tmp_path, "exact", objective)
+
+
+def test_every_user_and_item_with_triples_is_served_milvus(tmp_path):
+    _served_everything(tmp_path, "milvus", "implicit")

@@ -12,7 +12,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,10 +42,13 @@ def _log_default(msg: str) -> None:
 
 
 def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
-              log=_log_default, test_mask: np.ndarray | None = None):
+              log=_log_default, test_mask: np.ndarray | None = None,
+              scale: float | None = None):
     """Train the configured objective on the training part of ``snap``.
 
-    Returns (model, history). ``warm`` = (user_published, item_published, meta) or None.
+    Returns (model, history, seconds). ``warm`` = (user_published, item_published, ...) or
+    None; NaN rows start at random. ``scale``: a bce model's learnt score scale to continue
+    from (the ALS objectives recompute theirs).
     """
     u, i, y = snap.user_idx, snap.item_idx, snap.score
     tu, ti, ty = u[train_mask], i[train_mask], y[train_mask]
@@ -62,6 +65,8 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
             uw, iw = ALS.internal_from_published(warm[0], warm[1], tc.objective, tc.similarity,
                                                  tc.dim, model.mu)
     model.init_factors(tc.seed, uw, iw)
+    if scale is not None and tc.objective == "bce":
+        model.scale = float(scale)
     on_sweep = None
     if test_mask is not None and test_mask.any():
         dev = torch.device(device)
@@ -81,6 +86,38 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
 def _has_data(idx, score, n, positives_only):
     keep = score > 0 if positives_only else np.ones(len(score), bool)
     return np.bincount(idx[keep], minlength=n) > 0
+
+
+def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_default):
+    """The model to serve: ``model`` (fitted on the training split) continued on ALL triples.
+
+    The hold-out keeps the evaluation honest, but a model fitted on the split alone never sees
+    10 % of the pairs and has no vector for a user or item whose triples all fall in the
+    hold-out. After evaluation, ``[train] refit_sweeps`` sweeps (bce: epochs) of the same
+    objective over every triple, warm-started from ``model`` (rows it had no data for start at
+    random), give every user and item with triples a vector. The evaluation figures still
+    describe ``model``; the returned info says what is served.
+
+    Returns
+    -------
+    (served_model, info) with info ``{"kind": "refit_all" | "evaluated", "sweeps", ...}``.
+    """
+    if tc.refit_sweeps == 0 or train_mask.all():
+        why = "refit_sweeps = 0" if tc.refit_sweeps == 0 else "no held-out triples"
+        return model, {"kind": "evaluated", "sweeps": 0, "note": why}
+    positives_only = tc.objective in ("implicit", "bce")
+    u, i, y = snap.user_idx[train_mask], snap.item_idx[train_mask], snap.score[train_mask]
+    uw, iw = (a.copy() for a in model.published())
+    uw[~_has_data(u, y, len(snap.user_ids), positives_only)] = np.nan
+    iw[~_has_data(i, y, len(snap.item_ids), positives_only)] = np.nan
+    rtc = replace(tc, epochs=tc.refit_sweeps)
+    log(f"  refit on all {len(snap)} triples: {tc.refit_sweeps} "
+        f"{'epochs' if tc.objective == 'bce' else 'sweeps'} from the evaluated model")
+    served, history, secs = fit_model(snap, rtc, device=device,
+                                      train_mask=np.ones(len(snap), bool), warm=(uw, iw),
+                                      log=log, scale=getattr(model, "scale", None))
+    return served, {"kind": "refit_all", "sweeps": tc.refit_sweeps, "n_triples": int(len(snap)),
+                    "seconds": secs, "history": history}
 
 
 def foldin_meta(model, tc, item_pub, item_has, seed) -> dict:
@@ -232,6 +269,13 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
                     return TrainResult("refused")
                 log(f"  warning: {msg}; publishing anyway (--force)")
 
+        # serve every user and item with triples (the evaluation above describes `model`)
+        served, served_info = refit_all(snap, tc, model, train, device=device, log=log)
+        if served is not model:
+            user_pub, item_pub = served.published()
+            user_has = _has_data(snap.user_idx, snap.score, len(snap.user_ids), positives_only)
+            item_has = _has_data(snap.item_idx, snap.score, len(snap.item_ids), positives_only)
+
         pop = popularity(snap.item_idx, snap.score, len(snap.item_ids))
         top = np.argsort(-pop, kind="stable")[: tc.popular_items]
         top = top[pop[top] > 0]
@@ -258,7 +302,7 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
             "store_seq": int(snap.seq),
             "reg": tc.reg_bce if tc.objective == "bce" else tc.reg,
             "alpha": tc.alpha if tc.objective == "implicit" else None,
-            "score_scale": float(model.scale),
+            "score_scale": float(served.scale),
             "epochs": tc.epochs,
             "seed": tc.seed,
             "device": device,
@@ -266,8 +310,9 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
             "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
             "warm_start": warm_info,
             "training": {"seconds": train_s, "history": history},
+            "served_model": served_info,
             "train_config": asdict(tc),
-            "foldin": foldin_meta(model, tc, item_pub, item_has, tc.seed),
+            "foldin": foldin_meta(served, tc, item_pub, item_has, tc.seed),
         }
         uid = np.nonzero(user_has)[0]
         iid = np.nonzero(item_has)[0]
