@@ -88,6 +88,68 @@ def _has_data(idx, score, n, positives_only):
     return np.bincount(idx[keep], minlength=n) > 0
 
 
+# objective -> (figure, direction, tolerance key): "lower" = smaller is better
+GATE_METRIC = {"squared": ("rmse", "lower", "max_rmse_regression"),
+               "implicit": ("recall@10", "higher", "max_recall_regression"),
+               "bce": ("recall@10", "higher", "max_recall_regression")}
+
+
+def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
+    """Why the new model must not replace version ``cur`` (None: it may).
+
+    The gate compares the objective's own held-out figure with the current version's: RMSE for
+    ``squared`` (refused when it rises by more than ``[train] max_rmse_regression``), Recall@10
+    for the ranking objectives ``implicit`` and ``bce``, whose RMSE is not an estimate of the
+    score (refused when it falls by more than ``[train] max_recall_regression``, absolute).
+    Versions of another objective or similarity are not compared.
+    """
+    if cur_meta is None:
+        return None
+    if (cur_meta.get("objective"), cur_meta.get("similarity")) != (tc.objective, tc.similarity):
+        log(f"  note: version {cur} used objective {cur_meta.get('objective')}/"
+            f"{cur_meta.get('similarity')}; the gate is not applied across objectives")
+        return None
+    fig, direction, key = GATE_METRIC[tc.objective]
+    old = cur_meta.get("evaluation", {}).get("model", {}).get(fig)
+    new = ev["model"].get(fig)
+    if old is None or new is None:
+        return None
+    tol = getattr(tc, key)
+    worse = new > old + tol if direction == "lower" else new < old - tol
+    if not worse:
+        return None
+    return (f"held-out {fig} {new:.4f} is worse than version {cur}'s {old:.4f} by more than "
+            f"{key} {tol}")
+
+
+def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: str,
+                       log=_log_default) -> dict | None:
+    """Held-out figures of the seed's ``squared`` objective (dot) on the same split.
+
+    Reported beside a ranking objective's figures in every evaluation table, so that the
+    default's advantage (or its absence) is measured on the deployment's own data each run.
+    ``[train] compare_squared_sweeps`` sweeps, cold start, same dim and reg; not published.
+    """
+    n = tc.compare_squared_sweeps
+    if tc.objective == "squared" or n == 0 or not test_mask.any():
+        return None
+    stc = replace(tc, objective="squared", similarity="dot", epochs=n)
+    t0 = time.perf_counter()
+    m, _, _ = fit_model(snap, stc, device=device, train_mask=train_mask, log=lambda s: None)
+    tu, ti, ty = snap.user_idx[train_mask], snap.item_idx[train_mask], snap.score[train_mask]
+    up, ip = m.published()
+    ev = evaluate(up, ip, m.scale, (tu, ti, ty),
+                  (snap.user_idx[test_mask], snap.item_idx[test_mask], snap.score[test_mask]),
+                  user_hash=user_hash, max_users=tc.eval_users, device=device, baselines=False,
+                  user_has=_has_data(tu, ty, len(snap.user_ids), False),
+                  item_has=_has_data(ti, ty, len(snap.item_ids), False))
+    fig = ev["model"]
+    fig.update(sweeps=n, seconds=time.perf_counter() - t0)
+    log(f"  seed comparison: squared objective, {n} sweeps on the same split, "
+        f"{fig['seconds']:.2f} s")
+    return fig
+
+
 def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_default):
     """The model to serve: ``model`` (fitted on the training split) continued on ALL triples.
 
@@ -181,14 +243,15 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
     Parameters
     ----------
     cfg : mcrecall.config.Config
-    force : publish even if held-out RMSE is worse than the current version's by more than
-        ``[train] max_rmse_regression``.
+    force : publish even if the objective's held-out figure (RMSE for ``squared``, Recall@10
+        for ``implicit`` and ``bce``) is worse than the current version's by more than its
+        tolerance (``[train] max_rmse_regression`` / ``max_recall_regression``).
     skip_unchanged : do nothing when the store's seq equals the current version's store_seq
         (``--every``).
 
     Returns
     -------
-    TrainResult: ``published`` (with the version), ``refused`` (RMSE gate), ``unchanged``
+    TrainResult: ``published`` (with the version), ``refused`` (the gate, :func:`gate_refusal`), ``unchanged``
     (skip_unchanged and no new triples) or ``empty`` (no triples).
     """
     from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
@@ -246,28 +309,20 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
                       user_hash=hu, max_users=tc.eval_users, device=device,
                       user_has=user_has, item_has=item_has)
         ev["seconds"] = time.perf_counter() - t_eval
+        seed_fig = squared_comparison(snap, tc, train, test, user_hash=hu, device=device,
+                                      log=log)
+        if seed_fig is not None:
+            ev["squared"] = seed_fig
         ev["split"] = split_metadata(tc.holdout_fraction)
 
-        # the regression gate
-        new_rmse = ev["model"]["rmse"]
-        if cur_meta is not None:
-            old_eval = cur_meta.get("evaluation", {}).get("model", {})
-            old_rmse = old_eval.get("rmse")
-            same = (cur_meta.get("objective") == tc.objective
-                    and cur_meta.get("similarity") == tc.similarity)
-            if not same:
-                log(f"  note: version {cur} used objective {cur_meta.get('objective')}/"
-                    f"{cur_meta.get('similarity')}; RMSE gate not applied across objectives")
-            elif old_rmse is not None and new_rmse is not None \
-                    and new_rmse > old_rmse + tc.max_rmse_regression:
-                msg = (f"held-out RMSE {new_rmse:.4f} is worse than version {cur}'s "
-                       f"{old_rmse:.4f} by more than max_rmse_regression "
-                       f"{tc.max_rmse_regression}")
-                if not force:
-                    log(f"train: NOT publishing: {msg} (use --force to publish anyway)")
-                    log(format_table(ev))
-                    return TrainResult("refused")
-                log(f"  warning: {msg}; publishing anyway (--force)")
+        # the regression gate, on the objective's own metric
+        refusal = gate_refusal(tc, cur, cur_meta, ev, log)
+        if refusal is not None:
+            if not force:
+                log(f"train: NOT publishing: {refusal} (use --force to publish anyway)")
+                log(format_table(ev))
+                return TrainResult("refused")
+            log(f"  warning: {refusal}; publishing anyway (--force)")
 
         # serve every user and item with triples (the evaluation above describes `model`)
         served, served_info = refit_all(snap, tc, model, train, device=device, log=log)
