@@ -251,8 +251,8 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
 
     Returns
     -------
-    TrainResult: ``published`` (with the version), ``refused`` (the gate, :func:`gate_refusal`), ``unchanged``
-    (skip_unchanged and no new triples) or ``empty`` (no triples).
+    TrainResult: ``published`` (with the version), ``refused`` (:func:`gate_refusal`),
+    ``unchanged`` (skip_unchanged and no new triples) or ``empty`` (no triples).
     """
     from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
     from plugins import vector_store_from_config
