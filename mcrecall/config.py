@@ -52,12 +52,14 @@ class TrainConfig:
     dim: int = 32
     epochs: int = 10
     similarity: str = "dot"  # dot | cosine
-    objective: str = "squared"  # squared (seed, ALS) | bce (SGD) | implicit (weighted ALS)
+    # implicit (weighted ALS; the best-ranking, default) | squared (the seed's ALS) | bce (SGD)
+    objective: str = "implicit"
     reg: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     holdout_fraction: float = 0.1
-    max_rmse_regression: float = 0.05
+    max_rmse_regression: float = 0.05  # gate of squared: held-out RMSE may rise this much
+    max_recall_regression: float = 0.01  # gate of implicit/bce: Recall@10 may fall this much
     popular_items: int = 100
     negatives: int = 4  # sampled negatives per positive for the bce objective
     lr: float = 0.2  # bce: Adagrad step size
@@ -67,6 +69,12 @@ class TrainConfig:
     reg_bce: float = 0.01  # bce: L2 weight per example (the ALS objectives use reg)
     eval_users: int = 5000  # at most this many users ranked in the held-out evaluation
     warm_start: bool = True  # start known users/items from the current version's vectors
+    # after evaluation, sweeps (bce: epochs) over ALL triples warm-started from the evaluated
+    # model, so every user/item with triples is served; 0 = serve the evaluated model as it is
+    refit_sweeps: int = 2
+    # a ranking objective's evaluation also fits the seed's squared objective (dot) on the same
+    # split for this many sweeps and reports it beside the model; 0 = not measured
+    compare_squared_sweeps: int = 5
 
 
 @dataclass(frozen=True)
@@ -171,10 +179,13 @@ RANGES: dict[tuple[str, str], Range] = {
     ("store", "map_size_gb"): Range(0.0001, 65536.0),  # 64 TiB: under the 47-bit address space
     ("train", "dim"): Range(1, 16_384),
     ("train", "epochs"): Range(1, 1_000_000),
+    ("train", "refit_sweeps"): Range(0, 1_000_000),
+    ("train", "compare_squared_sweeps"): Range(0, 1_000_000),
     ("train", "reg"): Range(0.0, 1e9),
     ("train", "seed"): Range(0, 2**32 - 1),  # numpy's seed range
     ("train", "holdout_fraction"): Range(0.0, 1.0, lo_open=True, hi_open=True),
     ("train", "max_rmse_regression"): Range(0.0, math.inf),  # inf: never refuse to publish
+    ("train", "max_recall_regression"): Range(0.0, 1.0),  # 1: never refuse (recall is in [0, 1])
     ("train", "popular_items"): Range(0, 10_000_000),
     ("train", "negatives"): Range(1, 10_000),
     ("train", "lr"): Range(0.0, 1e6, lo_open=True),

@@ -186,3 +186,153 @@ def test_progress_loss_is_the_objective(data, split, objective, similarity):
     m = _fit(data, split, objective, similarity, epochs=2)
     fast, exact = m.loss(), m.loss(exact=True)
     assert fast["loss"] == pytest.approx(exact["loss"], rel=1e-4)
+
+
+def _holdout_only_ids(prefix, partners, side, n):
+    """``n`` ids ``prefix<k>`` whose pairs with every id in ``partners`` are all held out."""
+    out, k = [], 0
+    ph = id_hashes(partners)
+    while len(out) < n:
+        cand = f"{prefix}{k}"
+        ch = id_hashes([cand])
+        from train.split import pair_hash_unit
+        u, i = (np.repeat(ch, len(ph)), ph) if side == "user" else (ph, np.repeat(ch, len(ph)))
+        if (pair_hash_unit(u, i) < 0.1).all():
+            out.append(cand)
+        k += 1
+    return out
+
+
+def _served_everything(tmp_path, backend, objective):
+    """After `train`, every user and item with a positive triple gets a finite model score and
+    every such item can be recalled -- also those whose triples all fall in the hold-out."""
+    from ingest.store import TripleStore
+    from serve.client import RecallClient
+
+    data = make_synthetic(n_users=200, n_items=80, n_triples=4000, seed=3)
+    fill_store(tmp_path, data)
+    some_items = data.item_ids[:2]
+    hold_users = _holdout_only_ids("held-user-", some_items, "user", 2)
+    hold_items = _holdout_only_ids("held-item-", data.user_ids[:3], "item", 2)
+    st = TripleStore(tmp_path)
+    st.put_scores([u for u in hold_users for _ in some_items], some_items * len(hold_users),
+                  [4] * (len(hold_users) * len(some_items)))
+    st.put_scores([u for _ in hold_items for u in data.user_ids[:3]],
+                  [i for i in hold_items for _ in range(3)], [4] * (3 * len(hold_items)))
+    snap = st.snapshot()
+    st.close()
+    pos_users = sorted({snap.user_ids[u] for u in snap.user_idx[snap.score > 0]})
+    pos_items = sorted({snap.item_ids[i] for i in snap.item_idx[snap.score > 0]})
+    assert set(hold_users) <= set(pos_users) and set(hold_items) <= set(pos_items)
+    # FLAT: an exact search, so that k = every item must return every item
+    cfg = small_config(tmp_path, backend=backend, index_type="FLAT", dim=8, epochs=4,
+                       objective=objective)
+    cfg = cfg.with_overrides(serve={"fold_in": False})
+    res = train_run(cfg, log=lambda s: None)
+    assert res.status == "published"
+    reg = ModelRegistry(tmp_path, readonly=True)
+    meta = reg.metadata(res.version)
+    client = RecallClient(cfg, registry=reg)
+    try:
+        for u in pos_users[:20] + hold_users:
+            assert client.user_vector(u).source == "model", u
+        scores = client.score(hold_users[0], pos_items)
+        assert np.isfinite(scores).all()
+        scores = client.score(data.user_ids[0], hold_items)
+        assert np.isfinite(scores).all()
+        rec = client.recall(hold_users[0], k=len(pos_items))
+        got = {r.item_id for r in rec}
+        assert len(rec) == len(pos_items)
+        assert set(pos_items) <= got
+        assert meta["served_model"]["kind"] == "refit_all"
+        assert meta["served_model"]["sweeps"] >= 1
+        assert meta["n_users"] == len(pos_users) and meta["n_items"] == len(pos_items)
+    finally:
+        client.close()
+        reg.close()
+
+
+@pytest.mark.parametrize("objective", ["implicit", "squared", "bce"])
+def test_every_user_and_item_with_triples_is_served(tmp_path, objective):
+    _served_everything(tmp_path, "exact", objective)
+
+
+def test_every_user_and_item_with_triples_is_served_milvus(tmp_path):
+    _served_everything(tmp_path, "milvus", "implicit")
+
+
+def test_gate_uses_the_objectives_own_metric():
+    """RMSE gates squared; Recall@10 gates the ranking objectives, whose RMSE is not gated."""
+    from mcrecall.config import TrainConfig
+    from train.trainer import gate_refusal
+
+    def meta(objective, rmse, recall):
+        return {"objective": objective, "similarity": "dot",
+                "evaluation": {"model": {"rmse": rmse, "recall@10": recall}}}
+
+    quiet = dict(log=lambda s: None)
+    worse_rmse = {"model": {"rmse": 2.0, "recall@10": 0.30}}
+    worse_recall = {"model": {"rmse": 0.5, "recall@10": 0.28}}
+    for objective in ("implicit", "bce"):
+        tc = TrainConfig(objective=objective)  # max_recall_regression 0.01
+        cur = meta(objective, 0.5, 0.30)
+        assert gate_refusal(tc, 1, cur, worse_rmse, **quiet) is None
+        assert "recall@10 0.2800" in gate_refusal(tc, 1, cur, worse_recall, **quiet)
+        # within the tolerance: 0.30 - 0.295 = 0.005 < 0.01
+        assert gate_refusal(tc, 1, cur, {"model": {"rmse": 9.0, "recall@10": 0.295}},
+                            **quiet) is None
+    tc = TrainConfig(objective="squared")  # max_rmse_regression 0.05
+    cur = meta("squared", 0.5, 0.30)
+    assert "rmse 2.0000" in gate_refusal(tc, 1, cur, worse_rmse, **quiet)
+    assert gate_refusal(tc, 1, cur, worse_recall, **quiet) is None
+    # another objective: not compared
+    assert gate_refusal(tc, 1, meta("implicit", 0.1, 0.9), worse_rmse, **quiet) is None
+
+
+def test_recall_gate_refuses_a_worse_ranking_model_unless_forced(tmp_path, data, capsys):
+    import argparse
+
+    from train.cli import add_train_arguments, run_train
+
+    fill_store(tmp_path, data)
+    cfg = small_config(tmp_path, dim=8, epochs=5, objective="implicit",
+                       compare_squared_sweeps=0, refit_sweeps=1)
+    assert train_run(cfg, log=lambda s: None).status == "published"
+    bad = cfg.with_overrides(train={"dim": 1})  # a rank-1 model ranks far worse
+    parser = add_train_arguments(argparse.ArgumentParser())
+    assert run_train(parser.parse_args([]), bad) == 3
+    out = capsys.readouterr().out
+    assert "NOT publishing" in out and "recall@10" in out and "max_recall_regression" in out
+    reg = ModelRegistry(tmp_path, readonly=True)
+    assert reg.current_version() == 1
+    reg.close()
+    assert run_train(parser.parse_args(["--force"]), bad) == 0
+    assert "publishing anyway" in capsys.readouterr().out
+    reg = ModelRegistry(tmp_path, readonly=True)
+    assert reg.current_version() == 2
+    reg.close()
+
+
+def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, data):
+    """The default is the best-ranking objective; the seed's squared objective, fitted on the
+    same split, is in the evaluation table (trainer log and `mcrecall status`)."""
+    from mcrecall.config import TrainConfig
+    from train.report import format_table
+
+    assert TrainConfig().objective == "implicit"
+    fill_store(tmp_path, data)
+    lines = []
+    res = train_run(small_config(tmp_path, dim=8, epochs=5), log=lines.append)
+    reg = ModelRegistry(tmp_path, readonly=True)
+    meta = reg.metadata(res.version)
+    reg.close()
+    ev = meta["evaluation"]
+    assert meta["objective"] == "implicit"
+    seed = ev["squared"]
+    assert seed["sweeps"] == TrainConfig().compare_squared_sweeps
+    assert seed["rmse"] < ev["popular"]["rmse"]  # a real squared fit
+    assert ev["model"]["recall@10"] > seed["recall@10"]  # the reason for the default
+    table = format_table(ev)
+    assert "squared (seed)" in table and "squared (seed)" in "\n".join(lines)
+    # the seed objective itself carries no comparison row
+    assert "squared (seed)" not in format_table({"model": ev["model"], "n_test": 1})

@@ -71,7 +71,7 @@ def test_registry_roundtrip(tmp_path):
 
 def test_publishes_complete_version_with_metadata(tmp_path, data):
     seq = fill_store(tmp_path, data)
-    cfg = small_config(tmp_path, dim=8, epochs=3, popular_items=20)
+    cfg = small_config(tmp_path, dim=8, epochs=3, popular_items=20, objective="squared")
     res = train_run(cfg, **QUIET)
     assert res.status == "published" and res.version == 1
     reg = ModelRegistry(tmp_path, readonly=True)
@@ -94,7 +94,7 @@ def test_publishes_complete_version_with_metadata(tmp_path, data):
 
 def test_rmse_gate_refuses_unless_forced(tmp_path, data, capsys):
     fill_store(tmp_path, data)
-    cfg = small_config(tmp_path, dim=8, epochs=5)
+    cfg = small_config(tmp_path, dim=8, epochs=5, objective="squared")
     assert train_run(cfg, **QUIET).status == "published"
     bad = cfg.with_overrides(train={"reg": 50.0, "max_rmse_regression": 0.01})  # much worse fit
     parser = add_train_arguments(__import__("argparse").ArgumentParser())

@@ -1,7 +1,8 @@
 """``mcrecall train [--force] [--every DURATION]`` (wired into mcrecall/cli.py by its owner).
 
 Exit status: 0 published (or, with ``--every``, stopped by Ctrl-C); 1 nothing to train on;
-3 not published because the held-out RMSE regressed (see ``--force``); 75 another trainer
+3 not published because the objective's held-out figure regressed (RMSE for ``squared``,
+Recall@10 for ``implicit`` and ``bce``; see ``--force``); 75 another trainer
 holds the publisher lock and ``--no-wait`` was given.
 """
 
@@ -33,8 +34,10 @@ def parse_duration(text: str) -> float:
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand's options to ``parser``."""
     parser.add_argument("--force", action="store_true",
-                        help="publish even if held-out RMSE is worse than the current version's "
-                             "by more than [train] max_rmse_regression")
+                        help="publish even if the held-out figure of the objective (RMSE for "
+                             "squared, Recall@10 for implicit and bce) is worse than the current "
+                             "version's by more than [train] max_rmse_regression / "
+                             "max_recall_regression")
     parser.add_argument("--every", metavar="DURATION", type=parse_duration, default=None,
                         help="retrain on this period (e.g. 15m, 1h), skipping a run when the "
                              "store has no new triples since the current version")

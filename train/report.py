@@ -8,8 +8,9 @@ from typing import Callable
 
 def format_table(ev: dict) -> str:
     """A small fixed-width table of the figures."""
-    rows = [("model", ev.get("model")), ("global mean", ev.get("global_mean")),
-            ("most popular", ev.get("popular"))]
+    # "squared (seed)": the seed's objective fitted on the same split, when it was measured
+    rows = [("model", ev.get("model")), ("squared (seed)", ev.get("squared")),
+            ("global mean", ev.get("global_mean")), ("most popular", ev.get("popular"))]
     cols = ["rmse", "mae", "recall@10", "ndcg@10"]
     lines = [f"  {'':<14}" + "".join(f"{c:>11}" for c in cols)]
     for name, fig in rows:

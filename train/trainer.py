@@ -12,7 +12,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,10 +42,13 @@ def _log_default(msg: str) -> None:
 
 
 def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
-              log=_log_default, test_mask: np.ndarray | None = None):
+              log=_log_default, test_mask: np.ndarray | None = None,
+              scale: float | None = None):
     """Train the configured objective on the training part of ``snap``.
 
-    Returns (model, history). ``warm`` = (user_published, item_published, meta) or None.
+    Returns (model, history, seconds). ``warm`` = (user_published, item_published, ...) or
+    None; NaN rows start at random. ``scale``: a bce model's learnt score scale to continue
+    from (the ALS objectives recompute theirs).
     """
     u, i, y = snap.user_idx, snap.item_idx, snap.score
     tu, ti, ty = u[train_mask], i[train_mask], y[train_mask]
@@ -62,6 +65,8 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
             uw, iw = ALS.internal_from_published(warm[0], warm[1], tc.objective, tc.similarity,
                                                  tc.dim, model.mu)
     model.init_factors(tc.seed, uw, iw)
+    if scale is not None and tc.objective == "bce":
+        model.scale = float(scale)
     on_sweep = None
     if test_mask is not None and test_mask.any():
         dev = torch.device(device)
@@ -81,6 +86,100 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
 def _has_data(idx, score, n, positives_only):
     keep = score > 0 if positives_only else np.ones(len(score), bool)
     return np.bincount(idx[keep], minlength=n) > 0
+
+
+# objective -> (figure, direction, tolerance key): "lower" = smaller is better
+GATE_METRIC = {"squared": ("rmse", "lower", "max_rmse_regression"),
+               "implicit": ("recall@10", "higher", "max_recall_regression"),
+               "bce": ("recall@10", "higher", "max_recall_regression")}
+
+
+def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
+    """Why the new model must not replace version ``cur`` (None: it may).
+
+    The gate compares the objective's own held-out figure with the current version's: RMSE for
+    ``squared`` (refused when it rises by more than ``[train] max_rmse_regression``), Recall@10
+    for the ranking objectives ``implicit`` and ``bce``, whose RMSE is not an estimate of the
+    score (refused when it falls by more than ``[train] max_recall_regression``, absolute).
+    Versions of another objective or similarity are not compared.
+    """
+    if cur_meta is None:
+        return None
+    if (cur_meta.get("objective"), cur_meta.get("similarity")) != (tc.objective, tc.similarity):
+        log(f"  note: version {cur} used objective {cur_meta.get('objective')}/"
+            f"{cur_meta.get('similarity')}; the gate is not applied across objectives")
+        return None
+    fig, direction, key = GATE_METRIC[tc.objective]
+    old = cur_meta.get("evaluation", {}).get("model", {}).get(fig)
+    new = ev["model"].get(fig)
+    if old is None or new is None:
+        return None
+    tol = getattr(tc, key)
+    worse = new > old + tol if direction == "lower" else new < old - tol
+    if not worse:
+        return None
+    return (f"held-out {fig} {new:.4f} is worse than version {cur}'s {old:.4f} by more than "
+            f"{key} {tol}")
+
+
+def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: str,
+                       log=_log_default) -> dict | None:
+    """Held-out figures of the seed's ``squared`` objective (dot) on the same split.
+
+    Reported beside a ranking objective's figures in every evaluation table, so that the
+    default's advantage (or its absence) is measured on the deployment's own data each run.
+    ``[train] compare_squared_sweeps`` sweeps, cold start, same dim and reg; not published.
+    """
+    n = tc.compare_squared_sweeps
+    if tc.objective == "squared" or n == 0 or not test_mask.any():
+        return None
+    stc = replace(tc, objective="squared", similarity="dot", epochs=n)
+    t0 = time.perf_counter()
+    m, _, _ = fit_model(snap, stc, device=device, train_mask=train_mask, log=lambda s: None)
+    tu, ti, ty = snap.user_idx[train_mask], snap.item_idx[train_mask], snap.score[train_mask]
+    up, ip = m.published()
+    ev = evaluate(up, ip, m.scale, (tu, ti, ty),
+                  (snap.user_idx[test_mask], snap.item_idx[test_mask], snap.score[test_mask]),
+                  user_hash=user_hash, max_users=tc.eval_users, device=device, baselines=False,
+                  user_has=_has_data(tu, ty, len(snap.user_ids), False),
+                  item_has=_has_data(ti, ty, len(snap.item_ids), False))
+    fig = ev["model"]
+    fig.update(sweeps=n, seconds=time.perf_counter() - t0)
+    log(f"  seed comparison: squared objective, {n} sweeps on the same split, "
+        f"{fig['seconds']:.2f} s")
+    return fig
+
+
+def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_default):
+    """The model to serve: ``model`` (fitted on the training split) continued on ALL triples.
+
+    The hold-out keeps the evaluation honest, but a model fitted on the split alone never sees
+    10 % of the pairs and has no vector for a user or item whose triples all fall in the
+    hold-out. After evaluation, ``[train] refit_sweeps`` sweeps (bce: epochs) of the same
+    objective over every triple, warm-started from ``model`` (rows it had no data for start at
+    random), give every user and item with triples a vector. The evaluation figures still
+    describe ``model``; the returned info says what is served.
+
+    Returns
+    -------
+    (served_model, info) with info ``{"kind": "refit_all" | "evaluated", "sweeps", ...}``.
+    """
+    if tc.refit_sweeps == 0 or train_mask.all():
+        why = "refit_sweeps = 0" if tc.refit_sweeps == 0 else "no held-out triples"
+        return model, {"kind": "evaluated", "sweeps": 0, "note": why}
+    positives_only = tc.objective in ("implicit", "bce")
+    u, i, y = snap.user_idx[train_mask], snap.item_idx[train_mask], snap.score[train_mask]
+    uw, iw = (a.copy() for a in model.published())
+    uw[~_has_data(u, y, len(snap.user_ids), positives_only)] = np.nan
+    iw[~_has_data(i, y, len(snap.item_ids), positives_only)] = np.nan
+    rtc = replace(tc, epochs=tc.refit_sweeps)
+    log(f"  refit on all {len(snap)} triples: {tc.refit_sweeps} "
+        f"{'epochs' if tc.objective == 'bce' else 'sweeps'} from the evaluated model")
+    served, history, secs = fit_model(snap, rtc, device=device,
+                                      train_mask=np.ones(len(snap), bool), warm=(uw, iw),
+                                      log=log, scale=getattr(model, "scale", None))
+    return served, {"kind": "refit_all", "sweeps": tc.refit_sweeps, "n_triples": int(len(snap)),
+                    "seconds": secs, "history": history}
 
 
 def foldin_meta(model, tc, item_pub, item_has, seed) -> dict:
@@ -158,15 +257,16 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
     Parameters
     ----------
     cfg : mcrecall.config.Config
-    force : publish even if held-out RMSE is worse than the current version's by more than
-        ``[train] max_rmse_regression``.
+    force : publish even if the objective's held-out figure (RMSE for ``squared``, Recall@10
+        for ``implicit`` and ``bce``) is worse than the current version's by more than its
+        tolerance (``[train] max_rmse_regression`` / ``max_recall_regression``).
     skip_unchanged : do nothing when the store's seq equals the current version's store_seq
         (``--every``).
 
     Returns
     -------
-    TrainResult: ``published`` (with the version), ``refused`` (RMSE gate), ``unchanged``
-    (skip_unchanged and no new triples) or ``empty`` (no triples).
+    TrainResult: ``published`` (with the version), ``refused`` (:func:`gate_refusal`),
+    ``unchanged`` (skip_unchanged and no new triples) or ``empty`` (no triples).
     """
     from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
     from plugins import vector_store_from_config
@@ -223,28 +323,27 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
                       user_hash=hu, max_users=tc.eval_users, device=device,
                       user_has=user_has, item_has=item_has)
         ev["seconds"] = time.perf_counter() - t_eval
+        seed_fig = squared_comparison(snap, tc, train, test, user_hash=hu, device=device,
+                                      log=log)
+        if seed_fig is not None:
+            ev["squared"] = seed_fig
         ev["split"] = split_metadata(tc.holdout_fraction)
 
-        # the regression gate
-        new_rmse = ev["model"]["rmse"]
-        if cur_meta is not None:
-            old_eval = cur_meta.get("evaluation", {}).get("model", {})
-            old_rmse = old_eval.get("rmse")
-            same = (cur_meta.get("objective") == tc.objective
-                    and cur_meta.get("similarity") == tc.similarity)
-            if not same:
-                log(f"  note: version {cur} used objective {cur_meta.get('objective')}/"
-                    f"{cur_meta.get('similarity')}; RMSE gate not applied across objectives")
-            elif old_rmse is not None and new_rmse is not None \
-                    and new_rmse > old_rmse + tc.max_rmse_regression:
-                msg = (f"held-out RMSE {new_rmse:.4f} is worse than version {cur}'s "
-                       f"{old_rmse:.4f} by more than max_rmse_regression "
-                       f"{tc.max_rmse_regression}")
-                if not force:
-                    log(f"train: NOT publishing: {msg} (use --force to publish anyway)")
-                    log(format_table(ev))
-                    return TrainResult("refused")
-                log(f"  warning: {msg}; publishing anyway (--force)")
+        # the regression gate, on the objective's own metric
+        refusal = gate_refusal(tc, cur, cur_meta, ev, log)
+        if refusal is not None:
+            if not force:
+                log(f"train: NOT publishing: {refusal} (use --force to publish anyway)")
+                log(format_table(ev))
+                return TrainResult("refused")
+            log(f"  warning: {refusal}; publishing anyway (--force)")
+
+        # serve every user and item with triples (the evaluation above describes `model`)
+        served, served_info = refit_all(snap, tc, model, train, device=device, log=log)
+        if served is not model:
+            user_pub, item_pub = served.published()
+            user_has = _has_data(snap.user_idx, snap.score, len(snap.user_ids), positives_only)
+            item_has = _has_data(snap.item_idx, snap.score, len(snap.item_ids), positives_only)
 
         pop = popularity(snap.item_idx, snap.score, len(snap.item_ids))
         top = np.argsort(-pop, kind="stable")[: tc.popular_items]
@@ -272,7 +371,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
             "store_seq": int(snap.seq),
             "reg": tc.reg_bce if tc.objective == "bce" else tc.reg,
             "alpha": tc.alpha if tc.objective == "implicit" else None,
-            "score_scale": float(model.scale),
+            "score_scale": float(served.scale),
             "epochs": tc.epochs,
             "seed": tc.seed,
             "device": device,
@@ -280,8 +379,9 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
             "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
             "warm_start": warm_info,
             "training": {"seconds": train_s, "history": history},
+            "served_model": served_info,
             "train_config": asdict(tc),
-            "foldin": foldin_meta(model, tc, item_pub, item_has, tc.seed),
+            "foldin": foldin_meta(served, tc, item_pub, item_has, tc.seed),
         }
         uid = np.nonzero(user_has)[0]
         iid = np.nonzero(item_has)[0]
