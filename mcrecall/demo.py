@@ -81,7 +81,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     rep.step("starting the local Milvus Lite server (several processes may share it) ...")
     # the server's data directory is the default Milvus Lite file of the data dir, so that
     # mcrecall.toml can read the versions in file mode once the server is gone
-    milvus = MilvusLiteServer(out / "data" / "milvus.db", log_path=out / "milvus.log")
+    milvus = MilvusLiteServer(out / "data", log_path=out / "milvus.log")  # serves data/milvus.db
     uri = milvus.start()
     stack.callback(milvus.stop)
     rep.step(f"  Milvus Lite on {uri} (pid {milvus.pid})")
@@ -247,7 +247,6 @@ def write_demo_config(out: Path, cfg) -> Path:
     return path
 
 
-def _start_worker(cfg, args, log_path):
 def _fresh_item(client, world, cfg, producer, store, rep, cluster, n_fans: int = 25):
     """A brand-new item gets clicks from users of one cluster; the refresher gives it a vector in
     version 1 and a user of that cluster is recalled it — no retraining."""
