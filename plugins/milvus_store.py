@@ -693,13 +693,30 @@ class MilvusVectorStore(VectorStore):
         return out
 
     def _replace(self, spec, ids, stored, norms) -> None:
-        """Item refresh: one Milvus upsert into the published, loaded collection (ids unique)."""
+        """Item refresh: Milvus upserts into the published, loaded collection (ids unique), keyed
+        like :meth:`_add` (int64 hash of the id; the id itself is a field, never an expression)."""
         name = self.collection_name(spec.version)
+        keys = {id_key(i): i for i in ids}
+        if len(keys) != len(ids):
+            raise ValueError("two refreshed item ids hash to the same key; rename one")
+        stored_ids = self._get(spec.version, ids)  # present with the same id: a plain replace
+        clash = [i for i in ids if i not in stored_ids and self._key_taken(spec.version, id_key(i))]
+        if clash:
+            raise ValueError(f"item id {clash[0]!r} hashes to the key of another item; rename it")
         vectors, norm_list = stored.tolist(), norms.tolist()
-        rows = [{"id": i, "vector": vectors[r], "norm": norm_list[r]} for r, i in enumerate(ids)]
+        rows = [{"pk": id_key(i), "id": i, "vector": vectors[r], "norm": norm_list[r]}
+                for r, i in enumerate(ids)]
         for start in range(0, len(rows), 10_000):
             batch = rows[start : start + 10_000]
-            self._call(spec.version, lambda: self.client.upsert(name, batch, timeout=self.timeout_s))
+            self._call(spec.version, lambda: self.client.upsert(name, batch, timeout=self.timeout_s),
+                       "upsert")
+
+    def _key_taken(self, version: int, key: int) -> bool:
+        name = self.collection_name(version)
+        rows = self._call(version, lambda: self.client.get(name, ids=[key], output_fields=["pk"],
+                                                           consistency_level=READ_CONSISTENCY,
+                                                           timeout=self.timeout_s), "get")
+        return bool(rows)
 
     def _count(self, version: int) -> int:
         n = self._counts.get(version)

@@ -100,7 +100,7 @@ def test_copied_item_scores_like_the_original(tmp_path, data, objective, similar
     assert n >= 20
     client = RecallClient(cfg)
     users = [u for u in data.user_ids if client.user_vector(u).source == "model"][:200]
-    assert np.isnan(client.score(users[0], ["copy of " + orig])[0])  # unknown before refresh
+    assert client.score(users[0], ["copy of " + orig])[0] is None  # unknown before refresh
     res = refresh_once(cfg, **QUIET)
     assert res.status == "refreshed" and res.updated == 1 and res.changed == 1
     s_orig = np.array([client.score(u, [orig])[0] for u in users])
@@ -175,15 +175,30 @@ def test_user_without_vector_is_left_out(tmp_path, data):
     res = refresh_once(cfg, **QUIET)
     assert (res.changed, res.updated, res.skipped) == (1, 0, 1)
     client = RecallClient(cfg)
-    assert np.isnan(client.score("u1", ["orphan"])[0])
+    assert client.score("u1", ["orphan"])[0] is None
     client.close()
 
 
 def test_busy_publisher_lock_skips_the_cycle(tmp_path, data):
     cfg = trained(tmp_path, data)
     copy_item(tmp_path, data, busiest_item(data), "fresh")
-    with publisher_lock(tmp_path):
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # another thread: the lock is re-entrant only in its holder's thread
+        with publisher_lock(tmp_path):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
         assert refresh_once(cfg, wait=False, **QUIET).status == "busy"
+    finally:
+        release.set()
+        holder.join()
     assert refresh_once(cfg, wait=False, **QUIET).status == "refreshed"
 
 
