@@ -336,3 +336,15 @@ def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, da
     assert "squared (seed)" in table and "squared (seed)" in "\n".join(lines)
     # the seed objective itself carries no comparison row
     assert "squared (seed)" not in format_table({"model": ev["model"], "n_test": 1})
+def test_constructor_defaults_are_the_configs():
+    import inspect
+
+    from mcrecall.config import TrainConfig
+
+    tc = TrainConfig()
+    a = inspect.signature(ALS.__init__).parameters
+    b = inspect.signature(BCE.__init__).parameters
+    assert a["objective"].default is inspect.Parameter.empty
+    assert (a["alpha"].default, a["reg"].default, a["dim"].default) == (tc.alpha, tc.reg, tc.dim)
+    assert (b["lr"].default, b["batch_size"].default, b["reg"].default, b["negatives"].default) \
+        == (tc.lr, tc.batch_size, tc.reg_bce, tc.negatives)

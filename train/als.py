@@ -56,8 +56,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mcrecall.config import TrainConfig
+
 from .buckets import Chunk, build_chunks
 from .report import end_epoch
+
+_TC = TrainConfig()  # the constructors' defaults are the configuration's
 
 
 @dataclass
@@ -123,10 +127,13 @@ class ALS:
     similarity : ``"dot"`` or ``"cosine"``.
     dim, reg, alpha : factor dimension, λ, confidence weight α (implicit).
     device : torch device.
+
+    Defaults are ``[train]``'s defaults in mcrecall/config.py (one place); ``objective`` has none.
     """
 
-    def __init__(self, user_idx, item_idx, score, n_users, n_items, *, objective="squared",
-                 similarity="dot", dim=32, reg=0.1, alpha=10.0, device="cpu", budget=None):
+    def __init__(self, user_idx, item_idx, score, n_users, n_items, *, objective,
+                 similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg, alpha=_TC.alpha,
+                 device="cpu", budget=None):
         self.objective, self.similarity = objective, similarity
         self.dim, self.reg, self.alpha = dim, float(reg), float(alpha)
         self.n_users, self.n_items = n_users, n_items

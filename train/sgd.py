@@ -33,14 +33,20 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from mcrecall.config import TrainConfig
+
 from .report import end_epoch
+
+_TC = TrainConfig()  # the constructor's defaults are the configuration's
 
 
 class BCE:
     """SGD trainer for the bce objective (see module docstring)."""
 
-    def __init__(self, user_idx, item_idx, score, n_users, n_items, *, similarity="dot", dim=32,
-                 reg=0.1, lr=0.05, negatives=4, batch_size=65536, device="cpu"):
+    def __init__(self, user_idx, item_idx, score, n_users, n_items, *,
+                 similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg_bce, lr=_TC.lr,
+                 negatives=_TC.negatives, batch_size=_TC.batch_size, device="cpu"):
+        """Defaults are ``[train]``'s defaults in mcrecall/config.py (one place)."""
         self.similarity, self.dim = similarity, dim
         self.reg, self.lr = float(reg), float(lr)
         self.negatives, self.batch = int(negatives), int(batch_size)
