@@ -30,7 +30,7 @@ COMMANDS = {
               "train once and publish a new model version (--every repeats)"),
     "refresh": ("train.refresh", "add_refresh_arguments", "run_refresh",
                 "give new and changed items vectors in the current version (--every repeats)"),
-    "evaluate": ("train.prequential", "add_evaluate_arguments", "run_evaluate",
+    "evaluate": ("mcrecall.evaluate", "add_evaluate_arguments", "run_evaluate",
                  "prequential (streaming) evaluation of a time-ordered event file"),
     "recall": ("serve.cli", "add_recall_arguments", "run_recall", "print a user's top-k items"),
     "triples": ("ingest.cli", "add_triples_arguments", "run_triples",

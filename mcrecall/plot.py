@@ -165,3 +165,12 @@ def plot_report(metas: Sequence[dict], path, comparisons: dict[str, Sequence[dic
                 ) -> Path:
     """The demo's report.png: :func:`report_panels` drawn by :func:`plot_panels`."""
     return plot_panels(report_panels(metas, comparisons), path, panel_size=(5.2, 4.6))
+
+
+def plot_prequential(curve: dict, path, *, k: int = 10, title: str = "") -> Path:
+    """Cumulative Recall@k over a prequential replay (``train.prequential``), one line per
+    strategy: ``curve`` maps a strategy to ``[(events replayed, cumulative Recall@k), ...]``."""
+    series = [Series(name, [x for x, _ in pts], [y for _, y in pts]) for name, pts in curve.items()]
+    panel = Panel(title or f"prequential Recall@{k} (test, then train)", "events replayed",
+                  f"cumulative Recall@{k}", series, y_from_zero=True)
+    return plot_panels([panel], path, panel_size=(7.0, 4.6))

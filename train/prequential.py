@@ -24,10 +24,8 @@ strategy is "most popular").
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -273,64 +271,3 @@ def _refresh(v: _Version, I_ref, avail_ref, changed: set, by_item) -> tuple[np.n
             I_ref[i] = x
             avail_ref[i] = True
     return I_ref, avail_ref
-
-
-def plot_prequential(curve: dict, path, *, k: int = 10, title: str = "") -> Path:
-    """Cumulative Recall@k over the stream, one line per strategy, to a PNG (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for name, pts in curve.items():
-        if pts:
-            x, y = zip(*pts)
-            ax.plot(x, y, label=name, linewidth=1.8)
-    ax.set_xlabel("events replayed")
-    ax.set_ylabel(f"cumulative Recall@{k}")
-    ax.set_title(title or "prequential Recall@k (test, then train)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------- command line
-def add_evaluate_arguments(parser):
-    """Options of ``mcrecall evaluate``."""
-    parser.add_argument("--prequential", metavar="FILE.jsonl", required=True,
-                        help="time-ordered event file (one JSON event per line, DESIGN §1)")
-    parser.add_argument("--retrain-every", type=int, default=5000, metavar="N",
-                        help="events between two trainings (default 5000)")
-    parser.add_argument("--refresh-every", type=int, default=100, metavar="N",
-                        help="events between two item refreshes (default 100)")
-    parser.add_argument("-k", type=int, default=10, help="recall size (default 10)")
-    parser.add_argument("--plot", metavar="PNG", default=None, help="write the Recall@k curve here")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
-
-
-def run_evaluate(args, cfg) -> int:
-    """``mcrecall evaluate --prequential FILE.jsonl``: prints the table (and writes the plot)."""
-    for name in ("retrain_every", "refresh_every", "k"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
-    events = read_events(args.prequential)
-    if not events:
-        raise ValueError(f"{args.prequential}: no events")
-    res = prequential(events, cfg.train, retrain_every=args.retrain_every,
-                      refresh_every=args.refresh_every, k=args.k,
-                      log=lambda s: None if args.json else print(s, flush=True))
-    if args.plot:
-        plot_prequential(res.curve, args.plot, k=res.k)
-    if args.json:
-        print(json.dumps(res.to_json(), indent=2))
-    else:
-        print(res.table())
-        if args.plot:
-            print(f"plot: {args.plot}")
-    return 0
