@@ -20,7 +20,7 @@ COPY . /src
 # the constraint keeps pip from replacing the CPU torch while it resolves the project
 RUN echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
  && pip install --constraint /tmp/constraints.txt /src \
- && python -c "import torch, lmdb, pymilvus, faiss, hnswlib, mcrecall, ingest, train, serve, plugins; print('torch', torch.__version__)"
+ && python -c "import torch, lmdb, pymilvus, faiss, hnswlib, core, mcrecall, ingest, train, serve, plugins; print('torch', torch.__version__)"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="mcrecall" \

@@ -30,7 +30,7 @@ from ingest.broker import LocalBroker  # noqa: E402
 from ingest.produce import produce_lines  # noqa: E402
 from ingest.store import TripleStore  # noqa: E402
 from ingest.worker import IngestWorker  # noqa: E402
-from mcrecall.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from resultsfile import (add_run, machine_note, marked, num, parse_tables, run_sections,  # noqa: E402
                          table_md, write_file)
 

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.store import TripleStore  # noqa: E402
-from mcrecall.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from plugins import open_vector_store  # noqa: E402
 from serve.testing import publish_vectors  # noqa: E402
 from train.refresh import Refresher  # noqa: E402

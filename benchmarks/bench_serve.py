@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from ingest.store import TripleStore  # noqa: E402
-from mcrecall.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from plugins import vector_store_from_config  # noqa: E402
 from plugins.testing import clustered_vectors, queries_like  # noqa: E402
 from serve import RecallClient  # noqa: E402

@@ -144,7 +144,7 @@ def implicit_als(b: Bench, alpha=3.0, reg=0.01, iters=15):
 
 def foldin_ms(model, objective, dim):
     """Median fold-in time for 100 triples."""
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
     from train.trainer import foldin_meta
 
     U, V = model.published()

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from mcrecall.net import free_port, port_open  # noqa: F401  (re-exported)
+from core.net import free_port, port_open  # noqa: F401  (re-exported)
 
 log = logging.getLogger("mcrecall.broker")
 

@@ -37,7 +37,7 @@ def check_tls_files(cfg) -> None:
     kafka-python reads them only inside its network loop, where a missing or malformed file
     becomes an endless "unable to bootstrap"; loading them here names the file instead.
     """
-    from mcrecall.config import ConfigError
+    from core.config import ConfigError
 
     k = _kafka_section(cfg)
     if not k.security_protocol.endswith("SSL"):
@@ -67,11 +67,11 @@ def kafka_security_kwargs(cfg) -> dict[str, Any]:
 
     Parameters
     ----------
-    cfg : mcrecall.config.Config (or its ``kafka`` section).
+    cfg : core.config.Config (or its ``kafka`` section).
 
     Raises
     ------
-    mcrecall.config.ConfigError : a configured certificate or key file does not load.
+    core.config.ConfigError : a configured certificate or key file does not load.
     """
     k = _kafka_section(cfg)
     check_tls_files(k)

@@ -32,7 +32,7 @@ import lmdb
 import numpy as np
 
 from ingest.events import mask_for_score, score_of
-from mcrecall.datadir import lmdb_env_writable
+from core.datadir import lmdb_env_writable
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

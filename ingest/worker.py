@@ -91,7 +91,7 @@ class IngestWorker:
 
     Parameters
     ----------
-    cfg : mcrecall.config.Config
+    cfg : core.config.Config
     progress_every_s : seconds between progress log lines.
     """
 

@@ -1,4 +1,6 @@
-"""mcrecall application shell: the ``mcrecall`` command and the configuration loader.
+"""mcrecall application shell: the ``mcrecall`` command, demo, status, plots.
+
+The configuration loader, logging and loopback helpers are the ground, in ``core``.
 
 The system itself lives in the top-level packages, in data-flow order:
 ``ingest`` -> ``train`` -> ``plugins`` (publish) -> ``serve``.

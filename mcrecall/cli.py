@@ -12,9 +12,9 @@ import os
 import select
 import sys
 
-from mcrecall.config import ConfigError, load_config
-from mcrecall.datadir import DataDirError, check_data_dir
-from mcrecall.logs import redact, redact_in_logs, setup_logging
+from core.config import ConfigError, load_config
+from core.datadir import DataDirError, check_data_dir
+from core.logs import redact, redact_in_logs, setup_logging
 
 # name -> (module, add_arguments, run, help)
 COMMANDS = {

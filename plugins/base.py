@@ -42,7 +42,7 @@ import numpy as np
 
 from plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 
-from mcrecall.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
+from core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
 
 log = logging.getLogger("mcrecall.plugins")
 
@@ -132,7 +132,7 @@ def check_k(k) -> int:
 
 
 def check_ids(ids) -> list[str]:
-    """Validate external item ids: strings of 1..MAX_ID_BYTES UTF-8 bytes (mcrecall.ids)."""
+    """Validate external item ids: strings of 1..MAX_ID_BYTES UTF-8 bytes (core.ids)."""
     return check_stored_ids(ids, "item id")
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mcrecall.net import free_port, port_open  # noqa: F401  (re-exported)
+from core.net import free_port, port_open  # noqa: F401  (re-exported)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19530

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from mcrecall.config import Config, load_config
+from core.config import Config, load_config
 from plugins import VersionNotFoundError, vector_store_from_config
 from serve.cache import LRUCache
 from serve.types import (
@@ -97,7 +97,7 @@ class RecallClient:
 
     Parameters
     ----------
-    cfg : mcrecall.config.Config
+    cfg : core.config.Config
         ``[store] data_dir`` (users.lmdb, triples.lmdb), ``[index]`` (the vector store),
         ``[serve]`` (fold-in switch, k limit, exclude and cache sizes).
     registry : train.versions.ModelRegistry, optional
@@ -120,7 +120,7 @@ class RecallClient:
     def __init__(self, cfg: Config, *, registry: ModelRegistry | None = None, vector_store=None,
                  triple_store=None):
         if not isinstance(cfg, Config):
-            raise TypeError(f"cfg must be a mcrecall.config.Config, got {type(cfg).__name__}")
+            raise TypeError(f"cfg must be a core.config.Config, got {type(cfg).__name__}")
         self.cfg = cfg
         self._own_registry = registry is None
         self._registry = registry if registry is not None else ModelRegistry(cfg.data_dir,

@@ -4,7 +4,7 @@
 compose`` plugin, or a standalone v2 ``docker-compose``); that test alone is skipped elsewhere.
 The structural checks need only PyYAML and run everywhere: services and their references,
 two ingest replicas in one consumer group, the shared LMDB volume, health checks, and every
-``MCRECALL_*`` variable named in compose.yaml being a real key of mcrecall/config.py.
+``MCRECALL_*`` variable named in compose.yaml being a real key of core/config.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mcrecall.config import ENV_PREFIX, Config, load_config
+from core.config import ENV_PREFIX, Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
@@ -297,7 +297,7 @@ def test_every_mcrecall_variable_is_a_config_key(compose, raw):
         if name == "MCRECALL_CONFIG":
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
-        assert key in known.get(section, ()), f"{name} is not a key of mcrecall/config.py"
+        assert key in known.get(section, ()), f"{name} is not a key of core/config.py"
     # ... and the values load and validate like the services will load them
     for name, s in _lmdb_users(compose).items():
         cfg = load_config(environ=_env(s))

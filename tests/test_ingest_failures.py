@@ -18,7 +18,7 @@ from ingest.kafka_io import ensure_topic
 from ingest.produce import produce_lines
 from ingest.store import TripleStore
 from ingest.worker import IngestWorker
-from mcrecall.config import load_config
+from core.config import load_config
 from eventlib import expected_scores, random_events, store_scores
 
 pytestmark = pytest.mark.kafka

@@ -29,7 +29,7 @@ from ingest.kafka_io import (admin_client, confluent_security_conf, ensure_topic
 from ingest.produce import produce_lines
 from ingest.store import TripleStore
 from ingest.worker import IngestWorker
-from mcrecall.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from eventlib import expected_scores, random_events, store_scores
 
 x509 = pytest.importorskip("cryptography.x509")

@@ -60,7 +60,7 @@ def test_demo_prints_a_command_that_queries_its_data_after_it_stopped(tmp_path):
 
 
 def test_demo_config_round_trips_hostile_paths(tmp_path):
-    from mcrecall.config import load_config
+    from core.config import load_config
     from mcrecall.demo import write_demo_config
 
     out = tmp_path / 'q"uote \\back\tslash ünï 1+1==2'

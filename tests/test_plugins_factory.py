@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import plugins
-from mcrecall.config import load_config
+from core.config import load_config
 from plugins import available_backends, backend_class, open_vector_store, vector_store_from_config
 from plugins.exact_store import ExactVectorStore
 from plugins.faiss_store import FaissVectorStore

@@ -97,7 +97,7 @@ def test_mcrecall_milvus_command_runs_in_foreground_and_stops_on_sigterm(tmp_pat
     port = free_port()
     code = (
         "import sys, argparse\n"
-        "from mcrecall.config import load_config\n"
+        "from core.config import load_config\n"
         "from plugins.cli import add_milvus_arguments, run_milvus\n"
         "p = argparse.ArgumentParser(); add_milvus_arguments(p)\n"
         "cfg = load_config(environ={'MCRECALL_STORE_DATA_DIR': sys.argv[1]})\n"
@@ -373,7 +373,7 @@ def test_credentials_reach_the_client_and_never_the_logs(tmp_path, milvus_uri, c
 
 
 def test_credentials_come_from_config_and_env_and_are_redacted(tmp_path):
-    from mcrecall.config import ConfigError, as_dict, load_config
+    from core.config import ConfigError, as_dict, load_config
     from plugins import vector_store_from_config
 
     cfg = load_config(environ={"MCRECALL_INDEX_TOKEN": "root:s3cret-pw", "MCRECALL_INDEX_SECURE": "false",
@@ -392,7 +392,7 @@ def test_credentials_come_from_config_and_env_and_are_redacted(tmp_path):
 def test_a_recall_client_answers_again_after_its_milvus_lite_restarts(tmp_path):
     """RecallClient over `mcrecall milvus`'s server: a restart on the same data costs a few
     seconds of clear errors (the server's words), then recalls return what they did before."""
-    from mcrecall.config import load_config
+    from core.config import load_config
     from serve import RecallClient, VectorStoreUnavailableError
     from serve.testing import publish_vectors
     from train.versions import ModelRegistry

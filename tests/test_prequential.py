@@ -10,7 +10,7 @@ import pytest
 
 from ingest.events import ACTION_BITS
 from mcrecall.cli import main
-from mcrecall.config import load_config
+from core.config import load_config
 from mcrecall.plot import plot_prequential
 from train.prequential import STRATEGIES, prequential, read_events
 from train.synthetic import make_stream

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ingest.store import TripleStore
-from mcrecall.config import load_config
+from core.config import load_config
 from plugins import vector_store_from_config
 from serve import RecallClient
 from serve.testing import publish_vectors

@@ -13,7 +13,7 @@ import pytest
 
 import serve
 from ingest.store import TripleStore
-from mcrecall.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from plugins import vector_store_from_config
 from serve import NoModelError, RecallClient, Recalled, VectorStoreUnavailableError
 from serve.testing import publish_vectors

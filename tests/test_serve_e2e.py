@@ -24,7 +24,7 @@ from ingest.kafka_io import ensure_topic
 from ingest.produce import event_line, produce_lines
 from ingest.store import TripleStore
 from ingest.worker import IngestWorker
-from mcrecall.config import load_config
+from core.config import load_config
 from plugins import vector_store_from_config
 from serve import RecallClient
 

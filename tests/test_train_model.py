@@ -98,7 +98,7 @@ def test_deterministic_given_seed(data, split):
 def test_fold_in_equals_training_step(data, split, objective, similarity):
     """fold_in(user's items, scores) == the vector the last user half-sweep stored."""
     from train.trainer import foldin_meta
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
 
     m = _fit(data, split, objective, similarity, dim=8, epochs=4)
     U, V = m.published()
@@ -117,7 +117,7 @@ def test_fold_in_equals_training_step(data, split, objective, similarity):
 
 def test_fold_in_fast_for_100_triples(data, split):
     from train.trainer import foldin_meta
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
 
     for objective in ("squared", "implicit"):
         m = _fit(data, split, objective, dim=32, epochs=1)
@@ -138,7 +138,7 @@ def test_fold_in_fast_for_100_triples(data, split):
 
 def test_bce_fold_in_ranks_like_the_model(data, split):
     from train.trainer import foldin_meta
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
 
     m = _fit(data, split, "bce", dim=16, epochs=8)
     U, V = m.published()
@@ -263,7 +263,7 @@ def test_every_user_and_item_with_triples_is_served_milvus(tmp_path):
 
 def test_gate_uses_the_objectives_own_metric():
     """RMSE gates squared; Recall@10 gates the ranking objectives, whose RMSE is not gated."""
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
     from train.trainer import gate_refusal
 
     def meta(objective, rmse, recall):
@@ -316,7 +316,7 @@ def test_recall_gate_refuses_a_worse_ranking_model_unless_forced(tmp_path, data,
 def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, data):
     """The default is the best-ranking objective; the seed's squared objective, fitted on the
     same split, is in the evaluation table (trainer log and `mcrecall status`)."""
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
     from train.report import format_table
 
     assert TrainConfig().objective == "implicit"
@@ -339,7 +339,7 @@ def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, da
 def test_constructor_defaults_are_the_configs():
     import inspect
 
-    from mcrecall.config import TrainConfig
+    from core.config import TrainConfig
 
     tc = TrainConfig()
     a = inspect.signature(ALS.__init__).parameters

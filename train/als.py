@@ -56,7 +56,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mcrecall.config import TrainConfig
+from core.config import TrainConfig
 
 from .buckets import Chunk, build_chunks
 from .report import end_epoch
@@ -128,7 +128,7 @@ class ALS:
     dim, reg, alpha : factor dimension, λ, confidence weight α (implicit).
     device : torch device.
 
-    Defaults are ``[train]``'s defaults in mcrecall/config.py (one place); ``objective`` has none.
+    Defaults are ``[train]``'s defaults in core/config.py (one place); ``objective`` has none.
     """
 
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *, objective,

@@ -112,7 +112,7 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
 
     Parameters
     ----------
-    tc : mcrecall.config.TrainConfig — objective (squared or implicit), similarity, dim, λ, α...
+    tc : core.config.TrainConfig — objective (squared or implicit), similarity, dim, λ, α...
     retrain_every : events between two trainings (the first after this many events).
     refresh_every : events between two item refreshes (``mcrecall refresh --every``'s cadence).
     """

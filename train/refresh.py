@@ -72,7 +72,7 @@ class Refresher:
 
     Parameters
     ----------
-    cfg : mcrecall.config.Config
+    cfg : core.config.Config
     registry, vector_store, triple_store : optional open handles to share (one LMDB handle per
         process and path); by default opened here and closed by :meth:`close`.
     """

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from mcrecall.config import TrainConfig
+from core.config import TrainConfig
 
 from .report import end_epoch
 
@@ -46,7 +46,7 @@ class BCE:
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *,
                  similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg_bce, lr=_TC.lr,
                  negatives=_TC.negatives, batch_size=_TC.batch_size, device="cpu"):
-        """Defaults are ``[train]``'s defaults in mcrecall/config.py (one place)."""
+        """Defaults are ``[train]``'s defaults in core/config.py (one place)."""
         self.similarity, self.dim = similarity, dim
         self.reg, self.lr = float(reg), float(lr)
         self.negatives, self.batch = int(negatives), int(batch_size)

@@ -27,7 +27,7 @@ def fill_store(data_dir, data: Synthetic, mask: np.ndarray | None = None, batch:
 def small_config(data_dir, backend: str = "exact", metric: str = "IP", index_type: str = "FLAT",
                  **train):
     """A config on ``data_dir`` with the given [train] overrides (environment ignored)."""
-    from mcrecall.config import load_config
+    from core.config import load_config
 
     return load_config(environ={}).with_overrides(
         store={"data_dir": str(data_dir)},

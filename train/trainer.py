@@ -256,7 +256,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
 
     Parameters
     ----------
-    cfg : mcrecall.config.Config
+    cfg : core.config.Config
     force : publish even if the objective's held-out figure (RMSE for ``squared``, Recall@10
         for ``implicit`` and ``bce``) is worse than the current version's by more than its
         tolerance (``[train] max_rmse_regression`` / ``max_recall_regression``).

@@ -42,7 +42,7 @@ from typing import Iterable
 import lmdb
 import numpy as np
 
-from mcrecall.datadir import lmdb_env_writable
+from core.datadir import lmdb_env_writable
 
 CURRENT = b"current"
 META = b"meta/"

@@ -1,0 +1,95 @@
+"""The layers: which package may import which (README "The parts", docs/design.md).
+
+The folders read in data-flow order with the ground below and the shell on top::
+
+    core      ground: config, logs, loopback helpers, id rules; imports no part
+    ingest    -> core
+    plugins   -> core                      (vector stores know nothing of training)
+    train     -> core, ingest, plugins     (reads triples, publishes into a vector store)
+    serve     -> core, ingest, train, plugins
+    mcrecall  the application shell (CLI, demo, status, plots): may import anything;
+              nothing else may import it
+    tests/, benchmarks/: free
+
+Every import counts, top-level and inside functions (a lazy import is still an
+edge), ``from . import x`` resolved against the importing module. A forbidden edge
+is reported as ``file:line: part -> part (import ...)``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "ingest": {"core"},
+    "plugins": {"core"},
+    "train": {"core", "ingest", "plugins"},
+    "serve": {"core", "ingest", "train", "plugins"},
+    "mcrecall": {"core", "ingest", "train", "plugins", "serve"},
+}
+
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool):
+    """Yield (lineno, dotted name) for every import in ``tree``, relative ones resolved."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            yield node.lineno, target
+            for alias in node.names:  # `from pkg import module` names a module too
+                yield node.lineno, f"{target}.{alias.name}"
+
+
+def forbidden_edges(root: Path = ROOT) -> list[str]:
+    """All imports from one of our packages into a package it may not import."""
+    found = []
+    for part, allowed in ALLOWED.items():
+        for path in sorted((root / part).rglob("*.py")):
+            rel = path.relative_to(root)
+            is_package = path.name == "__init__.py"
+            module = ".".join(rel.with_suffix("").parts[:-1] if is_package else rel.with_suffix("").parts)
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(rel))
+            seen = set()
+            for lineno, name in imported_modules(tree, module, is_package):
+                top = name.split(".")[0]
+                if top in ALLOWED and top != part and top not in allowed and (lineno, top) not in seen:
+                    seen.add((lineno, top))
+                    found.append(f"{rel}:{lineno}: {part} -> {top} ({name})")
+    return found
+
+
+def test_every_part_exists():
+    for part in ALLOWED:
+        assert (ROOT / part / "__init__.py").is_file(), f"{part}/ is not a package"
+
+
+def test_no_forbidden_import_edges():
+    edges = forbidden_edges()
+    assert not edges, "forbidden import edges (see this file's docstring):\n" + "\n".join(edges)
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "expected"),
+    [
+        ("from mcrecall.cli import main", "ingest.x", "mcrecall.cli"),
+        ("def f():\n    import train.als\n", "plugins.base", "train.als"),
+        ("from ...train import als", "serve.sub.x", "train.als"),
+        ("from . import base", "plugins.x", "plugins.base"),
+    ],
+)
+def test_the_checker_sees_every_kind_of_import(source, module, expected):
+    names = {name for _, name in imported_modules(ast.parse(source), module, False)}
+    assert expected in names
