@@ -703,6 +703,7 @@ class MilvusVectorStore(VectorStore):
         clash = [i for i in ids if i not in stored_ids and self._key_taken(spec.version, id_key(i))]
         if clash:
             raise ValueError(f"item id {clash[0]!r} hashes to the key of another item; rename it")
+        expected = self._query_count(name, READ_CONSISTENCY) + sum(i not in stored_ids for i in ids)
         vectors, norm_list = stored.tolist(), norms.tolist()
         rows = [{"pk": id_key(i), "id": i, "vector": vectors[r], "norm": norm_list[r]}
                 for r, i in enumerate(ids)]
@@ -710,6 +711,21 @@ class MilvusVectorStore(VectorStore):
             batch = rows[start : start + 10_000]
             self._call(spec.version, lambda: self.client.upsert(name, batch, timeout=self.timeout_s),
                        "upsert")
+        self._counts.pop(spec.version, None)
+        # searches read at Bounded consistency: return once such a read sees every new row and
+        # every replaced vector (a server applies the upsert a time tick later)
+        wait_s = max(60.0, self.timeout_s)
+        deadline = time.monotonic() + wait_s
+        while True:
+            seen = self._get(spec.version, ids)
+            fresh = all(i in seen and np.allclose(seen[i][0], stored[r], rtol=1e-5, atol=1e-6)
+                        for r, i in enumerate(ids))
+            if fresh and self._query_count(name, READ_CONSISTENCY) == expected:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"upsert into {name} not visible to Bounded reads within "
+                                   f"{wait_s:.0f}s")
+            time.sleep(0.05)
 
     def _key_taken(self, version: int, key: int) -> bool:
         name = self.collection_name(version)
