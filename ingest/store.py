@@ -325,11 +325,15 @@ class TripleStore:
 
     def user_seq(self, user_id: str) -> int:
         """Store seq of the last batch that changed ``user_id``'s triples (0 if never)."""
+        return self._seq(user_id, self._user_ids, self._user_seq)
+
+    def _seq(self, ext_id: str, ids_db, seq_db) -> int:
+        # external id -> dense index (ids_db) -> seq of its last change (seq_db)
         with self.env.begin() as txn:
-            raw = txn.get(str(user_id).encode("utf-8"), db=self._user_ids)
+            raw = txn.get(str(ext_id).encode("utf-8"), db=ids_db)
             if raw is None:
                 return 0
-            s = txn.get(raw, db=self._user_seq)
+            s = txn.get(raw, db=seq_db)
         return _U64.unpack(s)[0] if s is not None else 0
 
     def changed_items(self, since_seq: int) -> tuple[list[str], int]:
@@ -371,12 +375,7 @@ class TripleStore:
 
     def item_seq(self, item_id: str) -> int:
         """Store seq of the last batch that changed ``item_id``'s triples (0 if never)."""
-        with self.env.begin() as txn:
-            raw = txn.get(str(item_id).encode("utf-8"), db=self._item_ids)
-            if raw is None:
-                return 0
-            s = txn.get(raw, db=self._item_seq)
-        return _U64.unpack(s)[0] if s is not None else 0
+        return self._seq(item_id, self._item_ids, self._item_seq)
 
     def iter_triples(self, batch: int = 65536) -> Iterable[tuple[str, str, int]]:
         """Yield ``(user_id, item_id, score)`` with external ids, in (user, item) index order."""
