@@ -123,7 +123,8 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     rep.step(f"training version 1 (objective {cfg.train.objective}, similarity {cfg.train.similarity}, "
              f"metric {cfg.index.metric}, {cfg.index.index_type}) ...")
     v1 = _train(cfg, rep)
-    comparisons = _compare_objectives(cfg, _store_copy(store, out, 1), rep, v1)
+    comparisons = _compare_objectives(cfg, _store_copy(store, out, 1) if _fits_comparison(cfg) else None,
+                                      rep, v1)
     from serve import RecallClient
 
     client = RecallClient(cfg)
@@ -158,7 +159,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     time.sleep(1.0)
     # the comparison's copy, taken right before version 2's snapshot: nearly the same triples
     # (the stream goes on meanwhile; the table shows both counts)
-    copy_v2 = _store_copy(store, out, 2)
+    copy_v2 = _store_copy(store, out, 2) if _fits_comparison(cfg) else None
     v2 = _train(cfg, rep)
     streamer.join()
     _wait_ingested(store, len(stream) + len(newbie_lines) + len(more), rep)
@@ -361,15 +362,32 @@ def _store_copy(store, out: Path, version: int) -> Path:
     return dest
 
 
-def _compare_objectives(cfg, source: Path, rep, version) -> dict[str, list[dict]]:
+def _fits_comparison(cfg) -> bool:
+    """Whether :func:`_compare_objectives` trains a model of its own (needs a store copy): the
+    trainer measures the seed's squared objective itself unless it is the objective or disabled."""
+    squared_measured = cfg.train.objective != "squared" and cfg.train.compare_squared_sweeps > 0
+    return cfg.train.objective != "implicit" or not squared_measured
+
+
+def _compare_objectives(cfg, source: Path | None, rep, version) -> dict[str, list[dict]]:
     """Train the other objectives on the store copy ``source`` (exact backend, not served);
     objective -> [metadata with ``compared_with`` = the published ``version``]."""
     from train.trainer import train_run
     from train.versions import ModelRegistry
 
     metas: dict[str, list[dict]] = {}
+    published = ModelRegistry(cfg.data_dir, readonly=True).metadata(version) if version else {}
     for objective in ("squared", "implicit"):
         if objective == cfg.train.objective or version is None:
+            continue
+        seed_row = (published.get("evaluation") or {}).get("squared")
+        if objective == "squared" and seed_row:
+            # the trainer already fitted the seed's objective on the same split: don't fit it twice
+            metas.setdefault(objective, []).append(_seed_comparison(published, seed_row, version))
+            rep.step(f"  for comparison, the seed's squared objective on the same split: "
+                     f"RMSE {seed_row['rmse']:.4f}, Recall@10 {seed_row['recall@10']:.4f}")
+            continue
+        if source is None:
             continue
         scratch = source.parent / objective
         if scratch.exists():
@@ -387,6 +405,16 @@ def _compare_objectives(cfg, source: Path, rep, version) -> dict[str, list[dict]
                      f"RMSE {m['evaluation']['model']['rmse']:.4f}, "
                      f"Recall@10 {m['evaluation']['model']['recall@10']:.4f}")
     return metas
+
+
+def _seed_comparison(published: dict, seed_row: dict, version: int) -> dict:
+    """The trainer's own squared comparison (``evaluation.squared`` of the published version)
+    shaped as a comparison version's metadata for the table and the plot."""
+    ev = published.get("evaluation") or {}
+    return {"version": f"{version} (squared, not served)", "objective": "squared",
+            "n_triples": published.get("n_triples", 0), "compared_with": version,
+            "evaluation": {"model": seed_row, "global_mean": ev.get("global_mean", {}),
+                           "popular": ev.get("popular", {})}}
 
 
 def _show_recall(client, world, user_id, rep, taste, note=""):
