@@ -1,8 +1,9 @@
 """The streaming ingest worker: Kafka topic -> validated, scored triples in LMDB.
 
 Per poll: validate every message (DESIGN §1), send bad ones to ``<topic>.dlq`` with the reason
-and flush that producer, then write the merged pairs AND the offsets that cover them in one LMDB
-transaction. Only after that are offsets committed to Kafka, for lag monitoring only: on every
+and flush that producer (cut to ``[ingest] max_message_bytes``; one the topic still refuses after
+bounded retries is counted and logged as ``dlq_unwritable``), then write the merged pairs AND the
+offsets that cover them (and those counters) in one LMDB transaction: no message stops ingest. Only after that are offsets committed to Kafka, for lag monitoring only: on every
 partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
 instant harmless (re-reading is idempotent because scores merge by bitwise OR).
 """
@@ -20,6 +21,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from ingest import dead_letters
 from ingest.events import BadEvent, parse_scored
 from ingest.kafka_io import dlq_topic, kafka_security_kwargs
 from ingest.store import StoreFullError, TripleStore
@@ -31,6 +33,7 @@ log = logging.getLogger("mcrecall.ingest")
 class WorkerStats:
     events: int = 0
     bad_events: int = 0
+    dlq_failed: int = 0  # bad events the dead-letter topic did not take (in bad_events too)
     batches: int = 0
     changed_pairs: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -93,13 +96,16 @@ class IngestWorker:
     ----------
     cfg : core.config.Config
     progress_every_s : seconds between progress log lines.
+    dlq_timeout_s : the wait for the dead-letter topic to take a poll's bad events, per attempt
+        (:data:`ingest.dead_letters.ATTEMPTS`); then they are counted as ``dlq_failed``.
     """
 
-    def __init__(self, cfg, *, progress_every_s: float = 5.0):
+    def __init__(self, cfg, *, progress_every_s: float = 5.0, dlq_timeout_s: float = 30.0):
         self.cfg = cfg
         self.topic = cfg.kafka.topic
         self.store = TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb)
         self.progress_every_s = progress_every_s
+        self.dlq_timeout_s = dlq_timeout_s
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
@@ -133,11 +139,7 @@ class IngestWorker:
                     fetch_max_bytes=16 * 1024 * 1024,
                     **kafka_security_kwargs(self.cfg),
                 )
-                self.producer = KafkaProducer(
-                    bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
-                    max_request_size=2 * 1024 * 1024, retries=5,
-                    **kafka_security_kwargs(self.cfg),
-                )
+                self.producer = KafkaProducer(**self._dlq_producer_config())
                 self.consumer.subscribe([self.topic], listener=_SeekToStore(self))
                 log.info("connected", extra={"bootstrap": k.bootstrap_servers, "topic": self.topic,
                                              "group": k.group_id})
@@ -148,6 +150,15 @@ class IngestWorker:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         return False
+
+    def _dlq_producer_config(self) -> dict:
+        """kafka-python settings of the dead-letter producer: records up to ``[ingest]
+        max_message_bytes`` (+ one batch's framing), each one's outcome known within the timeout."""
+        timeout_ms = int(self.dlq_timeout_s * 1000)
+        return dict(bootstrap_servers=self.cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
+                    max_request_size=self.cfg.ingest.max_message_bytes + 64 * 1024,
+                    request_timeout_ms=max(500, timeout_ms // 2), delivery_timeout_ms=max(1000, timeout_ms),
+                    max_block_ms=max(1000, timeout_ms), retries=5, **kafka_security_kwargs(self.cfg))
 
     def _seek_to_store(self, tps) -> None:
         stored = self.store.offsets(self.topic)
@@ -239,34 +250,39 @@ class IngestWorker:
         pairs: dict[tuple[str, str], int] = {}
         offsets: dict[tuple[str, int], int] = {}
         good = bad = 0
-        dlq = dlq_topic(self.topic)
-        futures = []
+        letters = []
         for tp, batch in records.items():
             for rec in batch:
                 try:
                     user_id, item_id, bits = parse_scored(rec.value)
                 except BadEvent as e:
                     bad += 1
-                    futures.append(self.producer.send(
-                        dlq, key=rec.key, value=rec.value if rec.value is not None else b"",
-                        headers=[("error", e.reason.encode("utf-8")),
-                                 ("source-topic", tp.topic.encode()),
-                                 ("source-partition", str(tp.partition).encode()),
-                                 ("source-offset", str(rec.offset).encode())]))
+                    letters.append(dead_letters.DeadLetter(tp.topic, tp.partition, rec.offset,
+                                                           rec.key, rec.value, e.reason))
                     continue
                 good += 1
                 key = (user_id, item_id)
                 pairs[key] = pairs.get(key, 0) | bits
             if batch:
                 offsets[(tp.topic, tp.partition)] = batch[-1].offset + 1
-        if futures:
-            # the dead letters must be durable before the offsets that skip them are
-            self.producer.flush(timeout=30)
-            for f in futures:
-                f.get(timeout=30)
+        # the dead letters must be durable before the offsets that skip them are
+        dlq_failed = self._dead_letter(letters) if letters else 0
         self._drain()
-        fut = self._writer.submit(self.store.apply, pairs, offsets, events=good, bad_events=bad)
-        self._pending = (fut, {"offsets": offsets, "good": good, "bad": bad})
+        fut = self._writer.submit(self.store.apply, pairs, offsets, events=good, bad_events=bad,
+                                  dlq_failed=dlq_failed)
+        self._pending = (fut, {"offsets": offsets, "good": good, "bad": bad, "dlq_failed": dlq_failed})
+
+    def _dead_letter(self, letters) -> int:
+        """Forward ``letters`` to the dead-letter topic; return how many it would not take (each
+        logged with its coordinates; the caller counts them with the offsets that skip them)."""
+        unwritten = dead_letters.forward(self.producer, dlq_topic(self.topic), letters,
+                                         self.cfg.ingest.max_message_bytes, self.dlq_timeout_s)
+        for dl, error in unwritten:
+            log.error("dlq_unwritable", extra={
+                "source_topic": dl.topic, "source_partition": dl.partition, "source_offset": dl.offset,
+                "size": len(dl.value or b""), "reason": dl.reason[:200], "error": error[:300],
+                "action": "counted as bad (store counter dlq_failed); the offset moves past it"})
+        return len(unwritten)
 
     def _drain(self) -> None:
         """Wait for the batch being written; then account for it and commit its offsets."""
@@ -277,6 +293,7 @@ class IngestWorker:
         result = fut.result()  # re-raises StoreFullError in the main thread
         self.stats.events += info["good"]
         self.stats.bad_events += info["bad"]
+        self.stats.dlq_failed += info["dlq_failed"]
         self.stats.batches += 1
         self.stats.changed_pairs += result["changed"]
         self.stats.last_batch_at = time.monotonic()
