@@ -5,7 +5,8 @@ and flush that producer (cut to ``[ingest] max_message_bytes``; one the topic st
 bounded retries is counted and logged as ``dlq_unwritable``), then write the merged pairs AND the
 offsets that cover them (and those counters) in one LMDB transaction: no message stops ingest. Only after that are offsets committed to Kafka, for lag monitoring only: on every
 partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
-instant harmless (re-reading is idempotent because scores merge by bitwise OR).
+instant harmless (re-reading is idempotent because scores merge by bitwise OR). Those stored
+offsets are checked against each partition's range first (``ingest.offset_range``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ingest import dead_letters
+from ingest import dead_letters, offset_range
 from ingest.events import BadEvent, parse_scored
-from ingest.kafka_io import dlq_topic, kafka_security_kwargs
+from ingest.kafka_io import KafkaUnavailable, dlq_topic, kafka_security_kwargs
+from ingest.offset_range import OffsetOutOfRangeError, PartitionRange
 from ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
@@ -113,6 +115,8 @@ class IngestWorker:
         # One batch is written to LMDB (fsync releases the GIL) while the next one is fetched.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
         self._pending: tuple[Future, dict] | None = None
+        self._fatal: Exception | None = None  # raised by run() once it has shut down cleanly
+        self._unchecked: set = set()  # assigned partitions whose stored offset awaits its range check
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_args) -> None:
@@ -122,10 +126,18 @@ class IngestWorker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def _connect(self) -> bool:
+    def _connect(self, give_up_after: float | None = None) -> bool:
+        """Create the clients, retrying; False when stopped, or when the brokers stayed
+        unreachable for ``give_up_after`` seconds (``self._fatal`` says so)."""
         k = self.cfg.kafka
         backoff = 0.5
+        started = time.monotonic()
         while not self._stop.is_set():
+            # kafka-python >= 3 waits 30 s per bootstrap by default: keep within give_up_after
+            bounded = {}
+            if give_up_after is not None and "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:
+                left = give_up_after - (time.monotonic() - started)
+                bounded = {"bootstrap_timeout_ms": int(max(1.0, min(30.0, left)) * 1000)}
             try:
                 self.consumer = KafkaConsumer(
                     bootstrap_servers=k.bootstrap_servers,
@@ -137,6 +149,7 @@ class IngestWorker:
                     max_poll_records=k.max_poll_records,
                     max_partition_fetch_bytes=4 * 1024 * 1024,
                     fetch_max_bytes=16 * 1024 * 1024,
+                    **bounded,
                     **kafka_security_kwargs(self.cfg),
                 )
                 self.producer = KafkaProducer(**self._dlq_producer_config())
@@ -145,6 +158,9 @@ class IngestWorker:
                                              "group": k.group_id})
                 return True
             except (KafkaError, OSError) as e:
+                if give_up_after is not None and time.monotonic() - started >= give_up_after:
+                    self._fatal = self._unreachable_error(give_up_after, e)
+                    return False
                 log.warning("kafka_unreachable", extra={"bootstrap": k.bootstrap_servers,
                                                         "error": str(e), "retry_in_s": backoff})
                 self._stop.wait(backoff)
@@ -160,6 +176,12 @@ class IngestWorker:
                     request_timeout_ms=max(500, timeout_ms // 2), delivery_timeout_ms=max(1000, timeout_ms),
                     max_block_ms=max(1000, timeout_ms), retries=5, **kafka_security_kwargs(self.cfg))
 
+    def _unreachable_error(self, seconds: float, error=None) -> KafkaUnavailable:
+        return KafkaUnavailable(
+            f"Kafka at {self.cfg.kafka.bootstrap_servers} unreachable for {seconds:g} s (--until-idle "
+            f"{seconds:g}){f': {error}' if error else ''}; nothing is lost: the next run resumes from "
+            "the store's offsets")
+
     def _seek_to_store(self, tps) -> None:
         stored = self.store.offsets(self.topic)
         for tp in tps:
@@ -168,6 +190,108 @@ class IngestWorker:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, off)
+                # checked against the partition's range by run(), after this poll: a rebalance
+                # listener may not block on the broker (kafka-python 3 runs it on its IO thread)
+                self._unchecked.add(tp)
+
+    def _check_assigned(self, records: dict) -> dict:
+        """Check the stored offsets of newly assigned partitions against their ranges; a
+        partition whose start moved (``offset_reset``) is sought there and its records in this
+        poll's ``records`` are dropped (fetched from the stored offset, they are not wanted)."""
+        tps, self._unchecked = self._unchecked, set()
+        stored = self.store.offsets(self.topic)
+        known = {tp: stored[(tp.topic, tp.partition)] for tp in tps
+                 if (tp.topic, tp.partition) in stored and tp in self.consumer.assignment()}
+        for tp, off in (self._check_offsets(known) if known else {}).items():
+            if off != known[tp]:
+                self.consumer.seek(tp, off)
+                records.pop(tp, None)
+        return records
+
+    def _check_offsets(self, stored: dict) -> dict:
+        """Where to start each partition of ``stored`` (``{tp: stored offset}``): the stored
+        offset when it lies in the partition's range, else what ``[kafka] offset_reset`` says
+        (``fail``: the stored offset, ``self._fatal`` set and the worker stopping)."""
+        try:
+            ranges = self._partition_range(stored)
+        except (KafkaError, OSError) as e:  # cannot judge: keep the store's word, as before
+            log.warning("offset_range_unknown", extra={"error": str(e)})
+            return dict(stored)
+        # The broker's "latest offset" (ListOffsets) can be too LOW: the local broker (tansu)
+        # answers the base offset of the partition's last record batch, so a worker that consumed
+        # the whole partition holds a stored offset above it. "above the end" therefore counts only
+        # once the high watermark of a real fetch (from the reported end, which exists) confirms it.
+        above = {tp: end for tp, (_, end) in ranges.items() if stored[tp] > end}
+        if above:
+            try:
+                fetched = self._fetched_high_watermarks(above)
+            except (KafkaError, OSError) as e:
+                fetched = {}
+                log.debug("high_watermark_probe_failed", extra={"error": str(e)})
+            for tp in above:
+                if tp not in fetched:  # unconfirmed: trust the store (a wait, never a skip)
+                    log.warning("offset_range_unconfirmed", extra={
+                        "topic": tp.topic, "partition": tp.partition, "stored": stored[tp],
+                        "reported_end": above[tp]})
+                    ranges[tp] = (ranges[tp][0], max(stored[tp], above[tp]))
+                else:
+                    ranges[tp] = (ranges[tp][0], max(above[tp], fetched[tp]))
+        policy = self.cfg.kafka.offset_reset
+        notes = self.store.offset_notes()
+        start, problems = {}, []
+        for tp, off in stored.items():
+            r = PartitionRange(tp.topic, tp.partition, off, *ranges[tp])
+            start[tp] = off
+            if r.in_range:
+                if notes.get((tp.topic, tp.partition), {}).get("state") == "out_of_range":
+                    self.store.note_offset(tp.topic, tp.partition, None)  # the broker has it again
+                continue
+            if policy == "fail":
+                problems.append(r)
+                self.store.note_offset(tp.topic, tp.partition, r.note("out_of_range", policy="fail"))
+                continue
+            target = offset_range.reset_target(policy, r)
+            if not self.store.reset_offset(tp.topic, tp.partition, off, target,
+                                           r.note("reset", policy=policy, reset_to=target)):
+                target = self.store.offsets(self.topic).get((tp.topic, tp.partition), target)
+            start[tp] = target
+            log.warning("offset_reset", extra={"topic": tp.topic, "partition": tp.partition, "stored": off,
+                                               "beginning": r.beginning, "end": r.end, "policy": policy,
+                                               "reset_to": target})
+        if problems:
+            log.error("offset_out_of_range", extra={"partitions": "; ".join(p.describe() for p in problems),
+                                                    "policy": "fail"})
+            self._fatal = OffsetOutOfRangeError(offset_range.failure_message(problems))
+            self.stop()
+        return start
+
+    def _partition_range(self, tps) -> dict:
+        """``{tp: (beginning, end)}`` as the broker's ListOffsets answers it (the end may be too
+        low: see :meth:`_check_offsets`)."""
+        tps = list(tps)
+        beginning = self.consumer.beginning_offsets(tps)
+        end = self.consumer.end_offsets(tps)
+        return {tp: (beginning[tp], end[tp]) for tp in tps}
+
+    def _fetched_high_watermarks(self, from_offsets: dict, timeout_s: float = 10.0) -> dict:
+        """``{tp: high watermark}`` as fetch responses from ``from_offsets[tp]`` report it; a
+        separate consumer without a group, so the worker's own positions are not touched.
+        Partitions with no answer within ``timeout_s`` are left out."""
+        probe = KafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, group_id=None,
+                              enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024,
+                              **kafka_security_kwargs(self.cfg))
+        try:
+            probe.assign(list(from_offsets))
+            for tp, off in from_offsets.items():
+                probe.seek(tp, off)
+            deadline = time.monotonic() + timeout_s
+            marks = {}
+            while len(marks) < len(from_offsets) and time.monotonic() < deadline:
+                probe.poll(timeout_ms=200)  # the records themselves are not needed
+                marks = {tp: hw for tp in from_offsets if (hw := probe.highwater(tp)) is not None}
+            return marks
+        finally:
+            probe.close(autocommit=False)
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -184,8 +308,13 @@ class IngestWorker:
     # ------------------------------------------------------------------ main loop
     def run(self, until_idle: float | None = None, max_events: int | None = None) -> WorkerStats:
         """Consume until stopped, until ``until_idle`` quiet seconds, or ``max_events``."""
-        if not self._connect():
-            self.stats.exit_reason = "stopped"
+        if not self._connect(give_up_after=until_idle):
+            self.stats.exit_reason = "kafka_unreachable" if self._fatal else "stopped"
+            self._log_progress(None, None, final=True)
+            self.close()
+            self._writer.shutdown(wait=True)
+            if self._fatal:
+                raise self._fatal
             return self.stats
         last_data = None  # the idle clock starts once partitions are assigned
         last_progress = time.monotonic()
@@ -200,6 +329,11 @@ class IngestWorker:
                     self._stop.wait(1.0)
                     continue
                 now = time.monotonic()
+                if self._unchecked:
+                    records = self._check_assigned(records)
+                if self._fatal is not None:  # a stored offset out of range: consume nothing
+                    self.stats.exit_reason = "offset_out_of_range"
+                    break
                 if records:
                     try:
                         self._process(records)
@@ -220,7 +354,13 @@ class IngestWorker:
                     self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
                     progress_events = self.stats.events + self.stats.bad_events
                     last_progress = now
-                if until_idle is not None and last_data is not None and now - last_data >= until_idle:
+                if until_idle is not None and outage.since is not None:
+                    # idle only counts while the brokers answer; unreachable as long ends the run
+                    if now - outage.since >= until_idle:
+                        self.stats.exit_reason = "kafka_unreachable"
+                        self._fatal = self._unreachable_error(until_idle)
+                        break
+                elif until_idle is not None and last_data is not None and now - last_data >= until_idle:
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
@@ -241,6 +381,8 @@ class IngestWorker:
                 self._log_progress(None, None, final=True)
                 self.close()
                 self._writer.shutdown(wait=True)
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
     def _process(self, records: dict) -> None:
