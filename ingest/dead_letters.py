@@ -49,7 +49,8 @@ def build_record(dl: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes, l
     :data:`FRAMING_BYTES`): unchanged if it fits, else the key cut to at most half of the room
     left by the headers and the value to the rest."""
     key, value = dl.key, dl.value if dl.value is not None else b""
-    headers = [("error", _cut_utf8(dl.reason.encode("utf-8"), ERROR_HEADER_MAX)),
+    # a reason quoting hostile input (a lone surrogate) must not stop ingest either
+    headers = [("error", _cut_utf8(dl.reason.encode("utf-8", "backslashreplace"), ERROR_HEADER_MAX)),
                ("source-topic", dl.topic.encode()),
                ("source-partition", str(dl.partition).encode()),
                ("source-offset", str(dl.offset).encode()),

@@ -171,8 +171,9 @@ class IngestWorker:
         """kafka-python settings of the dead-letter producer: records up to ``[ingest]
         max_message_bytes`` (+ one batch's framing), each one's outcome known within the timeout."""
         timeout_ms = int(self.dlq_timeout_s * 1000)
+        max_request = self.cfg.ingest.max_message_bytes + 64 * 1024
         return dict(bootstrap_servers=self.cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
-                    max_request_size=self.cfg.ingest.max_message_bytes + 64 * 1024,
+                    max_request_size=max_request, buffer_memory=max(32 << 20, 2 * max_request),
                     request_timeout_ms=max(500, timeout_ms // 2), delivery_timeout_ms=max(1000, timeout_ms),
                     max_block_ms=max(1000, timeout_ms), retries=5, **kafka_security_kwargs(self.cfg))
 

@@ -179,3 +179,19 @@ def test_a_stored_offset_above_a_too_low_reported_end_is_not_out_of_range(tmp_pa
         assert store.offsets(TOPIC) == stored and store.offset_notes() == {}
         produce_lines(_new_events(25, start=500), cfg)
         assert IngestWorker(cfg).run(until_idle=2).events == 25
+
+
+def test_range_rules_without_a_broker():
+    from ingest.offset_range import PartitionRange, failure_message, reset_target
+
+    def r(stored, b, e):
+        return PartitionRange("t", 3, stored, b, e)
+
+    assert r(0, 0, 0).in_range and r(5, 5, 9).in_range and r(9, 5, 9).in_range
+    assert not r(4, 5, 9).in_range and not r(10, 5, 9).in_range  # retention; a lost broker
+    assert (reset_target("earliest", r(10, 5, 9)), reset_target("latest", r(4, 5, 9))) == (5, 9)
+    with pytest.raises(ValueError):
+        reset_target("fail", r(10, 5, 9))
+    msg = failure_message([r(10, 5, 9), r(1, 5, 9)])
+    assert "\n" not in msg and "t[3] stored offset 10 not in [5, 9]" in msg and "offset_reset" in msg
+    assert r(10, 5, 9).note("out_of_range")["state"] == "out_of_range"

@@ -239,3 +239,9 @@ def test_a_dlq_that_stays_unwritable_costs_a_counted_bad_event_not_the_worker(tm
         if proc.poll() is None:
             proc.terminate()
             proc.wait(10)
+
+
+def test_a_reason_quoting_hostile_input_still_makes_a_header():
+    dl = dead_letters.DeadLetter("t", 0, 1, b"\x00k\n", b"\xff\xfe", "bad id '\ud800\\\n\t\x00'")
+    _, value, headers = dead_letters.build_record(dl, 4096)
+    assert value == b"\xff\xfe" and b"\\ud800" in dict(headers)["error"]
