@@ -3,7 +3,8 @@
 Per poll: validate every message (DESIGN §1), send bad ones to ``<topic>.dlq`` with the reason
 and flush that producer (cut to ``[ingest] max_message_bytes``; one the topic still refuses after
 bounded retries is counted and logged as ``dlq_unwritable``), then write the merged pairs AND the
-offsets that cover them (and those counters) in one LMDB transaction: no message stops ingest. Only after that are offsets committed to Kafka, for lag monitoring only: on every
+offsets that cover them (and those counters) in one LMDB transaction: no message stops ingest.
+Only after that are offsets committed to Kafka, for lag monitoring only: on every
 partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
 instant harmless (re-reading is idempotent because scores merge by bitwise OR). Those stored
 offsets are checked against each partition's range first (``ingest.offset_range``).
@@ -173,7 +174,7 @@ class IngestWorker:
         timeout_ms = int(self.dlq_timeout_s * 1000)
         max_request = self.cfg.ingest.max_message_bytes + 64 * 1024
         return dict(bootstrap_servers=self.cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
-                    max_request_size=max_request, buffer_memory=max(32 << 20, 2 * max_request),
+                    max_request_size=max_request,
                     request_timeout_ms=max(500, timeout_ms // 2), delivery_timeout_ms=max(1000, timeout_ms),
                     max_block_ms=max(1000, timeout_ms), retries=5, **kafka_security_kwargs(self.cfg))
 
