@@ -39,12 +39,22 @@ class KafkaConfig:
     ssl_cafile: str = ""  # PEM CA bundle that signed the brokers' certificates ("" = system CAs)
     ssl_certfile: str = ""  # PEM client certificate (mutual TLS)
     ssl_keyfile: str = ""  # PEM private key of ssl_certfile
+    # a stored offset outside the partition's [beginning, end] (the broker lost its data, the
+    # topic was recreated, retention removed it): fail (stop, one line) | earliest | latest
+    offset_reset: str = "fail"
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     data_dir: str = "mcrecall-data"
     map_size_gb: float = 8.0  # LMDB address space reserved (sparse file; not allocated)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # a dead letter (key + value + headers) is cut to this many bytes; keep it at or below the
+    # dead-letter topic's max.message.bytes (Kafka's default: 1048588)
+    max_message_bytes: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,7 @@ class ServeConfig:
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -136,6 +147,7 @@ class Config:
 _SECTION_TYPES = {
     "kafka": KafkaConfig,
     "store": StoreConfig,
+    "ingest": IngestConfig,
     "train": TrainConfig,
     "index": IndexConfig,
     "serve": ServeConfig,
@@ -177,6 +189,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("kafka", "max_poll_records"): Range(1, 1_000_000),
     ("kafka", "partitions"): Range(1, 100_000),
     ("store", "map_size_gb"): Range(0.0001, 65536.0),  # 64 TiB: under the 47-bit address space
+    ("ingest", "max_message_bytes"): Range(4096, 1 << 30),  # room for the headers; Kafka's own cap
     ("train", "dim"): Range(1, 16_384),
     ("train", "epochs"): Range(1, 1_000_000),
     ("train", "refit_sweeps"): Range(0, 1_000_000),
@@ -212,6 +225,7 @@ RANGES: dict[tuple[str, str], Range] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "security_protocol"): ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     ("kafka", "sasl_mechanism"): ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    ("kafka", "offset_reset"): ("fail", "earliest", "latest"),
     ("train", "similarity"): ("dot", "cosine"),
     ("train", "objective"): ("squared", "bce", "implicit"),
     ("index", "metric"): ("L2", "IP", "COSINE"),

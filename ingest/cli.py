@@ -68,6 +68,8 @@ def run_ingest(args, cfg) -> int:
         print(f"backfilled {stats.events} events from {stats.lines} lines in {stats.seconds:.1f}s; "
               f"{stats.rejected} rejected" + (f" -> {stats.rejected_path}" if stats.rejected else ""))
         return 0
+    from ingest.kafka_io import KafkaUnavailable
+    from ingest.offset_range import OffsetOutOfRangeError
     from ingest.worker import IngestWorker
 
     worker = IngestWorker(cfg)
@@ -77,6 +79,12 @@ def run_ingest(args, cfg) -> int:
     except StoreFullError as e:
         print(f"mcrecall ingest: {e}", file=sys.stderr)
         return 3
+    except KafkaUnavailable as e:  # --until-idle S and the brokers unreachable that long
+        print(f"mcrecall ingest: {e}", file=sys.stderr)
+        return 4
+    except OffsetOutOfRangeError as e:  # [kafka] offset_reset = "fail"
+        print(f"mcrecall ingest: {e}", file=sys.stderr)
+        return 5
     return 0
 
 

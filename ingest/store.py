@@ -11,6 +11,8 @@ Layout (LMDB named databases)::
                                            = a cursor from S + 1: O(changed items), no scan)
     item_pairs >II (item_idx, user_idx) -> 1 byte action mask (the pairs, indexed by item)
     offsets   "<topic>\\0<partition>"     -> >q next offset to consume
+    offset_notes "<topic>\\0<partition>"  -> JSON: the stored offset was found outside the
+                                           partition's range (and what was done about it)
     meta      name                      -> >Q counter (seq, n_users, n_items, n_pairs, events, ...)
 
 A batch of events and the Kafka offsets that cover it are written in ONE write transaction, so a
@@ -21,6 +23,7 @@ safe (LMDB serialises writers).
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import threading
@@ -40,7 +43,8 @@ _I64 = struct.Struct(">q")
 _PAIR = struct.Struct(">II")
 _SCORE_TABLE = np.array([score_of(m) for m in range(256)], dtype=np.float32)
 
-COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events")
+# dlq_failed: bad events the dead-letter topic would not take (counted and logged, then skipped)
+COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed")
 
 
 class StoreFullError(RuntimeError):
@@ -117,6 +121,7 @@ class TripleStore:
         self._item_pairs = e.open_db(b"item_pairs")
         self._offsets = e.open_db(b"offsets")
         self._meta = e.open_db(b"meta")
+        self._offset_notes = self._optional_db(b"offset_notes")
         if not readonly:
             self._build_item_index()
         # id -> dense index, filled only from committed transactions (maps are append-only)
@@ -131,6 +136,7 @@ class TripleStore:
         *,
         events: int = 0,
         bad_events: int = 0,
+        dlq_failed: int = 0,
     ) -> dict:
         """OR the action masks of ``pairs`` into the store and record ``offsets``, atomically.
 
@@ -139,6 +145,8 @@ class TripleStore:
         pairs : ``{(user_id, item_id): mask}`` already merged within the batch.
         offsets : ``{(topic, partition): next_offset}``; a stored offset only moves forward.
         events, bad_events : counters to add.
+        dlq_failed : bad events (counted in ``bad_events`` too) that the dead-letter topic did not
+            take; counted in the transaction that moves the offset past them.
 
         Returns
         -------
@@ -194,6 +202,7 @@ class TripleStore:
                     counters["seq"] = seq
                 counters["events"] += int(events)
                 counters["bad_events"] += int(bad_events)
+                counters["dlq_failed"] += int(dlq_failed)
                 for name, value in counters.items():
                     txn.put(name.encode(), _U64.pack(value), db=self._meta)
         except lmdb.MapFullError as e:
@@ -263,6 +272,58 @@ class TripleStore:
                 txn.put(_PAIR.pack(i, u), bytes(v), db=self._item_pairs)
             txn.put(b"item_index", _U64.pack(1), db=self._meta)
 
+    def _optional_db(self, name: bytes):
+        """A named database added after the first release: a read-only handle on an older store
+        has none (None), a writable one creates it."""
+        if not self.readonly:
+            return self.env.open_db(name)
+        try:
+            return self.env.open_db(name, create=False)
+        except (lmdb.NotFoundError, lmdb.ReadonlyError):
+            return None
+
+    # ------------------------------------------------------------------ offsets out of range
+    def note_offset(self, topic: str, partition: int, note: Mapping | None) -> None:
+        """Record (``None``: clear) what was found about a partition's stored offset, for
+        ``mcrecall status``; the offset itself is not changed."""
+        if self.readonly:
+            raise PermissionError("this TripleStore handle is read-only")
+        k = _offset_key(topic, partition)
+        with self.env.begin(write=True) as txn:
+            if note is None:
+                txn.delete(k, db=self._offset_notes)
+            else:
+                txn.put(k, json.dumps(dict(note), sort_keys=True).encode(), db=self._offset_notes)
+
+    def reset_offset(self, topic: str, partition: int, expected: int, offset: int, note: Mapping) -> bool:
+        """Move a stored offset to ``offset`` (backwards too) if it still is ``expected``, and
+        record ``note``, in one transaction; False (nothing written) if another writer moved it.
+
+        The only way an offset moves backwards: after the partition's range was checked
+        (``[kafka] offset_reset = earliest | latest``).
+        """
+        if self.readonly:
+            raise PermissionError("this TripleStore handle is read-only")
+        k = _offset_key(topic, partition)
+        with self.env.begin(write=True) as txn:
+            old = txn.get(k, db=self._offsets)
+            if old is None or _I64.unpack(old)[0] != int(expected):
+                return False
+            txn.put(k, _I64.pack(int(offset)), db=self._offsets)
+            txn.put(k, json.dumps(dict(note), sort_keys=True).encode(), db=self._offset_notes)
+        return True
+
+    def offset_notes(self) -> dict[tuple[str, int], dict]:
+        """``{(topic, partition): note}`` recorded by :meth:`note_offset` / :meth:`reset_offset`."""
+        if self._offset_notes is None:
+            return {}
+        out = {}
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self._offset_notes):
+                t, _, p = bytes(k).rpartition(b"\0")
+                out[(t.decode(), int(p))] = json.loads(bytes(v))
+        return out
+
     def _get_counter(self, txn, name: str) -> int:
         raw = txn.get(name.encode(), db=self._meta)
         return _U64.unpack(raw)[0] if raw is not None else 0
@@ -274,11 +335,12 @@ class TripleStore:
             return self._get_counter(txn, "seq")
 
     def counts(self) -> dict:
-        """Counters: pairs, users, items, events, bad_events, seq."""
+        """Counters: pairs, users, items, events, bad_events, dlq_failed, seq."""
         with self.env.begin() as txn:
             c = {name: self._get_counter(txn, name) for name in COUNTERS}
         return {"pairs": c["n_pairs"], "users": c["n_users"], "items": c["n_items"],
-                "events": c["events"], "bad_events": c["bad_events"], "seq": c["seq"]}
+                "events": c["events"], "bad_events": c["bad_events"], "dlq_failed": c["dlq_failed"],
+                "seq": c["seq"]}
 
     def offsets(self, topic: str | None = None) -> dict[tuple[str, int], int]:
         """Stored next offsets ``{(topic, partition): offset}`` (optionally for one topic)."""

@@ -1,10 +1,13 @@
 """The streaming ingest worker: Kafka topic -> validated, scored triples in LMDB.
 
 Per poll: validate every message (DESIGN §1), send bad ones to ``<topic>.dlq`` with the reason
-and flush that producer, then write the merged pairs AND the offsets that cover them in one LMDB
-transaction. Only after that are offsets committed to Kafka, for lag monitoring only: on every
+and flush that producer (cut to ``[ingest] max_message_bytes``; one the topic still refuses after
+bounded retries is counted and logged as ``dlq_unwritable``), then write the merged pairs AND the
+offsets that cover them (and those counters) in one LMDB transaction: no message stops ingest.
+Only after that are offsets committed to Kafka, for lag monitoring only: on every
 partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
-instant harmless (re-reading is idempotent because scores merge by bitwise OR).
+instant harmless (re-reading is idempotent because scores merge by bitwise OR). Those stored
+offsets are checked against each partition's range first (``ingest.offset_range``).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from ingest import dead_letters, offset_range
 from ingest.events import BadEvent, parse_scored
-from ingest.kafka_io import dlq_topic, kafka_security_kwargs
+from ingest.kafka_io import KafkaUnavailable, dlq_topic, kafka_security_kwargs
+from ingest.offset_range import OffsetOutOfRangeError, PartitionRange
 from ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
@@ -31,6 +36,7 @@ log = logging.getLogger("mcrecall.ingest")
 class WorkerStats:
     events: int = 0
     bad_events: int = 0
+    dlq_failed: int = 0  # bad events the dead-letter topic did not take (in bad_events too)
     batches: int = 0
     changed_pairs: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -93,13 +99,16 @@ class IngestWorker:
     ----------
     cfg : core.config.Config
     progress_every_s : seconds between progress log lines.
+    dlq_timeout_s : the wait for the dead-letter topic to take a poll's bad events, per attempt
+        (:data:`ingest.dead_letters.ATTEMPTS`); then they are counted as ``dlq_failed``.
     """
 
-    def __init__(self, cfg, *, progress_every_s: float = 5.0):
+    def __init__(self, cfg, *, progress_every_s: float = 5.0, dlq_timeout_s: float = 30.0):
         self.cfg = cfg
         self.topic = cfg.kafka.topic
         self.store = TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb)
         self.progress_every_s = progress_every_s
+        self.dlq_timeout_s = dlq_timeout_s
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
@@ -107,6 +116,8 @@ class IngestWorker:
         # One batch is written to LMDB (fsync releases the GIL) while the next one is fetched.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
         self._pending: tuple[Future, dict] | None = None
+        self._fatal: Exception | None = None  # raised by run() once it has shut down cleanly
+        self._unchecked: set = set()  # assigned partitions whose stored offset awaits its range check
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_args) -> None:
@@ -116,10 +127,18 @@ class IngestWorker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def _connect(self) -> bool:
+    def _connect(self, give_up_after: float | None = None) -> bool:
+        """Create the clients, retrying; False when stopped, or when the brokers stayed
+        unreachable for ``give_up_after`` seconds (``self._fatal`` says so)."""
         k = self.cfg.kafka
         backoff = 0.5
+        started = time.monotonic()
         while not self._stop.is_set():
+            # kafka-python >= 3 waits 30 s per bootstrap by default: keep within give_up_after
+            bounded = {}
+            if give_up_after is not None and "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:
+                left = give_up_after - (time.monotonic() - started)
+                bounded = {"bootstrap_timeout_ms": int(max(1.0, min(30.0, left)) * 1000)}
             try:
                 self.consumer = KafkaConsumer(
                     bootstrap_servers=k.bootstrap_servers,
@@ -131,23 +150,39 @@ class IngestWorker:
                     max_poll_records=k.max_poll_records,
                     max_partition_fetch_bytes=4 * 1024 * 1024,
                     fetch_max_bytes=16 * 1024 * 1024,
+                    **bounded,
                     **kafka_security_kwargs(self.cfg),
                 )
-                self.producer = KafkaProducer(
-                    bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
-                    max_request_size=2 * 1024 * 1024, retries=5,
-                    **kafka_security_kwargs(self.cfg),
-                )
+                self.producer = KafkaProducer(**self._dlq_producer_config())
                 self.consumer.subscribe([self.topic], listener=_SeekToStore(self))
                 log.info("connected", extra={"bootstrap": k.bootstrap_servers, "topic": self.topic,
                                              "group": k.group_id})
                 return True
             except (KafkaError, OSError) as e:
+                if give_up_after is not None and time.monotonic() - started >= give_up_after:
+                    self._fatal = self._unreachable_error(give_up_after, e)
+                    return False
                 log.warning("kafka_unreachable", extra={"bootstrap": k.bootstrap_servers,
                                                         "error": str(e), "retry_in_s": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         return False
+
+    def _dlq_producer_config(self) -> dict:
+        """kafka-python settings of the dead-letter producer: records up to ``[ingest]
+        max_message_bytes`` (+ one batch's framing), each one's outcome known within the timeout."""
+        timeout_ms = int(self.dlq_timeout_s * 1000)
+        max_request = self.cfg.ingest.max_message_bytes + 64 * 1024
+        return dict(bootstrap_servers=self.cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
+                    max_request_size=max_request,
+                    request_timeout_ms=max(500, timeout_ms // 2), delivery_timeout_ms=max(1000, timeout_ms),
+                    max_block_ms=max(1000, timeout_ms), retries=5, **kafka_security_kwargs(self.cfg))
+
+    def _unreachable_error(self, seconds: float, error=None) -> KafkaUnavailable:
+        return KafkaUnavailable(
+            f"Kafka at {self.cfg.kafka.bootstrap_servers} unreachable for {seconds:g} s (--until-idle "
+            f"{seconds:g}){f': {error}' if error else ''}; nothing is lost: the next run resumes from "
+            "the store's offsets")
 
     def _seek_to_store(self, tps) -> None:
         stored = self.store.offsets(self.topic)
@@ -157,6 +192,108 @@ class IngestWorker:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, off)
+                # checked against the partition's range by run(), after this poll: a rebalance
+                # listener may not block on the broker (kafka-python 3 runs it on its IO thread)
+                self._unchecked.add(tp)
+
+    def _check_assigned(self, records: dict) -> dict:
+        """Check the stored offsets of newly assigned partitions against their ranges; a
+        partition whose start moved (``offset_reset``) is sought there and its records in this
+        poll's ``records`` are dropped (fetched from the stored offset, they are not wanted)."""
+        tps, self._unchecked = self._unchecked, set()
+        stored = self.store.offsets(self.topic)
+        known = {tp: stored[(tp.topic, tp.partition)] for tp in tps
+                 if (tp.topic, tp.partition) in stored and tp in self.consumer.assignment()}
+        for tp, off in (self._check_offsets(known) if known else {}).items():
+            if off != known[tp]:
+                self.consumer.seek(tp, off)
+                records.pop(tp, None)
+        return records
+
+    def _check_offsets(self, stored: dict) -> dict:
+        """Where to start each partition of ``stored`` (``{tp: stored offset}``): the stored
+        offset when it lies in the partition's range, else what ``[kafka] offset_reset`` says
+        (``fail``: the stored offset, ``self._fatal`` set and the worker stopping)."""
+        try:
+            ranges = self._partition_range(stored)
+        except (KafkaError, OSError) as e:  # cannot judge: keep the store's word, as before
+            log.warning("offset_range_unknown", extra={"error": str(e)})
+            return dict(stored)
+        # The broker's "latest offset" (ListOffsets) can be too LOW: the local broker (tansu)
+        # answers the base offset of the partition's last record batch, so a worker that consumed
+        # the whole partition holds a stored offset above it. "above the end" therefore counts only
+        # once the high watermark of a real fetch (from the reported end, which exists) confirms it.
+        above = {tp: end for tp, (_, end) in ranges.items() if stored[tp] > end}
+        if above:
+            try:
+                fetched = self._fetched_high_watermarks(above)
+            except (KafkaError, OSError) as e:
+                fetched = {}
+                log.debug("high_watermark_probe_failed", extra={"error": str(e)})
+            for tp in above:
+                if tp not in fetched:  # unconfirmed: trust the store (a wait, never a skip)
+                    log.warning("offset_range_unconfirmed", extra={
+                        "topic": tp.topic, "partition": tp.partition, "stored": stored[tp],
+                        "reported_end": above[tp]})
+                    ranges[tp] = (ranges[tp][0], max(stored[tp], above[tp]))
+                else:
+                    ranges[tp] = (ranges[tp][0], max(above[tp], fetched[tp]))
+        policy = self.cfg.kafka.offset_reset
+        notes = self.store.offset_notes()
+        start, problems = {}, []
+        for tp, off in stored.items():
+            r = PartitionRange(tp.topic, tp.partition, off, *ranges[tp])
+            start[tp] = off
+            if r.in_range:
+                if notes.get((tp.topic, tp.partition), {}).get("state") == "out_of_range":
+                    self.store.note_offset(tp.topic, tp.partition, None)  # the broker has it again
+                continue
+            if policy == "fail":
+                problems.append(r)
+                self.store.note_offset(tp.topic, tp.partition, r.note("out_of_range", policy="fail"))
+                continue
+            target = offset_range.reset_target(policy, r)
+            if not self.store.reset_offset(tp.topic, tp.partition, off, target,
+                                           r.note("reset", policy=policy, reset_to=target)):
+                target = self.store.offsets(self.topic).get((tp.topic, tp.partition), target)
+            start[tp] = target
+            log.warning("offset_reset", extra={"topic": tp.topic, "partition": tp.partition, "stored": off,
+                                               "beginning": r.beginning, "end": r.end, "policy": policy,
+                                               "reset_to": target})
+        if problems:
+            log.error("offset_out_of_range", extra={"partitions": "; ".join(p.describe() for p in problems),
+                                                    "policy": "fail"})
+            self._fatal = OffsetOutOfRangeError(offset_range.failure_message(problems))
+            self.stop()
+        return start
+
+    def _partition_range(self, tps) -> dict:
+        """``{tp: (beginning, end)}`` as the broker's ListOffsets answers it (the end may be too
+        low: see :meth:`_check_offsets`)."""
+        tps = list(tps)
+        beginning = self.consumer.beginning_offsets(tps)
+        end = self.consumer.end_offsets(tps)
+        return {tp: (beginning[tp], end[tp]) for tp in tps}
+
+    def _fetched_high_watermarks(self, from_offsets: dict, timeout_s: float = 10.0) -> dict:
+        """``{tp: high watermark}`` as fetch responses from ``from_offsets[tp]`` report it; a
+        separate consumer without a group, so the worker's own positions are not touched.
+        Partitions with no answer within ``timeout_s`` are left out."""
+        probe = KafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, group_id=None,
+                              enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024,
+                              **kafka_security_kwargs(self.cfg))
+        try:
+            probe.assign(list(from_offsets))
+            for tp, off in from_offsets.items():
+                probe.seek(tp, off)
+            deadline = time.monotonic() + timeout_s
+            marks = {}
+            while len(marks) < len(from_offsets) and time.monotonic() < deadline:
+                probe.poll(timeout_ms=200)  # the records themselves are not needed
+                marks = {tp: hw for tp in from_offsets if (hw := probe.highwater(tp)) is not None}
+            return marks
+        finally:
+            probe.close(autocommit=False)
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -173,8 +310,13 @@ class IngestWorker:
     # ------------------------------------------------------------------ main loop
     def run(self, until_idle: float | None = None, max_events: int | None = None) -> WorkerStats:
         """Consume until stopped, until ``until_idle`` quiet seconds, or ``max_events``."""
-        if not self._connect():
-            self.stats.exit_reason = "stopped"
+        if not self._connect(give_up_after=until_idle):
+            self.stats.exit_reason = "kafka_unreachable" if self._fatal else "stopped"
+            self._log_progress(None, None, final=True)
+            self.close()
+            self._writer.shutdown(wait=True)
+            if self._fatal:
+                raise self._fatal
             return self.stats
         last_data = None  # the idle clock starts once partitions are assigned
         last_progress = time.monotonic()
@@ -189,6 +331,11 @@ class IngestWorker:
                     self._stop.wait(1.0)
                     continue
                 now = time.monotonic()
+                if self._unchecked:
+                    records = self._check_assigned(records)
+                if self._fatal is not None:  # a stored offset out of range: consume nothing
+                    self.stats.exit_reason = "offset_out_of_range"
+                    break
                 if records:
                     try:
                         self._process(records)
@@ -209,7 +356,13 @@ class IngestWorker:
                     self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
                     progress_events = self.stats.events + self.stats.bad_events
                     last_progress = now
-                if until_idle is not None and last_data is not None and now - last_data >= until_idle:
+                if until_idle is not None and outage.since is not None:
+                    # idle only counts while the brokers answer; unreachable as long ends the run
+                    if now - outage.since >= until_idle:
+                        self.stats.exit_reason = "kafka_unreachable"
+                        self._fatal = self._unreachable_error(until_idle)
+                        break
+                elif until_idle is not None and last_data is not None and now - last_data >= until_idle:
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
@@ -230,6 +383,8 @@ class IngestWorker:
                 self._log_progress(None, None, final=True)
                 self.close()
                 self._writer.shutdown(wait=True)
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
     def _process(self, records: dict) -> None:
@@ -239,34 +394,39 @@ class IngestWorker:
         pairs: dict[tuple[str, str], int] = {}
         offsets: dict[tuple[str, int], int] = {}
         good = bad = 0
-        dlq = dlq_topic(self.topic)
-        futures = []
+        letters = []
         for tp, batch in records.items():
             for rec in batch:
                 try:
                     user_id, item_id, bits = parse_scored(rec.value)
                 except BadEvent as e:
                     bad += 1
-                    futures.append(self.producer.send(
-                        dlq, key=rec.key, value=rec.value if rec.value is not None else b"",
-                        headers=[("error", e.reason.encode("utf-8")),
-                                 ("source-topic", tp.topic.encode()),
-                                 ("source-partition", str(tp.partition).encode()),
-                                 ("source-offset", str(rec.offset).encode())]))
+                    letters.append(dead_letters.DeadLetter(tp.topic, tp.partition, rec.offset,
+                                                           rec.key, rec.value, e.reason))
                     continue
                 good += 1
                 key = (user_id, item_id)
                 pairs[key] = pairs.get(key, 0) | bits
             if batch:
                 offsets[(tp.topic, tp.partition)] = batch[-1].offset + 1
-        if futures:
-            # the dead letters must be durable before the offsets that skip them are
-            self.producer.flush(timeout=30)
-            for f in futures:
-                f.get(timeout=30)
+        # the dead letters must be durable before the offsets that skip them are
+        dlq_failed = self._dead_letter(letters) if letters else 0
         self._drain()
-        fut = self._writer.submit(self.store.apply, pairs, offsets, events=good, bad_events=bad)
-        self._pending = (fut, {"offsets": offsets, "good": good, "bad": bad})
+        fut = self._writer.submit(self.store.apply, pairs, offsets, events=good, bad_events=bad,
+                                  dlq_failed=dlq_failed)
+        self._pending = (fut, {"offsets": offsets, "good": good, "bad": bad, "dlq_failed": dlq_failed})
+
+    def _dead_letter(self, letters) -> int:
+        """Forward ``letters`` to the dead-letter topic; return how many it would not take (each
+        logged with its coordinates; the caller counts them with the offsets that skip them)."""
+        unwritten = dead_letters.forward(self.producer, dlq_topic(self.topic), letters,
+                                         self.cfg.ingest.max_message_bytes, self.dlq_timeout_s)
+        for dl, error in unwritten:
+            log.error("dlq_unwritable", extra={
+                "source_topic": dl.topic, "source_partition": dl.partition, "source_offset": dl.offset,
+                "size": len(dl.value or b""), "reason": dl.reason[:200], "error": error[:300],
+                "action": "counted as bad (store counter dlq_failed); the offset moves past it"})
+        return len(unwritten)
 
     def _drain(self) -> None:
         """Wait for the batch being written; then account for it and commit its offsets."""
@@ -277,6 +437,7 @@ class IngestWorker:
         result = fut.result()  # re-raises StoreFullError in the main thread
         self.stats.events += info["good"]
         self.stats.bad_events += info["bad"]
+        self.stats.dlq_failed += info["dlq_failed"]
         self.stats.batches += 1
         self.stats.changed_pairs += result["changed"]
         self.stats.last_batch_at = time.monotonic()

@@ -16,15 +16,21 @@ def collect_status(cfg) -> dict:
     try:
         store = TripleStore(cfg.data_dir, readonly=True)
         counts, offsets = store.counts(), store.offsets()
+        notes = store.offset_notes()
     except FileNotFoundError:
-        counts = {"pairs": 0, "users": 0, "items": 0, "events": 0, "bad_events": 0, "seq": 0}
-        offsets = {}
+        counts = {"pairs": 0, "users": 0, "items": 0, "events": 0, "bad_events": 0, "dlq_failed": 0, "seq": 0}
+        offsets, notes = {}, {}
     out: dict = {
         "data_dir": str(cfg.data_dir),
         "data_dir_exists": cfg.data_dir.is_dir(),
         "store": counts,
         "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())},
-        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": counts["bad_events"]},
+        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": counts["bad_events"],
+                         "not_written": counts.get("dlq_failed", 0)},
+        # partitions whose stored offset was found outside the broker's range ([kafka] offset_reset)
+        "offsets_out_of_range": {f"{t}[{p}]": n for (t, p), n in sorted(notes.items())
+                                 if n.get("state") == "out_of_range"},
+        "offset_resets": {f"{t}[{p}]": n for (t, p), n in sorted(notes.items()) if n.get("state") == "reset"},
         "version": None,
     }
     try:
@@ -66,6 +72,13 @@ def _table(rows) -> str:
     return "\n".join(f"  {a:<{w}}  {b}" for a, b in rows)
 
 
+def _dead_letters(d: dict) -> str:
+    text = f"{d['count']} -> {d['topic']}"
+    if d.get("not_written"):
+        text += f" ({d['not_written']} not written: the topic refused them; log line dlq_unwritable)"
+    return text
+
+
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4f}"
@@ -79,9 +92,18 @@ def render(st: dict) -> str:
     s = st["store"]
     lines.append(_table([("pairs", s["pairs"]), ("users", s["users"]), ("items", s["items"]),
                          ("events stored", s["events"]), ("store seq", s["seq"]),
-                         ("dead letters", f"{st['dead_letters']['count']} -> {st['dead_letters']['topic']}")]))
+                         ("dead letters", _dead_letters(st["dead_letters"]))]))
     lines += ["", "offsets (next to consume, from the store):"]
     lines.append(_table(st["offsets"].items()) if st["offsets"] else "  none yet")
+    bad = st.get("offsets_out_of_range") or {}
+    if bad:
+        lines += ["", "OFFSETS OUT OF RANGE (ingest stops; [kafka] offset_reset = earliest | latest goes on):"]
+        lines.append(_table((k, f"stored {n['stored']} not in [{n['beginning']}, {n['end']}]") for k, n in bad.items()))
+    resets = st.get("offset_resets") or {}
+    if resets:
+        lines += ["", "offsets reset (stored offset was outside the partition's range):"]
+        lines.append(_table((k, f"{n['stored']} -> {n.get('reset_to')} ({n.get('policy')}; range "
+                                f"[{n['beginning']}, {n['end']}])") for k, n in resets.items()))
     lines += [""]
     if st.get("version") is None:
         lines.append("model: no version published yet (run `mcrecall train`)")

@@ -1,0 +1,74 @@
+"""``--until-idle S`` also ends when the brokers stay unreachable for S seconds: non-zero exit,
+one clear line (before: the idle clock started only once partitions were assigned, so a worker
+that never reached a broker waited forever)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import load_config
+from ingest.broker import LocalBroker, free_port
+from ingest.kafka_io import KafkaUnavailable, ensure_topic
+from ingest.produce import produce_lines
+from ingest.store import TripleStore
+from ingest.worker import IngestWorker
+from eventlib import expected_scores, random_events, store_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_until_idle_ends_with_one_line_when_no_broker_ever_answers(tmp_path):
+    env = dict(os.environ, MCRECALL_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+               MCRECALL_STORE_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mcrecall", "ingest", "--until-idle", "3"], env=env,
+                          capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mcrecall ingest:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "unreachable for 3 s" in lines[0] and env["MCRECALL_KAFKA_BOOTSTRAP_SERVERS"] in lines[0]
+
+
+@pytest.mark.kafka
+def test_until_idle_ends_when_the_broker_goes_away_mid_run(tmp_path):
+    broker = LocalBroker(log_file=tmp_path / "b.log").start()
+    try:
+        cfg = load_config(environ={}).with_overrides(
+            kafka={"bootstrap_servers": broker.bootstrap_servers, "topic": "gone", "group_id": "g",
+                   "session_timeout_ms": 6000},
+            store={"data_dir": str(tmp_path / "data")})
+        ensure_topic(broker.bootstrap_servers, "gone", 2)
+        lines = random_events(300, 20, 20, seed=5)
+        produce_lines(lines, cfg)
+        worker = IngestWorker(cfg, progress_every_s=1.0)
+        out = {}
+
+        def run():
+            try:
+                out["stats"] = worker.run(until_idle=8)
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                out["error"] = e
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        store = TripleStore(cfg.data_dir)
+        deadline = time.monotonic() + 60
+        while store.counts()["events"] < len(lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        broker.stop()  # right after the data: the idle clock alone would end the run with 0
+        thread.join(90)
+        assert not thread.is_alive()
+        assert isinstance(out.get("error"), KafkaUnavailable), out
+        assert "unreachable for 8 s" in str(out["error"])
+        assert worker.stats.exit_reason == "kafka_unreachable"
+        assert store_scores(store) == expected_scores(lines)  # nothing lost
+    finally:
+        broker.stop()
