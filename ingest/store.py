@@ -242,14 +242,15 @@ class TripleStore:
 
     def _dense(self, txn, ext_ids, cache, new, by_id_db, by_idx_db, counters, counter) -> np.ndarray:
         """Dense index of each id (uint64 array): committed cache, stored, or new (in ``new``)."""
-        index = dict.fromkeys(ext_ids)  # distinct ids in order of first appearance
-        distinct = list(index)
-        dense = list(map(cache.get, distinct))
+        dense = list(map(cache.get, ext_ids))  # one lookup per event; most ids are known
         if None in dense:
+            missing = [k for k, d in enumerate(dense) if d is None]
+            # ids new to the cache, in order of first appearance: new indices follow that order
+            found = dict.fromkeys(map(ext_ids.__getitem__, missing))
             by_id, by_idx = [], []
-            for k in [k for k, d in enumerate(dense) if d is None]:
-                key = distinct[k].encode("utf-8")
-                raw = txn.get(key, db=by_id_db)  # another writer may have added it
+            for ext_id in found:
+                key = ext_id.encode("utf-8")
+                raw = txn.get(key, db=by_id_db)  # stored (by another handle or writer)?
                 if raw is not None:
                     idx = _U32.unpack(raw)[0]
                 else:
@@ -258,12 +259,13 @@ class TripleStore:
                     idx_key = _U32.pack(idx)
                     by_id.append((key, idx_key))
                     by_idx.append((idx_key, key))
-                new[distinct[k]] = dense[k] = idx
+                found[ext_id] = new[ext_id] = idx
             by_id.sort()
             txn.cursor(db=by_id_db).putmulti(by_id)
             txn.cursor(db=by_idx_db).putmulti(by_idx)  # increasing keys
-        index.update(zip(distinct, dense))
-        return np.fromiter(map(index.__getitem__, ext_ids), dtype=np.uint64, count=len(ext_ids))
+            for k in missing:
+                dense[k] = found[ext_ids[k]]
+        return np.fromiter(dense, dtype=np.int64, count=len(dense)).astype(np.uint64)
 
     def _merge_pairs(self, txn, u: np.ndarray, i: np.ndarray, bits: np.ndarray, seq_bytes: bytes,
                      counters: dict) -> int:
