@@ -316,32 +316,6 @@ class TripleStore:
             pairs[key] = pairs.get(key, 0) | mask_for_score(int(s))
         return self.apply(pairs)
 
-    def _index(self, txn, ext_id, new, by_id_db, by_idx_db, counters, counter) -> int:
-        """Dense index of an id missing from the committed cache: this batch's, stored, or new."""
-        idx = new.get(ext_id)
-        if idx is not None:
-            return idx
-        key = ext_id.encode("utf-8")
-        raw = txn.get(key, db=by_id_db)
-        if raw is not None:
-            idx = _U32.unpack(raw)[0]
-        else:
-            idx = counters[counter]
-            counters[counter] += 1
-            txn.put(key, _U32.pack(idx), db=by_id_db)
-            txn.put(_U32.pack(idx), key, db=by_idx_db)
-        new[ext_id] = idx
-        return idx
-
-    def _log_item(self, txn, i: int, seq_bytes: bytes) -> None:
-        """Move item ``i``'s one change-log entry to this batch's seq (same transaction)."""
-        ikey = _U32.pack(i)
-        old = txn.get(ikey, db=self._item_seq)
-        if old is not None:
-            txn.delete(bytes(old) + ikey, db=self._item_log)
-        txn.put(ikey, seq_bytes, db=self._item_seq)
-        txn.put(seq_bytes + ikey, b"", db=self._item_log)
-
     def _build_item_index(self) -> None:
         """Index pairs by item once, for a store written before ``item_pairs`` existed.
 

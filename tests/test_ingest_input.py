@@ -335,6 +335,32 @@ def dump(store: TripleStore) -> dict:
     return out
 
 
+def _ref_index(txn, ext_id, new, by_id_db, by_idx_db, counters, counter) -> int:
+    idx = new.get(ext_id)
+    if idx is not None:
+        return idx
+    key = ext_id.encode("utf-8")
+    raw = txn.get(key, db=by_id_db)
+    if raw is not None:
+        idx = _U32.unpack(raw)[0]
+    else:
+        idx = counters[counter]
+        counters[counter] += 1
+        txn.put(key, _U32.pack(idx), db=by_id_db)
+        txn.put(_U32.pack(idx), key, db=by_idx_db)
+    new[ext_id] = idx
+    return idx
+
+
+def _ref_log_item(s, txn, i: int, seq_bytes: bytes) -> None:
+    ikey = _U32.pack(i)
+    old = txn.get(ikey, db=s._item_seq)
+    if old is not None:
+        txn.delete(bytes(old) + ikey, db=s._item_log)
+    txn.put(ikey, seq_bytes, db=s._item_seq)
+    txn.put(seq_bytes + ikey, b"", db=s._item_log)
+
+
 def reference_apply(store: TripleStore, pairs, offsets=None, *, events=0, bad_events=0) -> int:
     """The per-pair definition of a batch (the store's original loop): the oracle."""
     s = store
@@ -344,8 +370,8 @@ def reference_apply(store: TripleStore, pairs, offsets=None, *, events=0, bad_ev
         seq_b = _U64.pack(seq)
         cu, ci, changed, new_u, new_i = set(), set(), 0, {}, {}
         for (user_id, item_id), bits in pairs.items():
-            u = s._index(txn, user_id, new_u, s._user_ids, s._users_by_idx, counters, "n_users")
-            i = s._index(txn, item_id, new_i, s._item_ids, s._items_by_idx, counters, "n_items")
+            u = _ref_index(txn, user_id, new_u, s._user_ids, s._users_by_idx, counters, "n_users")
+            i = _ref_index(txn, item_id, new_i, s._item_ids, s._items_by_idx, counters, "n_items")
             key = _PAIR.pack(u, i)
             old = txn.get(key, db=s._pairs)
             old_mask = old[0] if old is not None else 0
@@ -360,7 +386,7 @@ def reference_apply(store: TripleStore, pairs, offsets=None, *, events=0, bad_ev
                 txn.put(_PAIR.pack(i, u), bytes((new,)), db=s._item_pairs)
                 if i not in ci:
                     ci.add(i)
-                    s._log_item(txn, i, seq_b)
+                    _ref_log_item(s, txn, i, seq_b)
         for (topic, part), off in (offsets or {}).items():
             k = topic.encode() + b"\0" + str(part).encode()
             old = txn.get(k, db=s._offsets)
