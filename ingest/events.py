@@ -18,7 +18,8 @@ try:  # orjson is 2-3x faster and rejects lone surrogates; json is the fallback
     import orjson
 
     _loads = orjson.loads
-    _DecodeErrors: tuple = (orjson.JSONDecodeError, RecursionError)
+    # orjson.JSONDecodeError is a json.JSONDecodeError: this also covers the exact re-parse below
+    _DecodeErrors: tuple = (json.JSONDecodeError, RecursionError)
 except ImportError:  # pragma: no cover
     _loads = json.loads
     _DecodeErrors = (json.JSONDecodeError, RecursionError)
@@ -122,7 +123,7 @@ def parse_event(raw: bytes | str) -> Event:
 
 
 def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
 def _loads_exact(raw: bytes) -> Any:
@@ -137,7 +138,10 @@ def _loads_exact(raw: bytes) -> Any:
     if obj.__class__ is dict and float in (obj.get("user_id").__class__, obj.get("item_id").__class__,
                                            obj.get("ts").__class__):
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        try:
+            obj = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError as e:  # e.g. an integer beyond Python's digit limit for int(str)
+            raise json.JSONDecodeError(str(e), text, 0) from None
     return obj
 
 
