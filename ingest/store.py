@@ -28,6 +28,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -42,6 +43,12 @@ _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _PAIR = struct.Struct(">II")
 _SCORE_TABLE = np.array([score_of(m) for m in range(256)], dtype=np.float32)
+_MASK_BYTES = [bytes((m,)) for m in range(256)]  # a stored mask value, by mask
+
+
+def _be_keys(values: np.ndarray, width: int) -> list[bytes]:
+    """Each value as a big-endian key of ``width`` bytes (a list of bytes, for LMDB)."""
+    return np.frombuffer(values.astype(f">u{width}").tobytes(), dtype=f"V{width}").tolist()
 
 # dlq_failed: bad events the dead-letter topic would not take (counted and logged, then skipped)
 COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed")
@@ -152,44 +159,66 @@ class TripleStore:
         -------
         dict with ``changed`` (pairs whose score or existence changed) and ``seq``.
         """
+        users = [u for u, _ in pairs]
+        items = [i for _, i in pairs]
+        return self.apply_events(users, items, list(pairs.values()), offsets,
+                                 events=events, bad_events=bad_events, dlq_failed=dlq_failed)
+
+    def apply_events(
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        bits: Sequence[int] | np.ndarray,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+        *,
+        events: int | None = None,
+        bad_events: int = 0,
+        dlq_failed: int = 0,
+    ) -> dict:
+        """OR each event's action bits into its (user, item) pair and record ``offsets``, in one
+        write transaction.
+
+        Event ``k`` is ``(user_ids[k], item_ids[k], bits[k])``; a pair may repeat. For every
+        pair p of the batch (M_b(p) = OR of its events' bits, M_s(p) = the stored mask, 0 if none)::
+
+            M_s(p) <- M_s(p) | M_b(p)        # changed if p is new or M_s(p) grew
+
+        A user or item new to the store gets the next dense index in order of first appearance
+        in the batch; each changed pair's user and item are stamped with this batch's seq (the
+        item moves its one change-log entry there). The work per event is done by numpy and by
+        LMDB's multi-key calls on sorted keys, not by Python code per pair.
+
+        Parameters
+        ----------
+        user_ids, item_ids : canonical ids (:mod:`core.ids`), one per event.
+        bits : action masks (``ingest.events.ACTION_BITS``), one per event.
+        offsets : ``{(topic, partition): next_offset}``; a stored offset only moves forward.
+        events : counter to add (default ``len(user_ids)``); bad_events and dlq_failed likewise
+            (see :meth:`apply`).
+
+        Returns
+        -------
+        dict with ``changed`` (pairs whose score or existence changed) and ``seq``.
+        """
         if self.readonly:
             raise PermissionError("this TripleStore handle is read-only")
+        n = len(user_ids)
+        if len(item_ids) != n or len(bits) != n:
+            raise ValueError(f"one user id, item id and mask per event: got {n}, {len(item_ids)}, {len(bits)}")
         new_users: dict[str, int] = {}
         new_items: dict[str, int] = {}
         try:
             with self.env.begin(write=True) as txn:
                 counters = {name: self._get_counter(txn, name) for name in COUNTERS}
                 seq = counters["seq"] + 1
-                changed_users: set[int] = set()
-                changed_items: set[int] = set()
                 changed = 0
-                seq_bytes = _U64.pack(seq)
-                ucache, icache, pairs_db, pack = self._user_cache, self._item_cache, self._pairs, _PAIR.pack
-                for (user_id, item_id), bits in pairs.items():
-                    u = ucache.get(user_id)
-                    if u is None:
-                        u = self._index(txn, user_id, new_users, self._user_ids,
-                                        self._users_by_idx, counters, "n_users")
-                    i = icache.get(item_id)
-                    if i is None:
-                        i = self._index(txn, item_id, new_items, self._item_ids,
-                                        self._items_by_idx, counters, "n_items")
-                    key = pack(u, i)
-                    old = txn.get(key, db=pairs_db)
-                    old_mask = old[0] if old is not None else 0
-                    new_mask = old_mask | bits
-                    if old is None or new_mask != old_mask:
-                        txn.put(key, bytes((new_mask,)), db=self._pairs)
-                        if old is None:
-                            counters["n_pairs"] += 1
-                        changed += 1
-                        if u not in changed_users:
-                            changed_users.add(u)
-                            txn.put(_U32.pack(u), seq_bytes, db=self._user_seq)
-                        txn.put(pack(i, u), bytes((new_mask,)), db=self._item_pairs)
-                        if i not in changed_items:
-                            changed_items.add(i)
-                            self._log_item(txn, i, seq_bytes)
+                if n:
+                    u = self._dense(txn, user_ids, self._user_cache, new_users, self._user_ids,
+                                    self._users_by_idx, counters, "n_users")
+                    i = self._dense(txn, item_ids, self._item_cache, new_items, self._item_ids,
+                                    self._items_by_idx, counters, "n_items")
+                    changed = self._merge_pairs(txn, u, i, np.asarray(bits, dtype=np.uint8),
+                                                _U64.pack(seq), counters)
                 for (topic, partition), offset in (offsets or {}).items():
                     k = _offset_key(topic, partition)
                     old = txn.get(k, db=self._offsets)
@@ -200,7 +229,7 @@ class TripleStore:
                         txn.put(k, _I64.pack(int(offset)), db=self._offsets)
                 if changed:
                     counters["seq"] = seq
-                counters["events"] += int(events)
+                counters["events"] += int(n if events is None else events)
                 counters["bad_events"] += int(bad_events)
                 counters["dlq_failed"] += int(dlq_failed)
                 for name, value in counters.items():
@@ -222,6 +251,74 @@ class TripleStore:
         self._item_cache.update(new_items)
         return {"changed": changed, "seq": counters["seq"]}
 
+    def _dense(self, txn, ext_ids, cache, new, by_id_db, by_idx_db, counters, counter) -> np.ndarray:
+        """Dense index of each id (uint64 array): committed cache, stored, or new (in ``new``)."""
+        dense = list(map(cache.get, ext_ids))  # one lookup per event; most ids are known
+        if None in dense:
+            missing = [k for k, d in enumerate(dense) if d is None]
+            # ids new to the cache, in order of first appearance: new indices follow that order
+            found = dict.fromkeys(map(ext_ids.__getitem__, missing))
+            by_id, by_idx = [], []
+            for ext_id in found:
+                key = ext_id.encode("utf-8")
+                raw = txn.get(key, db=by_id_db)  # stored (by another handle or writer)?
+                if raw is not None:
+                    idx = _U32.unpack(raw)[0]
+                else:
+                    idx = counters[counter]
+                    counters[counter] += 1
+                    idx_key = _U32.pack(idx)
+                    by_id.append((key, idx_key))
+                    by_idx.append((idx_key, key))
+                found[ext_id] = new[ext_id] = idx
+            by_id.sort()
+            txn.cursor(db=by_id_db).putmulti(by_id)
+            txn.cursor(db=by_idx_db).putmulti(by_idx)  # increasing keys
+            for k in missing:
+                dense[k] = found[ext_ids[k]]
+        return np.fromiter(dense, dtype=np.int64, count=len(dense)).astype(np.uint64)
+
+    def _merge_pairs(self, txn, u: np.ndarray, i: np.ndarray, bits: np.ndarray, seq_bytes: bytes,
+                     counters: dict) -> int:
+        """OR the events' masks into ``pairs``/``item_pairs``, stamp changed users and items with
+        ``seq_bytes``; return the number of changed pairs. The pair key ``>II (u, i)`` is the
+        big-endian bytes of ``u << 32 | i``, so a uint64 sort is the key order."""
+        key = (u << np.uint64(32)) | i
+        order = np.argsort(key, kind="stable")
+        key, bits = key[order], bits[order]
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        keys = key[starts]
+        masks = np.bitwise_or.reduceat(bits, starts)
+        key_bytes = _be_keys(keys, 8)
+        stored = txn.cursor(db=self._pairs).getmulti(key_bytes)  # [(key, mask)] of stored pairs
+        old = np.zeros(len(keys), dtype=np.uint8)
+        exists = np.zeros(len(keys), dtype=bool)
+        if stored:
+            at = np.searchsorted(keys, np.frombuffer(b"".join(k for k, _ in stored), dtype=">u8"))
+            old[at] = np.frombuffer(b"".join(v[:1] for _, v in stored), dtype=np.uint8)
+            exists[at] = True
+        new = old | masks
+        changed = np.flatnonzero(~exists | (new != old))
+        if not len(changed):
+            return 0
+        counters["n_pairs"] += int(len(keys) - np.count_nonzero(exists))
+        ck, cm = keys[changed], new[changed]
+        txn.cursor(db=self._pairs).putmulti(
+            zip([key_bytes[j] for j in changed.tolist()], map(_MASK_BYTES.__getitem__, cm.tolist())))
+        low = np.uint64(0xFFFFFFFF)
+        by_item = ((ck & low) << np.uint64(32)) | (ck >> np.uint64(32))
+        o = np.argsort(by_item)
+        txn.cursor(db=self._item_pairs).putmulti(
+            zip(_be_keys(by_item[o], 8), map(_MASK_BYTES.__getitem__, cm[o].tolist())))
+        users = _be_keys(np.unique(ck >> np.uint64(32)), 4)
+        txn.cursor(db=self._user_seq).putmulti(zip(users, repeat(seq_bytes)))
+        items = _be_keys(np.unique(ck & low), 4)
+        for ikey, old_seq in txn.cursor(db=self._item_seq).getmulti(items):
+            txn.delete(bytes(old_seq) + bytes(ikey), db=self._item_log)  # the item's old entry
+        txn.cursor(db=self._item_seq).putmulti(zip(items, repeat(seq_bytes)))
+        txn.cursor(db=self._item_log).putmulti(zip([seq_bytes + k for k in items], repeat(b"")))
+        return len(changed)
+
     def put_scores(self, user_ids: Sequence, item_ids: Sequence, scores: Sequence[int]) -> dict:
         """Write triples directly (tools and tests); merged with what is stored like events."""
         pairs: dict[tuple[str, str], int] = {}
@@ -229,32 +326,6 @@ class TripleStore:
             key = (str(u), str(i))
             pairs[key] = pairs.get(key, 0) | mask_for_score(int(s))
         return self.apply(pairs)
-
-    def _index(self, txn, ext_id, new, by_id_db, by_idx_db, counters, counter) -> int:
-        """Dense index of an id missing from the committed cache: this batch's, stored, or new."""
-        idx = new.get(ext_id)
-        if idx is not None:
-            return idx
-        key = ext_id.encode("utf-8")
-        raw = txn.get(key, db=by_id_db)
-        if raw is not None:
-            idx = _U32.unpack(raw)[0]
-        else:
-            idx = counters[counter]
-            counters[counter] += 1
-            txn.put(key, _U32.pack(idx), db=by_id_db)
-            txn.put(_U32.pack(idx), key, db=by_idx_db)
-        new[ext_id] = idx
-        return idx
-
-    def _log_item(self, txn, i: int, seq_bytes: bytes) -> None:
-        """Move item ``i``'s one change-log entry to this batch's seq (same transaction)."""
-        ikey = _U32.pack(i)
-        old = txn.get(ikey, db=self._item_seq)
-        if old is not None:
-            txn.delete(bytes(old) + ikey, db=self._item_log)
-        txn.put(ikey, seq_bytes, db=self._item_seq)
-        txn.put(seq_bytes + ikey, b"", db=self._item_log)
 
     def _build_item_index(self) -> None:
         """Index pairs by item once, for a store written before ``item_pairs`` existed.
