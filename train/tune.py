@@ -196,6 +196,10 @@ def tune(cfg, *, budget_s: float, objective: str | None = None, n_trials: int | 
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             trial.set_user_attr("why", "stopped: budget")
             raise optuna.TrialPruned() from None
+        except RuntimeError as e:  # a singular solve, out of memory: this trial only, go on
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            trial.set_user_attr("why", f"failed: {' '.join(str(e).split())[:80]}")
+            return float("nan")
         up, ip = model.published()
         ev = evaluate(up, ip, model.scale, tr, te, user_hash=hu, max_users=tc.eval_users,
                       device=device, baselines=False, user_has=user_has, item_has=item_has)
@@ -239,7 +243,8 @@ def tune(cfg, *, budget_s: float, objective: str | None = None, n_trials: int | 
     study.enqueue_trial({k: getattr(base, k) for k in SPACES[objective]})  # trial 0: as given
     log(format_header(objective, metric))
     try:
-        study.optimize(run_trial, n_trials=n_trials, timeout=max(budget_s, 1e-3),
+        study.optimize(run_trial, n_trials=n_trials,
+                       timeout=max(deadline - time.monotonic(), 1e-3),
                        callbacks=[on_trial], catch=(), gc_after_trial=False)
     except KeyboardInterrupt:
         result.interrupted = True
