@@ -148,8 +148,10 @@ def summary(runs: list[str]) -> str:
         ratio = "—" if not d or b is None else f"{b / d:.2f}×"
         rows.append([r["objective"], r["tuned on"], f"{d:.4f} → {b:.4f}", ratio,
                      f"{dr:.4f} → {br:.4f}", r["tune s"]])
+        beaten = num(r["hold-out Recall@10 tuned"]) != num(r["hold-out Recall@10 default"])
         said.append(f"- {r['objective']}: best settings {r['best settings']} "
-                    f"({r['trials finished']} trials finished).")
+                    f"({r['trials finished']} trials finished"
+                    + ("" if beaten else "; none beat the defaults on the hold-out") + ").")
     said.append("- Fresh = pairs `tune` never read; the hold-out figures it selected on are in "
                 "the run's table (optimistic for the tuned row).")
     return marked("tune", table_md(header, rows, "llrrrr") + "\n\n" + "\n".join(said))
