@@ -182,3 +182,35 @@ def test_toml_writer_round_trips_hostile_strings(text):
     sections = {"index": {"collection": text, "timeout_s": 1e-05, "secure": False},
                 "serve": {"max_k": 7, "x": float("inf")}}
     assert tomllib.loads(toml_text(sections, ["a comment"])) == sections
+
+
+@pytest.mark.parametrize("argv", [["--budget", "0"], ["--budget", "10x"], ["--trials", "0"],
+                                  ["--seed", "-1"], ["--objective", "rmse"]])
+def test_bad_arguments_are_refused_by_the_parser(argv, capsys):
+    from mcrecall.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["tune", *argv])
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_budget_units_parse():
+    from mcrecall.cli import build_parser
+
+    for text, secs in (("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400)):
+        assert build_parser().parse_args(["tune", "--budget", text]).budget == secs
+
+
+def test_cli_on_a_missing_data_dir_or_out_dir_says_so(tmp_path):
+    p = _cli(["tune", "--budget", "5s"], env={"MCRECALL_STORE_DATA_DIR": str(tmp_path / "no")})
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "no").exists()
+    d = tmp_path / "empty"
+    d.mkdir()
+    p = _cli(["tune", "--budget", "5s"], env={"MCRECALL_STORE_DATA_DIR": str(d)})
+    assert p.returncode == 1 and "no triple store" in p.stderr, p.stderr
+    p = _cli(["tune", "--out", str(tmp_path / "nodir" / "b.toml")],
+             env={"MCRECALL_STORE_DATA_DIR": str(d)})
+    assert p.returncode == 1 and "--out" in p.stderr, p.stderr
+    assert os.listdir(d) == []
