@@ -161,7 +161,10 @@ def test_ctrl_c_keeps_the_best_so_far(store, tmp_path):
     e.update(PYTHONPATH=str(ROOT), **env)
     p = subprocess.Popen([sys.executable, "-m", "mcrecall", "tune", "--budget", "1h", "--out",
                           str(out)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=ROOT)
+                         text=True, cwd=ROOT,
+                         # a shell's background job (nohup ... &) ignores SIGINT, and so would
+                         # the child: Python then installs no KeyboardInterrupt handler
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:
             if line.rstrip().endswith("best"):
