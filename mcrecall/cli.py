@@ -29,7 +29,7 @@ COMMANDS = {
     "train": ("train.cli", "add_train_arguments", "run_train",
               "train once and publish a new model version (--every repeats)"),
     "tune": ("train.cli", "add_tune_arguments", "run_tune",
-             "search [train] settings on the hold-out and write the best as TOML (publishes nothing)"),
+             "search [train] settings on the hold-out; write the best as TOML (publishes nothing)"),
     "refresh": ("train.refresh", "add_refresh_arguments", "run_refresh",
                 "give new and changed items vectors in the current version (--every repeats)"),
     "evaluate": ("mcrecall.evaluate", "add_evaluate_arguments", "run_evaluate",

@@ -217,3 +217,10 @@ def test_cli_on_a_missing_data_dir_or_out_dir_says_so(tmp_path):
              env={"MCRECALL_STORE_DATA_DIR": str(d)})
     assert p.returncode == 1 and "--out" in p.stderr, p.stderr
     assert os.listdir(d) == []
+
+
+def test_a_store_too_small_for_a_hold_out_is_one_clear_error(tmp_path):
+    data = make_synthetic(n_users=5, n_items=5, n_triples=6, seed=0)
+    fill_store(tmp_path / "d", data)
+    with pytest.raises(TuneError, match="tuning needs more data"):
+        tune(small_config(tmp_path / "d"), budget_s=5, log=_quiet)
