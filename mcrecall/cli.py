@@ -28,6 +28,8 @@ COMMANDS = {
                "run the ingest worker (or --from-file backfill)"),
     "train": ("train.cli", "add_train_arguments", "run_train",
               "train once and publish a new model version (--every repeats)"),
+    "tune": ("train.cli", "add_tune_arguments", "run_tune",
+             "search [train] settings on the hold-out; write the best as TOML (publishes nothing)"),
     "refresh": ("train.refresh", "add_refresh_arguments", "run_refresh",
                 "give new and changed items vectors in the current version (--every repeats)"),
     "evaluate": ("mcrecall.evaluate", "add_evaluate_arguments", "run_evaluate",
@@ -47,7 +49,7 @@ _OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
 # How each command uses [store] data_dir: "write" creates or changes files there; "read" needs
 # it to exist (and works on a read-only one); "status" reports a missing one itself.
 DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write",
-                "recall": "read", "triples": "read", "status": "status"}
+                "recall": "read", "triples": "read", "tune": "read", "status": "status"}
 
 
 def _check_data_dir(args, cfg) -> None:

@@ -79,3 +79,75 @@ def run_train(args, cfg) -> int:
             time.sleep(max(0.0, every - (time.monotonic() - started)))
     except KeyboardInterrupt:
         return 0
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``tune`` subcommand's options to ``parser`` (logic: train/tune.py)."""
+    parser.add_argument("--budget", metavar="DURATION", type=parse_duration, default=600.0,
+                        help="wall-clock budget, e.g. 90s, 10m, 1h (default 10m)")
+    parser.add_argument("--objective", choices=("implicit", "squared", "bce"), default=None,
+                        help="objective to tune (default: [train] objective)")
+    parser.add_argument("--trials", metavar="N", type=_positive_int, default=None,
+                        help="at most N trials (default: as many as the budget allows)")
+    parser.add_argument("--seed", metavar="S", type=_seed, default=None,
+                        help="seeds the search and the training (default: [train] seed)")
+    parser.add_argument("--out", metavar="FILE.toml", default="best.toml",
+                        help="where the best settings go, for `mcrecall --config FILE.toml "
+                             "train` (default best.toml)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _seed(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, 2**32 - 1], got {text!r}")
+    return n
+
+
+def run_tune(args, cfg) -> int:
+    """Run ``mcrecall tune``: 0 best settings written (also after Ctrl-C, if a trial finished);
+    1 nothing to tune on or no trial finished; 2 Optuna missing."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        print("mcrecall tune: needs Optuna: pip install 'mcrecall[tune]'", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from .tune import TuneError, tune
+
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        print(f"mcrecall tune: --out {out}: not a file in an existing directory", file=sys.stderr)
+        return 1
+    try:
+        res = tune(cfg, budget_s=args.budget, objective=args.objective, n_trials=args.trials,
+                   seed=args.seed, out=out)
+    except TuneError as e:
+        print(f"mcrecall tune: {e}", file=sys.stderr)
+        return 1
+    if res.best is None:
+        print("mcrecall tune: interrupted before any trial finished; nothing written",
+              file=sys.stderr)
+        return 130
+    b, d = res.best, res.default
+    vs = (f" (trial 0, the configuration as given: {d['figures'][res.metric]:.4f})"
+          if d and d is not b else "")
+    print(f"tune: {len(res.trials)} trials in {res.seconds:.0f} s; best trial {b['number']} "
+          f"{res.metric} {b['figures'][res.metric]:.4f}{vs}\n"
+          f"tune: wrote {out}; train with: mcrecall --config {out} train", flush=True)
+    return 0
