@@ -39,6 +39,9 @@ class KafkaConfig:
     ssl_cafile: str = ""  # PEM CA bundle that signed the brokers' certificates ("" = system CAs)
     ssl_certfile: str = ""  # PEM client certificate (mutual TLS)
     ssl_keyfile: str = ""  # PEM private key of ssl_certfile
+    # the worker's Kafka client: kafka-python (pure Python, the default) or confluent
+    # (confluent-kafka on librdkafka, the optional extra `mcrecall[fast]`: ~3x the consume rate)
+    client: str = "kafka-python"
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,7 @@ RANGES: dict[tuple[str, str], Range] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "security_protocol"): ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     ("kafka", "sasl_mechanism"): ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    ("kafka", "client"): ("kafka-python", "confluent"),
     ("train", "similarity"): ("dot", "cosine"),
     ("train", "objective"): ("squared", "bce", "implicit"),
     ("index", "metric"): ("L2", "IP", "COSINE"),

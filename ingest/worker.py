@@ -16,12 +16,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
-
+from ingest.consumers import KAFKA_ERRORS, EventConsumer, open_consumer, open_dlq_producer
 from ingest.events import BadEvent, parse_scored
-from ingest.kafka_io import dlq_topic, kafka_security_kwargs
+from ingest.kafka_io import dlq_topic
 from ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
@@ -39,7 +36,7 @@ class WorkerStats:
     exit_reason: str = ""
 
 
-class _SeekToStore(ConsumerRebalanceListener):
+class _SeekToStore:
     def __init__(self, worker: "IngestWorker"):
         self.worker = worker
 
@@ -102,11 +99,12 @@ class IngestWorker:
         self.progress_every_s = progress_every_s
         self.stats = WorkerStats()
         self._stop = threading.Event()
-        self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
+        self.consumer: EventConsumer | None = None  # of [kafka] client (ingest/consumers.py)
+        self.producer = None  # the dead-letter producer, same client family
         # One batch is written to LMDB (fsync releases the GIL) while the next one is fetched.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
         self._pending: tuple[Future, dict] | None = None
+        self._reach_at = -1e9  # when the broker's reachability was last asked
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_args) -> None:
@@ -121,28 +119,15 @@ class IngestWorker:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                self.consumer = KafkaConsumer(
-                    bootstrap_servers=k.bootstrap_servers,
-                    group_id=k.group_id,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    session_timeout_ms=k.session_timeout_ms,
-                    heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),
-                    max_poll_records=k.max_poll_records,
-                    max_partition_fetch_bytes=4 * 1024 * 1024,
-                    fetch_max_bytes=16 * 1024 * 1024,
-                    **kafka_security_kwargs(self.cfg),
-                )
-                self.producer = KafkaProducer(
-                    bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
-                    max_request_size=2 * 1024 * 1024, retries=5,
-                    **kafka_security_kwargs(self.cfg),
-                )
-                self.consumer.subscribe([self.topic], listener=_SeekToStore(self))
+                self.consumer = open_consumer(self.cfg)
+                self.producer = open_dlq_producer(self.cfg)
+                listener = _SeekToStore(self)
+                self.consumer.subscribe(self.topic, on_assigned=listener.on_partitions_assigned,
+                                        on_revoked=listener.on_partitions_revoked)
                 log.info("connected", extra={"bootstrap": k.bootstrap_servers, "topic": self.topic,
-                                             "group": k.group_id})
+                                             "group": k.group_id, "client": k.client})
                 return True
-            except (KafkaError, OSError) as e:
+            except (*KAFKA_ERRORS, OSError) as e:
                 log.warning("kafka_unreachable", extra={"bootstrap": k.bootstrap_servers,
                                                         "error": str(e), "retry_in_s": backoff})
                 self._stop.wait(backoff)
@@ -161,7 +146,7 @@ class IngestWorker:
     def close(self) -> None:
         if self.consumer is not None:
             try:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
             except Exception:  # closing after an outage must not mask the real exit reason
                 pass
         if self.producer is not None:
@@ -183,8 +168,8 @@ class IngestWorker:
         try:
             while not self._stop.is_set():
                 try:
-                    records = self.consumer.poll(timeout_ms=500)
-                except KafkaError as e:
+                    records = self.consumer.poll(0.5)
+                except KAFKA_ERRORS as e:
                     log.warning("poll_failed", extra={"error": str(e)})
                     self._stop.wait(1.0)
                     continue
@@ -192,7 +177,7 @@ class IngestWorker:
                 if records:
                     try:
                         self._process(records)
-                    except KafkaError as e:
+                    except KAFKA_ERRORS as e:
                         # nothing of this batch reached the store: read it again from the stored offsets
                         log.warning("batch_retry", extra={"error": str(e)})
                         self._drain()
@@ -281,30 +266,24 @@ class IngestWorker:
         self.stats.changed_pairs += result["changed"]
         self.stats.last_batch_at = time.monotonic()
         try:  # for monitoring only (the store's offsets are the truth), so async: no round trip
-            self.consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                  for (t, p), o in info["offsets"].items()})
-        except (KafkaError, AssertionError) as e:
+            self.consumer.commit_async(info["offsets"])
+        except (*KAFKA_ERRORS, AssertionError) as e:
             log.debug("kafka_commit_failed", extra={"error": str(e)})
 
     def _broker_reachable(self) -> bool | None:
-        """Whether any broker connection is up (None: unknown). kafka-python's poll() returns
-        nothing, silently, while the brokers are down; this is how an outage becomes visible."""
+        """Whether the cluster answers (None: unknown). poll() returns nothing, silently, while
+        the brokers are down; this is how an outage becomes visible. Asked at most once a second."""
+        now = time.monotonic()
+        if now - self._reach_at < 1.0:
+            return None
+        self._reach_at = now
         try:
-            client = self.consumer._client  # no public API for this in kafka-python
-            return any(client.connected(b.node_id) for b in client.cluster.brokers())
+            return self.consumer.reachable(timeout_s=1.0)
         except Exception:
             return None
 
     def _lag(self) -> int | None:
-        # The fetch responses' high watermark, not end_offsets(): the local broker answers the
-        # latter too low. Unknown until a fetch has returned for every assigned partition.
-        total = 0
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                return None
-            total += max(0, hw - self.consumer.position(tp))
-        return total
+        return self.consumer.lag()
 
     def _log_progress(self, window_s, window_events, final=False) -> None:
         s = self.stats
