@@ -25,6 +25,7 @@ from core import ids as _ids  # the one place for the id rules
 from core.ids import MAX_ID_BYTES  # noqa: F401  (re-exported: the hot path below uses it)
 
 MAX_MESSAGE_BYTES = 64 * 1024
+_INT_ID_END = 10**MAX_ID_BYTES  # integer ids below this have at most MAX_ID_BYTES digits (core.ids)
 
 IMPRESSION = 0x10
 ACTION_BITS = {
@@ -133,6 +134,10 @@ def parse_scored(raw) -> tuple[str, str, int]:
         if obj.__class__ is dict:
             u = obj.get("user_id")
             i = obj.get("item_id")
+            if u.__class__ is int and 0 <= u < _INT_ID_END:  # an integer id: its decimal string
+                u = str(u)
+            if i.__class__ is int and 0 <= i < _INT_ID_END:
+                i = str(i)
             bits = ACTION_BITS.get(obj.get("action")) if obj.get("action").__class__ is str else None
             ts = obj.get("ts")
             if (bits is not None and u.__class__ is str and i.__class__ is str and u.isascii()
