@@ -127,7 +127,9 @@ class EventConsumer:
         raise NotImplementedError
 
     def watermarks(self, tps: Iterable, timeout_s: float = 5.0) -> dict:
-        """``{Partition: (beginning, end)}`` asked of the broker; raises a KAFKA_ERRORS on timeout."""
+        """``{Partition: (beginning, end)}`` asked of the broker (ListOffsets); raises a
+        KAFKA_ERRORS on timeout. The local broker (tansu) answers ``end`` too low: the base
+        offset of the partition's last record batch + 1, not its last offset + 1."""
         raise NotImplementedError
 
     def lag(self) -> int | None:
