@@ -38,6 +38,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _PAIR = struct.Struct(">II")
+_MASK_BYTES = [bytes((m,)) for m in range(256)]  # a pair's stored value: its action mask
 _SCORE_TABLE = np.array([score_of(m) for m in range(256)], dtype=np.float32)
 
 COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events")
@@ -156,7 +157,8 @@ class TripleStore:
                 changed_items: set[int] = set()
                 changed = 0
                 seq_bytes = _U64.pack(seq)
-                ucache, icache, pairs_db, pack = self._user_cache, self._item_cache, self._pairs, _PAIR.pack
+                ucache, icache, pack = self._user_cache, self._item_cache, _PAIR.pack
+                keyed = []  # (pair key, u, i, bits)
                 for (user_id, item_id), bits in pairs.items():
                     u = ucache.get(user_id)
                     if u is None:
@@ -166,22 +168,32 @@ class TripleStore:
                     if i is None:
                         i = self._index(txn, item_id, new_items, self._item_ids,
                                         self._items_by_idx, counters, "n_items")
-                    key = pack(u, i)
-                    old = txn.get(key, db=pairs_db)
+                    keyed.append((pack(u, i), u, i, bits))
+                # Reads and writes in key order, each database in one C loop (getmulti/putmulti):
+                # a third of the Python calls per pair, and neighbouring B-tree pages
+                keyed.sort()
+                pairs_cur = txn.cursor(db=self._pairs)
+                stored = dict(pairs_cur.getmulti([k[0] for k in keyed]))
+                pair_puts, item_pair_puts = [], []
+                for key, u, i, bits in keyed:
+                    old = stored.get(key)
                     old_mask = old[0] if old is not None else 0
                     new_mask = old_mask | bits
                     if old is None or new_mask != old_mask:
-                        txn.put(key, bytes((new_mask,)), db=self._pairs)
+                        value = _MASK_BYTES[new_mask]
+                        pair_puts.append((key, value))
+                        item_pair_puts.append((pack(i, u), value))
                         if old is None:
                             counters["n_pairs"] += 1
-                        changed += 1
-                        if u not in changed_users:
-                            changed_users.add(u)
-                            txn.put(_U32.pack(u), seq_bytes, db=self._user_seq)
-                        txn.put(pack(i, u), bytes((new_mask,)), db=self._item_pairs)
-                        if i not in changed_items:
-                            changed_items.add(i)
-                            self._log_item(txn, i, seq_bytes)
+                        changed_users.add(u)
+                        changed_items.add(i)
+                changed = len(pair_puts)
+                pairs_cur.putmulti(pair_puts)
+                item_pair_puts.sort()
+                txn.cursor(db=self._item_pairs).putmulti(item_pair_puts)
+                txn.cursor(db=self._user_seq).putmulti(
+                    [(_U32.pack(u), seq_bytes) for u in sorted(changed_users)])
+                self._log_items(txn, sorted(changed_items), seq_bytes)
                 for (topic, partition), offset in (offsets or {}).items():
                     k = _offset_key(topic, partition)
                     old = txn.get(k, db=self._offsets)
@@ -238,14 +250,16 @@ class TripleStore:
         new[ext_id] = idx
         return idx
 
-    def _log_item(self, txn, i: int, seq_bytes: bytes) -> None:
-        """Move item ``i``'s one change-log entry to this batch's seq (same transaction)."""
-        ikey = _U32.pack(i)
-        old = txn.get(ikey, db=self._item_seq)
-        if old is not None:
-            txn.delete(bytes(old) + ikey, db=self._item_log)
-        txn.put(ikey, seq_bytes, db=self._item_seq)
-        txn.put(seq_bytes + ikey, b"", db=self._item_log)
+    def _log_items(self, txn, items: list[int], seq_bytes: bytes) -> None:
+        """Move each item's one change-log entry to this batch's seq (same transaction);
+        ``items`` sorted, so that each database is read and written in key order."""
+        ikeys = [_U32.pack(i) for i in items]
+        seq_cur = txn.cursor(db=self._item_seq)
+        delete, log_db = txn.delete, self._item_log
+        for ikey, old in seq_cur.getmulti(ikeys):
+            delete(old + ikey, db=log_db)
+        seq_cur.putmulti([(k, seq_bytes) for k in ikeys])
+        txn.cursor(db=log_db).putmulti([(seq_bytes + k, b"") for k in ikeys])
 
     def _build_item_index(self) -> None:
         """Index pairs by item once, for a store written before ``item_pairs`` existed.
