@@ -175,6 +175,11 @@ class KafkaPythonConsumer(EventConsumer):
             **kafka_security_kwargs(cfg),
         )
 
+    @property
+    def config(self) -> dict:
+        """The client's own configuration (kafka-python names)."""
+        return self._c.config
+
     def subscribe(self, topic, on_assigned, on_revoked):
         self._c.subscribe([topic], listener=_Listener(on_assigned, on_revoked))
 
@@ -238,6 +243,10 @@ class KafkaPythonProducer:
         self._p = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
                                 max_request_size=max_request_bytes, retries=5, **kafka_security_kwargs(cfg))
 
+    @property
+    def config(self) -> dict:
+        return self._p.config
+
     def send(self, topic, *, key=None, value=b"", headers=()):
         return self._p.send(topic, key=key, value=value, headers=list(headers))
 
@@ -281,13 +290,18 @@ def _confluent_base(cfg) -> dict:
 
 class ConfluentConsumer(EventConsumer):
     client = "confluent"
+    config: dict = {}  # the librdkafka configuration it was made with
+
+    def _conf(self, cfg, conf: dict) -> dict:
+        self.config = conf
+        return conf
 
     def __init__(self, cfg, *, group_id: str | None = None):
         ck = _require_confluent()
         k = cfg.kafka
         self.topic = k.topic
         self.max_records = k.max_poll_records
-        self._c = ck.Consumer({
+        self._c = ck.Consumer(self._conf(cfg, {
             **_confluent_base(cfg),
             "group.id": group_id or k.group_id,
             "enable.auto.commit": False,
@@ -297,7 +311,7 @@ class ConfluentConsumer(EventConsumer):
             "heartbeat.interval.ms": max(100, k.session_timeout_ms // 3),
             "max.partition.fetch.bytes": _FETCH["partition_bytes"],
             "fetch.max.bytes": _FETCH["total_bytes"],
-        })
+        }))
         self._assigned: set[Partition] = set()
         self._in_assign: dict[Partition, int] | None = None  # seeks made inside on_assign
         self._lock = threading.Lock()
@@ -446,9 +460,9 @@ class ConfluentProducer:
 
     def __init__(self, cfg, *, max_request_bytes=DLQ_MAX_REQUEST_BYTES):
         ck = _require_confluent()
-        self._p = ck.Producer({**_confluent_base(cfg), "acks": "all", "linger.ms": 5,
-                               "message.max.bytes": max_request_bytes, "retries": 5,
-                               "enable.idempotence": False})
+        self.config = {**_confluent_base(cfg), "acks": "all", "linger.ms": 5,
+                       "message.max.bytes": max_request_bytes, "retries": 5, "enable.idempotence": False}
+        self._p = ck.Producer(self.config)
 
     def send(self, topic, *, key=None, value=b"", headers=()):
         d = _Delivery(self._p)
