@@ -476,4 +476,8 @@ class ConfluentProducer:
             raise KafkaTimeoutError(f"{left} dead letters not acknowledged within {timeout:g}s")
 
     def close(self, timeout=5.0):
-        self._p.flush(timeout)
+        if self._p is not None:
+            self._p.flush(timeout)
+            # librdkafka has no close(): dropping the last reference destroys the handle, which
+            # otherwise keeps reconnecting in its own threads
+            self._p = None
