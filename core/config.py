@@ -42,6 +42,9 @@ class KafkaConfig:
     # a stored offset outside the partition's [beginning, end] (the broker lost its data, the
     # topic was recreated, retention removed it): fail (stop, one line) | earliest | latest
     offset_reset: str = "fail"
+    # the worker's Kafka client: kafka-python (pure Python, the default) or confluent
+    # (confluent-kafka on librdkafka, the optional extra `mcrecall[fast]`: ~3x the consume rate)
+    client: str = "kafka-python"
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("kafka", "security_protocol"): ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     ("kafka", "sasl_mechanism"): ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     ("kafka", "offset_reset"): ("fail", "earliest", "latest"),
+    ("kafka", "client"): ("kafka-python", "confluent"),
     ("train", "similarity"): ("dot", "cosine"),
     ("train", "objective"): ("squared", "bce", "implicit"),
     ("index", "metric"): ("L2", "IP", "COSINE"),

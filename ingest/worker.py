@@ -19,13 +19,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
-
 from ingest import dead_letters, offset_range
+from ingest.consumers import (KAFKA_ERRORS, EventConsumer, fetched_high_watermarks, open_consumer,
+                              open_dlq_producer)
 from ingest.events import BadEvent, parse_scored
-from ingest.kafka_io import KafkaUnavailable, dlq_topic, kafka_security_kwargs
+from ingest.kafka_io import KafkaUnavailable, dlq_topic
 from ingest.offset_range import OffsetOutOfRangeError, PartitionRange
 from ingest.store import StoreFullError, TripleStore
 
@@ -45,7 +43,7 @@ class WorkerStats:
     exit_reason: str = ""
 
 
-class _SeekToStore(ConsumerRebalanceListener):
+class _SeekToStore:
     def __init__(self, worker: "IngestWorker"):
         self.worker = worker
 
@@ -111,13 +109,14 @@ class IngestWorker:
         self.dlq_timeout_s = dlq_timeout_s
         self.stats = WorkerStats()
         self._stop = threading.Event()
-        self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
+        self.consumer: EventConsumer | None = None  # of [kafka] client (ingest/consumers.py)
+        self.producer = None  # the dead-letter producer, same client family
         # One batch is written to LMDB (fsync releases the GIL) while the next one is fetched.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
         self._pending: tuple[Future, dict] | None = None
         self._fatal: Exception | None = None  # raised by run() once it has shut down cleanly
         self._unchecked: set = set()  # assigned partitions whose stored offset awaits its range check
+        self._reach_at = -1e9  # when the broker's reachability was last asked
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_args) -> None:
@@ -134,31 +133,20 @@ class IngestWorker:
         backoff = 0.5
         started = time.monotonic()
         while not self._stop.is_set():
-            # kafka-python >= 3 waits 30 s per bootstrap by default: keep within give_up_after
-            bounded = {}
-            if give_up_after is not None and "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:
-                left = give_up_after - (time.monotonic() - started)
-                bounded = {"bootstrap_timeout_ms": int(max(1.0, min(30.0, left)) * 1000)}
+            left = None if give_up_after is None else give_up_after - (time.monotonic() - started)
             try:
-                self.consumer = KafkaConsumer(
-                    bootstrap_servers=k.bootstrap_servers,
-                    group_id=k.group_id,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    session_timeout_ms=k.session_timeout_ms,
-                    heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),
-                    max_poll_records=k.max_poll_records,
-                    max_partition_fetch_bytes=4 * 1024 * 1024,
-                    fetch_max_bytes=16 * 1024 * 1024,
-                    **bounded,
-                    **kafka_security_kwargs(self.cfg),
-                )
-                self.producer = KafkaProducer(**self._dlq_producer_config())
-                self.consumer.subscribe([self.topic], listener=_SeekToStore(self))
+                self.consumer = open_consumer(self.cfg, connect_timeout_s=left)
+                self.producer = open_dlq_producer(
+                    self.cfg, timeout_s=self.dlq_timeout_s,
+                    # records up to [ingest] max_message_bytes, plus one batch's framing
+                    max_request_bytes=self.cfg.ingest.max_message_bytes + 64 * 1024)
+                listener = _SeekToStore(self)
+                self.consumer.subscribe(self.topic, on_assigned=listener.on_partitions_assigned,
+                                        on_revoked=listener.on_partitions_revoked)
                 log.info("connected", extra={"bootstrap": k.bootstrap_servers, "topic": self.topic,
-                                             "group": k.group_id})
+                                             "group": k.group_id, "client": k.client})
                 return True
-            except (KafkaError, OSError) as e:
+            except (*KAFKA_ERRORS, OSError) as e:
                 if give_up_after is not None and time.monotonic() - started >= give_up_after:
                     self._fatal = self._unreachable_error(give_up_after, e)
                     return False
@@ -167,16 +155,6 @@ class IngestWorker:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         return False
-
-    def _dlq_producer_config(self) -> dict:
-        """kafka-python settings of the dead-letter producer: records up to ``[ingest]
-        max_message_bytes`` (+ one batch's framing), each one's outcome known within the timeout."""
-        timeout_ms = int(self.dlq_timeout_s * 1000)
-        max_request = self.cfg.ingest.max_message_bytes + 64 * 1024
-        return dict(bootstrap_servers=self.cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
-                    max_request_size=max_request,
-                    request_timeout_ms=max(500, timeout_ms // 2), delivery_timeout_ms=max(1000, timeout_ms),
-                    max_block_ms=max(1000, timeout_ms), retries=5, **kafka_security_kwargs(self.cfg))
 
     def _unreachable_error(self, seconds: float, error=None) -> KafkaUnavailable:
         return KafkaUnavailable(
@@ -216,7 +194,7 @@ class IngestWorker:
         (``fail``: the stored offset, ``self._fatal`` set and the worker stopping)."""
         try:
             ranges = self._partition_range(stored)
-        except (KafkaError, OSError) as e:  # cannot judge: keep the store's word, as before
+        except (*KAFKA_ERRORS, OSError) as e:  # cannot judge: keep the store's word, as before
             log.warning("offset_range_unknown", extra={"error": str(e)})
             return dict(stored)
         # The broker's "latest offset" (ListOffsets) can be too LOW: the local broker (tansu)
@@ -227,7 +205,7 @@ class IngestWorker:
         if above:
             try:
                 fetched = self._fetched_high_watermarks(above)
-            except (KafkaError, OSError) as e:
+            except (*KAFKA_ERRORS, OSError) as e:
                 fetched = {}
                 log.debug("high_watermark_probe_failed", extra={"error": str(e)})
             for tp in above:
@@ -270,35 +248,16 @@ class IngestWorker:
     def _partition_range(self, tps) -> dict:
         """``{tp: (beginning, end)}`` as the broker's ListOffsets answers it (the end may be too
         low: see :meth:`_check_offsets`)."""
-        tps = list(tps)
-        beginning = self.consumer.beginning_offsets(tps)
-        end = self.consumer.end_offsets(tps)
-        return {tp: (beginning[tp], end[tp]) for tp in tps}
+        return self.consumer.watermarks(list(tps))
 
     def _fetched_high_watermarks(self, from_offsets: dict, timeout_s: float = 10.0) -> dict:
-        """``{tp: high watermark}`` as fetch responses from ``from_offsets[tp]`` report it; a
-        separate consumer without a group, so the worker's own positions are not touched.
-        Partitions with no answer within ``timeout_s`` are left out."""
-        probe = KafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, group_id=None,
-                              enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024,
-                              **kafka_security_kwargs(self.cfg))
-        try:
-            probe.assign(list(from_offsets))
-            for tp, off in from_offsets.items():
-                probe.seek(tp, off)
-            deadline = time.monotonic() + timeout_s
-            marks = {}
-            while len(marks) < len(from_offsets) and time.monotonic() < deadline:
-                probe.poll(timeout_ms=200)  # the records themselves are not needed
-                marks = {tp: hw for tp in from_offsets if (hw := probe.highwater(tp)) is not None}
-            return marks
-        finally:
-            probe.close(autocommit=False)
+        """``{tp: high watermark}`` of fetches from ``from_offsets[tp]`` (a separate consumer)."""
+        return fetched_high_watermarks(self.cfg, from_offsets, timeout_s)
 
     def close(self) -> None:
         if self.consumer is not None:
             try:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
             except Exception:  # closing after an outage must not mask the real exit reason
                 pass
         if self.producer is not None:
@@ -325,8 +284,8 @@ class IngestWorker:
         try:
             while not self._stop.is_set():
                 try:
-                    records = self.consumer.poll(timeout_ms=500)
-                except KafkaError as e:
+                    records = self.consumer.poll(0.5)
+                except KAFKA_ERRORS as e:
                     log.warning("poll_failed", extra={"error": str(e)})
                     self._stop.wait(1.0)
                     continue
@@ -339,7 +298,7 @@ class IngestWorker:
                 if records:
                     try:
                         self._process(records)
-                    except KafkaError as e:
+                    except KAFKA_ERRORS as e:
                         # nothing of this batch reached the store: read it again from the stored offsets
                         log.warning("batch_retry", extra={"error": str(e)})
                         self._drain()
@@ -442,30 +401,24 @@ class IngestWorker:
         self.stats.changed_pairs += result["changed"]
         self.stats.last_batch_at = time.monotonic()
         try:  # for monitoring only (the store's offsets are the truth), so async: no round trip
-            self.consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                  for (t, p), o in info["offsets"].items()})
-        except (KafkaError, AssertionError) as e:
+            self.consumer.commit_async(info["offsets"])
+        except (*KAFKA_ERRORS, AssertionError) as e:
             log.debug("kafka_commit_failed", extra={"error": str(e)})
 
     def _broker_reachable(self) -> bool | None:
-        """Whether any broker connection is up (None: unknown). kafka-python's poll() returns
-        nothing, silently, while the brokers are down; this is how an outage becomes visible."""
+        """Whether the cluster answers (None: unknown). poll() returns nothing, silently, while
+        the brokers are down; this is how an outage becomes visible. Asked at most once a second."""
+        now = time.monotonic()
+        if now - self._reach_at < 1.0:
+            return None
+        self._reach_at = now
         try:
-            client = self.consumer._client  # no public API for this in kafka-python
-            return any(client.connected(b.node_id) for b in client.cluster.brokers())
+            return self.consumer.reachable(timeout_s=1.0)
         except Exception:
             return None
 
     def _lag(self) -> int | None:
-        # The fetch responses' high watermark, not end_offsets(): the local broker answers the
-        # latter too low. Unknown until a fetch has returned for every assigned partition.
-        total = 0
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                return None
-            total += max(0, hw - self.consumer.position(tp))
-        return total
+        return self.consumer.lag()
 
     def _log_progress(self, window_s, window_events, final=False) -> None:
         s = self.stats

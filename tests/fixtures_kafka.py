@@ -82,6 +82,25 @@ def kafka_bootstrap(kafka_backend, tmp_path_factory):
         yield broker.bootstrap_servers
 
 
+WORKER_CLIENTS = ("kafka-python", "confluent")
+
+
+@pytest.fixture(params=WORKER_CLIENTS)
+def kafka_client(request, monkeypatch) -> str:
+    """Each worker test runs once per ``[kafka] client``: ``MCRECALL_KAFKA_CLIENT`` is set for the
+    test (worker subprocesses inherit it; in-process configs read it through :func:`worker_client`)."""
+    if request.param == "confluent":
+        pytest.importorskip("confluent_kafka", reason="confluent-kafka (the mcrecall[fast] extra) "
+                            "is not installed: the confluent half of the worker suite is skipped")
+    monkeypatch.setenv("MCRECALL_KAFKA_CLIENT", request.param)
+    return request.param
+
+
+def worker_client() -> str:
+    """The ``[kafka] client`` the running worker test is parametrized with."""
+    return os.environ.get("MCRECALL_KAFKA_CLIENT", "kafka-python")
+
+
 @pytest.fixture
 def kafka_topic(kafka_bootstrap) -> str:
     """A fresh topic with 4 partitions (and its .dlq) for one test."""

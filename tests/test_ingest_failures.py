@@ -19,16 +19,18 @@ from ingest.produce import produce_lines
 from ingest.store import TripleStore
 from ingest.worker import IngestWorker
 from core.config import load_config
+from fixtures_kafka import worker_client
 from eventlib import expected_scores, random_events, store_scores
 
-pytestmark = pytest.mark.kafka
+# every test runs once per [kafka] client (fixtures_kafka.kafka_client)
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(bootstrap, topic, data_dir, **kafka):
     return load_config(environ={}).with_overrides(
         kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": "g",
-               "session_timeout_ms": 6000, **kafka},
+               "session_timeout_ms": 6000, "client": worker_client(), **kafka},
         store={"data_dir": str(data_dir)})
 
 

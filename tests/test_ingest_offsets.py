@@ -18,6 +18,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from core.config import load_config
+from fixtures_kafka import worker_client
 from ingest.broker import LocalBroker
 from ingest.kafka_io import ensure_topic
 from ingest.offset_range import OffsetOutOfRangeError
@@ -27,14 +28,15 @@ from ingest.worker import IngestWorker
 from mcrecall.status import collect_status, render
 from eventlib import expected_scores, random_events, store_scores
 
-pytestmark = pytest.mark.kafka
+# every test runs once per [kafka] client (fixtures_kafka.kafka_client)
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "resets"
 
 
 def _cfg(bootstrap, data_dir, **kafka):
     return load_config(environ={}).with_overrides(
-        kafka={"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "g", "session_timeout_ms": 6000,
+        kafka={"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "g", "session_timeout_ms": 6000, "client": worker_client(),
                **kafka},
         store={"data_dir": str(data_dir)})
 

@@ -19,6 +19,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from core.config import load_config
+from fixtures_kafka import worker_client
 from ingest import dead_letters
 from ingest.broker import LocalBroker, broker_command, free_port, port_open
 from ingest.kafka_io import ensure_topic
@@ -26,13 +27,14 @@ from ingest.store import TripleStore
 from ingest.worker import IngestWorker
 from eventlib import store_scores
 
-pytestmark = pytest.mark.kafka
+# every test runs once per [kafka] client (fixtures_kafka.kafka_client)
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 MB = 1_000_000
 
 
 def _cfg(bootstrap, topic, data_dir, **ingest):
     return load_config(environ={}).with_overrides(
-        kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": "g", "session_timeout_ms": 6000},
+        kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": "g", "session_timeout_ms": 6000, "client": worker_client()},
         store={"data_dir": str(data_dir)}, ingest=ingest)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from core.config import load_config
+from fixtures_kafka import worker_client
 from ingest.broker import LocalBroker, free_port
 from ingest.kafka_io import KafkaUnavailable, ensure_topic
 from ingest.produce import produce_lines
@@ -24,6 +25,7 @@ from eventlib import expected_scores, random_events, store_scores
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_until_idle_ends_with_one_line_when_no_broker_ever_answers(tmp_path):
     env = dict(os.environ, MCRECALL_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                MCRECALL_STORE_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT))
@@ -38,12 +40,13 @@ def test_until_idle_ends_with_one_line_when_no_broker_ever_answers(tmp_path):
 
 
 @pytest.mark.kafka
+@pytest.mark.usefixtures("kafka_client")
 def test_until_idle_ends_when_the_broker_goes_away_mid_run(tmp_path):
     broker = LocalBroker(log_file=tmp_path / "b.log").start()
     try:
         cfg = load_config(environ={}).with_overrides(
             kafka={"bootstrap_servers": broker.bootstrap_servers, "topic": "gone", "group_id": "g",
-                   "session_timeout_ms": 6000},
+                   "session_timeout_ms": 6000, "client": worker_client()},
             store={"data_dir": str(tmp_path / "data")})
         ensure_topic(broker.bootstrap_servers, "gone", 2)
         lines = random_events(300, 20, 20, seed=5)

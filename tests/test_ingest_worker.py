@@ -20,16 +20,18 @@ from ingest.produce import produce_lines
 from ingest.store import TripleStore
 from ingest.worker import IngestWorker
 from core.config import load_config
+from fixtures_kafka import worker_client
 from eventlib import expected_scores, random_events, store_scores
 
-pytestmark = pytest.mark.kafka
+# every test runs once per [kafka] client (fixtures_kafka.kafka_client)
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(bootstrap, topic, data_dir, group="g"):
     return load_config(environ={}).with_overrides(
         kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": group,
-               "session_timeout_ms": 6000},
+               "session_timeout_ms": 6000, "client": worker_client()},
         store={"data_dir": str(data_dir)})
 
 

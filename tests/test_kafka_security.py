@@ -472,3 +472,41 @@ def test_the_local_broker_overrides_clear_every_production_security_setting(pki)
     env = {f"MCRECALL_KAFKA_{k.upper()}": v for k, v in _security("sasl_ssl", pki).items()}
     env.update({f"MCRECALL_KAFKA_{k.upper()}": v for k, v in PLAINTEXT_OVERRIDES.items()})
     assert kafka_security_kwargs(load_config(environ=env)) == {"security_protocol": "PLAINTEXT"}
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("relay_name", ["tls", "sasl_ssl", "sasl"])
+def test_the_confluent_worker_and_dlq_producer_work_through_an_authenticating_broker(
+        relays, pki, tmp_path, relay_name):
+    pytest.importorskip("confluent_kafka", reason="confluent-kafka (mcrecall[fast]) is not installed")
+    relay = relays[relay_name]
+    topic = f"secc-{uuid.uuid4().hex[:8]}"
+    security = _security(relay_name, pki)
+    cfg = _cfg(relay, tmp_path / "data", topic, {**security, "client": "confluent"})
+    lines = random_events(300, 20, 20, seed=3) + [b"not json"]
+    assert produce_lines(lines, cfg, validate=False).sent == len(lines)
+    logins_before = len(relay.logins) if relay.sasl is not None else 0
+
+    worker = IngestWorker(cfg, progress_every_s=60)
+    thread = threading.Thread(target=worker.run, kwargs={"until_idle": 3.0}, daemon=True)
+    thread.start()
+    thread.join(120)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(30)
+        pytest.fail(f"the confluent worker did not consume the topic through the {relay_name} relay")
+    store = TripleStore(cfg.data_dir, readonly=True)
+    assert store_scores(store) == expected_scores(lines[:-1])
+    assert store.counts()["bad_events"] == 1  # the dead letter went through the secured producer
+    for name, client in {"consumer": worker.consumer, "dlq producer": worker.producer}.items():
+        c = client.config  # librdkafka's property names
+        assert c["security.protocol"] == security["security_protocol"], name
+        if "ssl_cafile" in security:
+            assert (c["ssl.ca.location"], c["ssl.certificate.location"], c["ssl.key.location"]) == (
+                pki["ca"], pki["client_cert"], pki["client_key"]), name
+        if "sasl_username" in security:
+            assert (c["sasl.mechanism"], c["sasl.username"], c["sasl.password"]) == (
+                "PLAIN", SASL_USER, SASL_PASSWORD), name
+    if relay.sasl is not None:
+        new_logins = relay.logins[logins_before:]  # (earlier tests here log in with wrong passwords)
+        assert new_logins and all(ok for _, ok in new_logins), new_logins
