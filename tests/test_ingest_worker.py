@@ -172,7 +172,9 @@ def test_sigkill_at_random_moments_leaves_exact_store(kafka_bootstrap, kafka_top
 
 def test_two_workers_split_partitions(kafka_bootstrap, kafka_topic, tmp_path):
     data = tmp_path / "data"
-    env = worker_env(kafka_bootstrap, kafka_topic, data, group="pair")
+    # a group of its own: on the local broker a member of an earlier test's group that did not
+    # leave (the kafka-python run of this test) can stay its elected leader and wedge SyncGroup
+    env = worker_env(kafka_bootstrap, kafka_topic, data, group=f"pair-{kafka_topic}")
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     procs = [start_worker(env, "--until-idle", "6", log_path=p) for p in logs]
     try:
