@@ -204,9 +204,10 @@ class BCE:
         reg = self.reg * ((1 + self.negatives) * (a * a).sum() + (bp * bp).sum()
                           + (bn * bn).sum())
         ((data + reg) / len(a)).backward()
-        gsc = float(self.scale_t.grad)
-        self.gs += gsc * gsc
-        self.scale = max(0.1, self.scale - self.lr * gsc / math.sqrt(self.gs + 1e-10))
+        if self.similarity == "cosine":
+            gsc = float(self.scale_t.grad)
+            self.gs += gsc * gsc
+            self.scale = max(0.1, self.scale - self.lr * gsc / math.sqrt(self.gs + 1e-10))
         return data.detach(), a.grad, bp.grad, bn.grad
 
     def predict(self, u, i):
