@@ -168,8 +168,8 @@ def test_bce_step_paths_agree(n_items):
             m._step = _sorted_step.__get__(m)
         m.fit(2, log=lambda s: None)
         out.append((m.U.clone(), m.V.clone()))
-    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
 
 
 def _sorted_step(self, table, acc, parts):
