@@ -217,6 +217,46 @@ def implicit_als(b: Bench, alpha=3.0, reg=0.01, iters=15, threads=2):
     b.per_sweep[name] = per
 
 
+def interleaved_speed(b: Bench, rounds: int = 8, threads: int = 2) -> list[list[str]]:
+    """Sweep times taken in turns with the library's iterations (a shared machine's load
+    changes within a run): after each of the library's iterations (its callback; the time in
+    the callback is not counted as the library's), one sweep of each of our ALS objectives
+    (default solver). Returns rows: method, median s, ratio to the library's median."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    u, i, y = b.train
+    pos = y > 0
+    mat = sp.csr_matrix((y[pos].astype(np.float32), (u[pos], i[pos])), shape=(b.nu, b.ni))
+    ours = {f"ours {o} (CG, {ALS.__init__.__kwdefaults__['cg_steps']} steps)":
+            ALS(u, i, y, b.nu, b.ni, objective=o, dim=b.dim, reg=0.1, alpha=3.0)
+            for o in ("implicit", "squared")}
+    for m in ours.values():
+        m.init_factors(0)
+    times = {"implicit library ALS (CG, 3 steps)": [], **{k: [] for k in ours}}
+    lib_name = next(iter(times))
+    model = AlternatingLeastSquares(factors=b.dim, regularization=0.01, alpha=3.0,
+                                    iterations=rounds, random_state=0, num_threads=threads)
+    start = [time.perf_counter()]
+
+    def turn(*_):
+        times[lib_name].append(time.perf_counter() - start[0])
+        for name, m in ours.items():
+            times[name].append(m.fit(1, log=_quiet)[0]["seconds"])
+        start[0] = time.perf_counter()
+
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1, "blas"):
+        model.fit(mat, show_progress=False, callback=turn)
+    lib = statistics.median(times[lib_name][1:])  # the first iteration also sets up
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts[1:])
+        rows.append([name, f"{med:.3f}", f"{min(ts[1:]):.3f}", f"{med / lib:.2f}×"])
+        print(f"interleaved {name}: median {med:.3f} s, {med / lib:.2f}x library", flush=True)
+    return rows
+
+
 def memory_runs(a):
     sizes = [int(x) for x in a.memory.split(",") if x.strip()]
     runs = [(n, "cg") for n in sizes]
@@ -332,10 +372,15 @@ def main(argv=None) -> int:
         implicit_als(b)
     except ImportError as e:
         notes.append(f"implicit not installed ({e})")
+    try:
+        inter = interleaved_speed(b, threads=a.threads)
+    except ImportError as e:
+        inter = []
+        notes.append(f"interleaved speed not measured ({e})")
     fi = {o: foldin_ms(m, o, a.dim) for o, m in (("squared", m_sq), ("implicit", m_im))}
     mem = [peak_rss(n, solver, a.dim, a.threads) for n, solver in memory_runs(a)]
     total = time.perf_counter() - t0
-    write_table(a, b, fi, notes, total, mem)
+    write_table(a, b, fi, notes, total, mem, inter)
     return 0
 
 
@@ -379,7 +424,7 @@ def memory_rows(mem) -> list[list[str]]:
     return rows
 
 
-def write_table(a, b, fi, notes, total, mem=()):
+def write_table(a, b, fi, notes, total, mem=(), inter=()):
     f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     rows = [[name, f"{secs:.1f}", f(m["rmse"]), f(m["mae"]), f(m["recall@10"]), f(m["ndcg@10"]), note]
             for name, secs, m, note in b.rows]
@@ -407,6 +452,16 @@ def write_table(a, b, fi, notes, total, mem=()):
         table_md(["method", "s / sweep", "ratio", "Recall@10", "Δ Recall@10"],
                  speed_rows(b), "lrrrr"),
     ]
+    if inter:
+        lines += [
+            "",
+            "Speed in turns (the fair ratio on a shared machine): after each of the library's "
+            "iterations, one sweep of each of our objectives (default solver), 7 turns after "
+            "the first; median and fastest wall seconds.",
+            "",
+            table_md(["method (interleaved)", "median s", "fastest s", "× library"], inter,
+                     "lrrr"),
+        ]
     if mem:
         lines += [
             "",
@@ -464,6 +519,12 @@ def summary(runs: list[str]) -> str:
             if name in sp and sp[name]["ratio"] != "—":
                 said.append(f"- {name}: {sp[name]['s / sweep']} s a sweep, "
                             f"{sp[name]['ratio']} (same run).")
+    inter = next((x for x in tables if x.header[:1] == ["method (interleaved)"]), None)
+    if inter is not None:
+        extra.append(table_md(inter.header, inter.rows, "lrrr"))
+        for r in inter.rows[1:]:
+            said.append(f"- In turns with the library's iterations: {r[0]} {r[1]} s a sweep, "
+                        f"{r[3]} the library's {inter.rows[0][1]} s (median).")
     mem = next((x for x in tables if x.header[:1] == ["triples"]), None)
     if mem is not None:
         extra.append(table_md(mem.header, mem.rows, "llrrrr"))
