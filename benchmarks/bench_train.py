@@ -278,9 +278,23 @@ def rss_child(n: int, solver: str, dim: int, threads: int) -> int:
     u = rng.integers(0, nu, n, dtype=np.int32)
     i = rng.integers(0, ni, n, dtype=np.int32)
     y = rng.integers(0, 5, n).astype(np.float32)
-    mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731  (KiB)
-    with open("/proc/self/status") as f:  # the current RSS (ru_maxrss is importing torch's peak)
-        before = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+    def status(key):  # MiB, from /proc/self/status (Linux)
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith(key + ":")) / 1024
+
+    def mib():
+        # VmHWM: the peak RSS of this process's own memory map. getrusage's ru_maxrss is the
+        # same figure except that Linux carries the parent's over a fork + exec (here: the
+        # bench's own 1.4 GB); it is the fallback where /proc is missing.
+        try:
+            return status("VmHWM")
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    try:
+        before = status("VmRSS")
+    except OSError:
+        before = mib()
     t0 = time.perf_counter()
     m = ALS(u, i, y, nu, ni, objective="implicit", dim=dim, solver=solver)
     m.init_factors(0)
@@ -445,9 +459,10 @@ def write_table(a, b, fi, notes, total, mem=(), inter=()):
     ]
     lines += [
         "",
-        "Speed (issue 11 §4): median wall time of a sweep (ALS) or an epoch (bce) in this run, "
-        "against the `implicit` library's median iteration (its callback) or the bce epoch "
-        "before issue 11; Δ = Recall@10 minus the library's.",
+        "Speed (issue 11 §4): median wall time of a sweep (ALS) or an epoch (bce) of the fits "
+        "above, one after the other (the machine's load moves between them: the ALS ratios "
+        "that count are the turns below), against the `implicit` library's median iteration "
+        "(its callback) or the bce epoch before issue 11; Δ = Recall@10 minus the library's.",
         "",
         table_md(["method", "s / sweep", "ratio", "Recall@10", "Δ Recall@10"],
                  speed_rows(b), "lrrrr"),
@@ -467,8 +482,9 @@ def write_table(a, b, fi, notes, total, mem=(), inter=()):
             "",
             "Peak RSS of a training process (`--memory`; a fresh subprocess each: uniform random "
             "triples, users = n/100, items = n/200, objective implicit, 2 sweeps; "
-            "`resource.getrusage` ru_maxrss). \"before\" = after importing torch and making "
-            "the triples.",
+            "the peak is the kernel's VmHWM, i.e. `resource.getrusage` ru_maxrss without the "
+            "parent's RSS that Linux carries into it over fork + exec). \"before\" = after "
+            "importing torch and making the triples.",
             "",
             table_md(["triples", "solver", "peak RSS (MiB)", "before (MiB)", "training (MiB)",
                       "s / sweep"], memory_rows(mem), "llrrrr"),
@@ -511,14 +527,13 @@ def summary(runs: list[str]) -> str:
     tables = parse_tables(runs[-1])
     speed = next((x for x in tables if x.header[:2] == ["method", "s / sweep"]), None)
     extra = []
-    if speed is not None:
-        extra.append(table_md(speed.header, speed.rows, "lrrrr"))
+    if speed is not None:  # the ALS ratios come from the turns below (load moves in a run)
         sp = {r[0]: dict(zip(speed.header, r)) for r in speed.rows}
-        for name in ("ours implicit (weighted ALS)", "ours squared (ALS, seed objective)",
-                     "ours bce (sparse Adagrad)"):
+        for name in ("ours bce (sparse Adagrad)",):
             if name in sp and sp[name]["ratio"] != "—":
-                said.append(f"- {name}: {sp[name]['s / sweep']} s a sweep, "
-                            f"{sp[name]['ratio']} (same run).")
+                before = next((k for k in sp if k.startswith("bce before")), "")
+                said.append(f"- bce: {sp[name]['s / sweep']} s an epoch, {sp[name]['ratio']} "
+                            f"({before}: {sp.get(before, {}).get('s / sweep', '—')} s; same run).")
     inter = next((x for x in tables if x.header[:1] == ["method (interleaved)"]), None)
     if inter is not None:
         extra.append(table_md(inter.header, inter.rows, "lrrr"))

@@ -167,11 +167,26 @@ class ALS:
         self._chunks: dict[str, list[Chunk]] = {}  # padded layouts of the exact solver, on demand
         self.use_cg = solver == "cg" and similarity == "dot"
         self._csr: dict[str, CSRSide] = {}
-        self._cg_fixed: dict[str, tuple] = {}  # side -> (y, w, t, λ_r) in the CSR entry order
+        self._cg_fixed: dict[str, tuple] = {}  # side -> (y, w, λ_r) in the CSR entry order
         if self.use_cg:
             self._csr["user"] = CSRSide.build(user_idx, item_idx, n_users, n_items, self.device)
             self._csr["item"] = CSRSide.build(item_idx, user_idx, n_items, n_users, self.device)
+            for side in ("user", "item"):
+                self._cg_values(side)
         self.scale = 1.0
+
+    def _cg_values(self, side: str):
+        """Entry values in the side's CSR order that stay the same every sweep:
+        implicit (w = αy, λ_r), squared (y, λ_r); the entry order is then no longer kept."""
+        csr = self._csr[side]
+        y = self.y[csr.ent]
+        if self.objective == "implicit":
+            rows = self.u if side == "user" else self.i
+            wsum = torch.zeros_like(csr.count).index_add_(0, rows, self.alpha * self.y)
+            self._cg_fixed[side] = (None, self.alpha * y, self.reg * (wsum + 1.0))
+        else:
+            self._cg_fixed[side] = (y, None, self.reg * csr.count)
+        csr.ent = None  # 8 bytes an entry, not needed again
 
     @property
     def user_chunks(self) -> list[Chunk]:
@@ -264,18 +279,11 @@ class ALS:
             offset = F[:, -1]
         else:
             feat, offset = F, None
-        if side not in self._cg_fixed:  # entry values in the side's order; the same every sweep
-            y = self.y[csr.ent]
-            if imp:
-                w = self.alpha * y
-                rows = self.u if side == "user" else self.i
-                wsum = torch.zeros_like(csr.count).index_add_(0, rows, self.alpha * self.y)
-                self._cg_fixed[side] = (y, w, 1.0 + w, self.reg * (wsum + 1.0))
-            else:
-                self._cg_fixed[side] = (y, None, None, self.reg * csr.count)
-        y, w, t, lam = self._cg_fixed[side]
-        if not imp:
-            t = (y - (self.mu + offset[csr.col.long()])) if self.biased else y
+        y, w, lam = self._cg_fixed[side]
+        if imp:
+            t = 1.0 + w
+        else:
+            t = (y - (self.mu + offset[csr.col])) if self.biased else y
         gram = feat.T @ feat if imp else None
         data = cg_half_sweep(csr, X, feat, w, t, lam, gram, self.cg_steps, track=track)
         if track:

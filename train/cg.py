@@ -46,7 +46,7 @@ class CSRSide:
 
     crow: torch.Tensor  # (n_rows + 1,) row starts
     col: torch.Tensor  # (nnz,) other side's index of each entry
-    ent: torch.Tensor  # (nnz,) index of each entry in the triple arrays
+    ent: torch.Tensor | None  # (nnz,) index of each entry in the triple arrays (may be freed)
     count: torch.Tensor  # (n_rows,) float number of entries per row
     n_cols: int
 
