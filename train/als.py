@@ -37,7 +37,7 @@ Each sweep solves every item row with the users fixed, then every user row with 
 
     H_r = Σ_j w_rj f_j f_jᵀ (+ G = FᵀF for ``implicit``),   g_r = Σ_j t_rj f_j
     dot, solver "cg":        x_r ← ``cg_steps`` conjugate-gradient steps on (H_r + λ_r I) x = g_r
-                             from the previous x_r (train/cg.py; the default: ~5× faster a sweep)
+                             from the previous x_r (train/cg.py; the default: ~4–7× faster a sweep)
     dot, solver "cholesky":  x_r = (H_r + λ_r I)⁻¹ g_r         (exact, batched Cholesky)
     cosine:  x_r = argmin_{‖x‖=1} xᵀ H_r x − 2 g_rᵀ x          (eigen-decomposition + secular
                                                                  equation, exact, either solver)
