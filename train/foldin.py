@@ -3,7 +3,8 @@ r"""Fold a user into a published version: solve one user's vector against fixed 
 NumPy only (serve imports it without torch). ``fold_in`` solves exactly the user-side system of
 the version's training objective (see :mod:`train.als`), so for a user who was in the training
 data, ``fold_in(their item vectors, their training scores, meta)`` returns the vector the last
-training sweep stored (up to float32 rounding). Everything it needs beyond the user's own items
+training sweep stored (up to float32 rounding; with ``[train] solver = "cg"``, up to that
+sweep's conjugate-gradient residual). Everything it needs beyond the user's own items
 is in ``meta["foldin"]``:
 
 =============  ==================================================================================

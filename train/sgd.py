@@ -18,9 +18,17 @@ negatives), labelled 0:
 Update rule
 -----------
 Per mini-batch of positives (shuffled each epoch, seeded): gradients of the batch-mean loss on
-the gathered rows (autograd on the gathered rows only), summed per distinct row, then a sparse
-Adagrad step on those rows only: G_r += g_r², x_r −= lr · g_r / √(G_r + ε). Dense optimisers
-update whole tables each step and are slow on large tables (docs/measurements.md).
+the gathered rows, summed per distinct row, then a sparse Adagrad step on those rows only:
+G_r += g_r², x_r −= lr · g_r / √(G_r + ε). Dense optimisers update whole tables each step and
+are slow on large tables (docs/measurements.md).
+
+``dot`` gradients are written out (no autograd): with σ the logistic function and B the batch,
+
+    ∂/∂z_ui = (σ(z_ui) − 1) / B,  ∂/∂z_uj = σ(z_uj) / B
+    g_a = Σ_x ∂z_ux b_x + 2λ(1 + negatives) a / B,  g_b = ∂z_ux a + 2λ b / B  (per example)
+
+``cosine`` keeps autograd (the normalisation's gradient). The Adagrad step finds the touched rows
+without sorting where the table is small against the batch (``BCE._step``).
 """
 
 from __future__ import annotations
@@ -78,20 +86,81 @@ class BCE:
         self.GU = torch.zeros_like(self.U)
         self.GV = torch.zeros_like(self.V)
         self.gs = 0.0
+        self._bufs: dict = {}  # scratch tables and row marks of _step
 
     def _logits(self, a, b):
         if self.similarity == "cosine":
             return self.scale_t * (Fn.normalize(a, dim=-1) * Fn.normalize(b, dim=-1)).sum(-1)
         return (a * b).sum(-1)
 
-    def _step(self, table, acc, rows, grad_rows):
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        g = torch.zeros(len(uniq), table.shape[1], device=table.device)
-        g.index_add_(0, inv, grad_rows)
-        if self.biased and table is self.U:
-            g[:, -1] = 0.0  # the user's constant 1 is not a parameter
-        acc[uniq] += g * g
-        table[uniq] -= self.lr * g / torch.sqrt(acc[uniq] + 1e-10)
+    def _step(self, table, acc, parts):
+        """Sparse Adagrad on the rows in ``parts`` = [(rows, per-example gradients), ...],
+        the gradients of a row summed first.
+
+        Rows touched are found by the cheapest exact way for the table's size: a table at most
+        4× the batch's rows is updated whole (an untouched row has g = 0 and stays bit-identical);
+        up to 64×, rows are marked in a table-sized mask; beyond, sorted (``torch.unique``).
+        """
+        n = table.shape[0]
+        m = sum(len(r) for r, _ in parts)
+        if n <= 64 * m:
+            scratch = self._scratch(table)
+            for rows, grads in parts:
+                scratch.index_add_(0, rows, grads)
+            if self.biased and table is self.U:
+                scratch[:, -1] = 0.0  # the user's constant 1 is not a parameter
+            if n <= 4 * m:
+                acc.addcmul_(scratch, scratch)
+                table.addcdiv_(scratch, (acc + 1e-10).sqrt_(), value=-self.lr)
+                scratch.zero_()
+                return
+            mark = self._marks(n)
+            for rows, _ in parts:
+                mark[rows] = True
+            uniq = mark.nonzero().squeeze(1)
+            mark[uniq] = False
+            g = scratch.index_select(0, uniq)
+            scratch.index_fill_(0, uniq, 0.0)
+        else:
+            rows = torch.cat([r for r, _ in parts])
+            uniq, inv = torch.unique(rows, return_inverse=True)
+            g = torch.zeros(len(uniq), table.shape[1], device=table.device)
+            g.index_add_(0, inv, torch.cat([x for _, x in parts]))
+            if self.biased and table is self.U:
+                g[:, -1] = 0.0
+        a = acc.index_select(0, uniq).addcmul_(g, g)
+        acc.index_copy_(0, uniq, a)
+        table.index_copy_(0, uniq, table.index_select(0, uniq).addcdiv_(
+            g, a.add_(1e-10).sqrt_(), value=-self.lr))
+
+    def _scratch(self, table):
+        """A zero table-shaped buffer (kept zero between steps: only touched rows are reset)."""
+        key = "U" if table is self.U else "V"
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != table.shape:
+            buf = self._bufs[key] = torch.zeros_like(table)
+        return buf
+
+    def _marks(self, n):
+        m = self._bufs.get(("mark", n))
+        if m is None:
+            m = self._bufs[("mark", n)] = torch.zeros(n, dtype=torch.bool, device=self.device)
+        return m
+
+    def _dot_grads(self, a, bp, bn):
+        """Data loss and the written-out gradients of the batch-mean loss (dot logits)."""
+        zp = (a * bp).sum(1)  # (B,)
+        zn = (bn * a.unsqueeze(1)).sum(2)  # (B, negatives)
+        data = Fn.softplus(-zp).sum() + Fn.softplus(zn).sum()
+        inv = 1.0 / len(a)
+        gp = (torch.sigmoid(zp) - 1.0).mul_(inv)
+        gn = torch.sigmoid(zn).mul_(inv)
+        r2 = 2.0 * self.reg * inv
+        ga = (gn.unsqueeze(2) * bn).sum(1).addcmul_(gp.unsqueeze(1), bp)
+        ga.add_(a, alpha=r2 * (1 + self.negatives))
+        gbp = (gp.unsqueeze(1) * a).add_(bp, alpha=r2)
+        gbn = (gn.unsqueeze(2) * a.unsqueeze(1)).add_(bn, alpha=r2)
+        return data, ga, gbp, gbn
 
     def fit(self, epochs: int, log: Callable[[str], None] = print,
             on_sweep: Callable[[int, "BCE"], dict] | None = None) -> list[dict]:
@@ -101,38 +170,45 @@ class BCE:
             t0 = time.perf_counter()
             perm = torch.randperm(self.n, generator=gen, device=self.device)
             total, seen = 0.0, 0
+            pu, pi = self.u[perm], self.i[perm]  # one gather an epoch; batches are slices
             for s in range(0, self.n, self.batch):
-                idx = perm[s:s + self.batch]
-                u, i = self.u[idx], self.i[idx]
-                j = torch.randint(0, self.n_items, (len(idx), self.negatives), generator=gen,
+                u, i = pu[s:s + self.batch], pi[s:s + self.batch]
+                B = len(u)
+                j = torch.randint(0, self.n_items, (B * self.negatives,), generator=gen,
                                   device=self.device)
-                a = self.U[u].requires_grad_(True)
-                bp = self.V[i].requires_grad_(True)
-                bn = self.V[j].requires_grad_(True)
-                self.scale_t = torch.tensor(self.scale, device=self.device, requires_grad=True)
-                zp = self._logits(a, bp)
-                zn = self._logits(a.unsqueeze(1), bn)
-                data = Fn.softplus(-zp).sum() + Fn.softplus(zn).sum()
-                reg = self.reg * ((1 + self.negatives) * (a * a).sum() + (bp * bp).sum()
-                                  + (bn * bn).sum())
-                loss = (data + reg) / len(idx)
-                loss.backward()
+                a = self.U.index_select(0, u)
+                bp = self.V.index_select(0, i)
+                bn = self.V.index_select(0, j).view(B, self.negatives, self.k)
+                if self.similarity == "cosine":
+                    data, ga, gbp, gbn = self._autograd_grads(a, bp, bn)
+                else:
+                    data, ga, gbp, gbn = self._dot_grads(a, bp, bn)
                 with torch.no_grad():
-                    self._step(self.U, self.GU, u, a.grad)
-                    self._step(self.V, self.GV, torch.cat([i, j.reshape(-1)]),
-                               torch.cat([bp.grad, bn.grad.reshape(-1, self.k)]))
-                    if self.similarity == "cosine":
-                        gsc = float(self.scale_t.grad)
-                        self.gs += gsc * gsc
-                        step = self.lr * gsc / math.sqrt(self.gs + 1e-10)
-                        self.scale = max(0.1, self.scale - step)
-                total += float(data.detach())
-                seen += len(idx)
+                    self._step(self.U, self.GU, [(u, ga)])
+                    self._step(self.V, self.GV, [(i, gbp), (j, gbn.reshape(-1, self.k))])
+                total += float(data)
+                seen += B
             dt = time.perf_counter() - t0
             examples = seen * (1 + self.negatives)
             end_epoch(history, {"epoch": ep, "seconds": dt, "loss": total / max(1, examples)},
                       self, epochs, on_sweep, log, "epoch", examples, "examples")
         return history
+
+    def _autograd_grads(self, a, bp, bn):
+        """Data loss and gradients by autograd (cosine logits); also steps the scale s."""
+        a, bp, bn = (x.requires_grad_(True) for x in (a, bp, bn))
+        self.scale_t = torch.tensor(self.scale, device=self.device, requires_grad=True)
+        zp = self._logits(a, bp)
+        zn = self._logits(a.unsqueeze(1), bn)
+        data = Fn.softplus(-zp).sum() + Fn.softplus(zn).sum()
+        reg = self.reg * ((1 + self.negatives) * (a * a).sum() + (bp * bp).sum()
+                          + (bn * bn).sum())
+        ((data + reg) / len(a)).backward()
+        if self.similarity == "cosine":
+            gsc = float(self.scale_t.grad)
+            self.gs += gsc * gsc
+            self.scale = max(0.1, self.scale - self.lr * gsc / math.sqrt(self.gs + 1e-10))
+        return data.detach(), a.grad, bp.grad, bn.grad
 
     def predict(self, u, i):
         return self._pub_dot(self.U[u], self.V[i])

@@ -59,7 +59,8 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
         uw, iw = (warm[0], warm[1]) if warm else (None, None)
     else:
         model = ALS(tu, ti, ty, nu, ni, objective=tc.objective, similarity=tc.similarity,
-                    dim=tc.dim, reg=tc.reg, alpha=tc.alpha, device=device)
+                    dim=tc.dim, reg=tc.reg, alpha=tc.alpha, solver=tc.solver,
+                    cg_steps=tc.cg_steps, device=device)
         uw = iw = None
         if warm:
             uw, iw = ALS.internal_from_published(warm[0], warm[1], tc.objective, tc.similarity,
