@@ -1,7 +1,7 @@
 """Data and reference answers for testing and benchmarking vector-store backends.
 
-Used by ``tests/test_plugins_*.py`` and ``benchmarks/bench_vector_stores.py``;
-a third-party backend can run the same checks. Nothing here is used at run time.
+Used by the behavioural suite (``plugins/testsuite.py``, which a backend's tests subclass),
+``tests/`` and ``benchmarks/``. Nothing here is used at run time.
 """
 
 from __future__ import annotations
@@ -107,8 +107,7 @@ def checkerboard(n_blocks: int = 4, items_per_block: int = 6, seed: int = 0):
 
 # --------------------------------------------------------------------------- shared checks
 # Each ``check_*`` takes an open store of any backend and raises AssertionError on a failure; the
-# test suite runs them for every backend (tests/test_plugins_backends.py), and a third-party
-# backend can run them too.
+# behavioural suite (plugins/testsuite.py) runs them for every backend that subclasses it.
 
 #: Ids that break naive code: quotes, backslash, control characters, NUL in the middle and at
 #: either end (numpy's fixed-width strings strip trailing NULs), non-ASCII, brackets, commas,
@@ -116,7 +115,8 @@ def checkerboard(n_blocks: int = 4, items_per_block: int = 6, seed: int = 0):
 HOSTILE_IDS = [
     "it's", "rock'n'roll", 'say "hi"', "back\\slash", "trailing\\", "new\nline", "cr\rlf\n",
     "tab\tbed", "nul\x00mid", "tail\x00", "\x00head", "\x00", "naïve ünï 日本語 🎵", "[bracket]",
-    "{brace}", "a,b,c", "x'] or not id in ['", 'x"] or id != ["', "id like '%'", "%", "*", " ",
+    "{brace}", "a,b,c", "x'] or not id in ['", 'x"] or id != ["', '" or 1==1 or "', "id in [1]",
+    "id like '%'", "%", "*", "%_*", " ",
     "trailing space ", "42", "0", "-1", "1e3", "null", "é" * 64,  # 128 UTF-8 bytes
 ]
 
@@ -147,14 +147,23 @@ def check_hostile_ids_round_trip(store, version: int, index_type: str = "FLAT") 
     assert len({i for i, _ in everything}) == len(ids), "an id came back twice"
     np.testing.assert_allclose(store.get_vectors(version, ids), x, rtol=1e-6, atol=1e-6)
     for j, hostile in enumerate(ids):
-        rest = store.search(version, eye[j], 3, exclude=[hostile])
-        assert hostile not in [i for i, _ in rest] and len(rest) == 3, (hostile, rest)
+        rest = [i for i, _ in store.search(version, eye[j], 3, exclude=[hostile])]
+        assert hostile not in rest and len(rest) == 3, (hostile, rest)
+        assert rest == [i for i, _ in store.search(version, eye[j], 4)][1:], (hostile, rest)  # only it
+    # an expression-shaped id excludes itself only
+    assert len(store.search(version, eye[0], len(ids), exclude=["x'] or not id in ['"])) == len(ids) - 1
     # an excluded id that only looks like another one excludes nothing else
     near = store.search(version, eye[ids.index("tail\x00")], 1, exclude=["tail", "tail\x00\x00"])
     assert near[0][0] == "tail\x00", near
     # unknown ids that resemble stored ones are unknown, not matched
     got = store.get_vectors(version, ["tail", "nul", "x'] or id in ['"], missing="nan")
     assert np.isnan(got).all()
+    try:  # prefixes of NUL-carrying ids are other ids
+        store.get_vectors(version, ["tail", "nul"])
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("get_vectors found ids that were never stored")
 
 
 def check_exactly_k(store, version: int, index_type: str, n: int = 300, dim: int = 16,
