@@ -46,7 +46,7 @@ log = logging.getLogger("mcrecall.ingest")
 
 KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError,) + ((_ck.KafkaException,) if _ck else ())
 CLIENTS = ("kafka-python", "confluent")
-DLQ_MAX_REQUEST_BYTES = 2 * 1024 * 1024
+DLQ_FRAMING_BYTES = 64 * 1024  # a produce request's framing beyond its one record
 _FETCH = {"partition_bytes": 4 * 1024 * 1024, "total_bytes": 16 * 1024 * 1024}
 
 
@@ -88,12 +88,13 @@ def open_consumer(cfg, *, group_id: str | None = None,
     return cls(cfg, group_id=group_id, connect_timeout_s=connect_timeout_s)
 
 
-def open_dlq_producer(cfg, *, max_request_bytes: int = DLQ_MAX_REQUEST_BYTES,
-                      timeout_s: float = 30.0) -> "DeadLetterProducer":
+def open_dlq_producer(cfg, *, timeout_s: float = 30.0) -> "DeadLetterProducer":
     """The dead-letter producer of ``[kafka] client`` (acks=all, headers supported): records up
-    to ``max_request_bytes``, each one's outcome known within about ``timeout_s``."""
+    to ``[ingest] max_message_bytes`` (the limit dead letters are cut to), each one's outcome
+    known within about ``timeout_s``."""
     cls = {"kafka-python": KafkaPythonProducer, "confluent": ConfluentProducer}[cfg.kafka.client]
-    return cls(cfg, max_request_bytes=max_request_bytes, timeout_s=timeout_s)
+    return cls(cfg, max_request_bytes=cfg.ingest.max_message_bytes + DLQ_FRAMING_BYTES,
+               timeout_s=timeout_s)
 
 
 def fetched_high_watermarks(cfg, from_offsets: dict, timeout_s: float = 10.0) -> dict:
@@ -273,7 +274,7 @@ class KafkaPythonConsumer(EventConsumer):
 class KafkaPythonProducer:
     """kafka-python's KafkaProducer as the dead-letter producer (``send`` returns its future)."""
 
-    def __init__(self, cfg, *, max_request_bytes=DLQ_MAX_REQUEST_BYTES, timeout_s=30.0):
+    def __init__(self, cfg, *, max_request_bytes, timeout_s=30.0):
         ms = int(timeout_s * 1000)
         self._p = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all", linger_ms=5,
                                 max_request_size=max_request_bytes, retries=5,
@@ -495,7 +496,7 @@ class _Delivery:
 class ConfluentProducer:
     """confluent-kafka's Producer as the dead-letter producer (acks=all, headers)."""
 
-    def __init__(self, cfg, *, max_request_bytes=DLQ_MAX_REQUEST_BYTES, timeout_s=30.0):
+    def __init__(self, cfg, *, max_request_bytes, timeout_s=30.0):
         ck = _require_confluent()
         ms = int(timeout_s * 1000)
         self.config = {**_confluent_base(cfg), "acks": "all", "linger.ms": 5,

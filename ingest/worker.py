@@ -136,10 +136,7 @@ class IngestWorker:
             left = None if give_up_after is None else give_up_after - (time.monotonic() - started)
             try:
                 self.consumer = open_consumer(self.cfg, connect_timeout_s=left)
-                self.producer = open_dlq_producer(
-                    self.cfg, timeout_s=self.dlq_timeout_s,
-                    # records up to [ingest] max_message_bytes, plus one batch's framing
-                    max_request_bytes=self.cfg.ingest.max_message_bytes + 64 * 1024)
+                self.producer = open_dlq_producer(self.cfg, timeout_s=self.dlq_timeout_s)
                 listener = _SeekToStore(self)
                 self.consumer.subscribe(self.topic, on_assigned=listener.on_partitions_assigned,
                                         on_revoked=listener.on_partitions_revoked)
@@ -193,7 +190,8 @@ class IngestWorker:
         offset when it lies in the partition's range, else what ``[kafka] offset_reset`` says
         (``fail``: the stored offset, ``self._fatal`` set and the worker stopping)."""
         try:
-            ranges = self._partition_range(stored)
+            # {tp: (beginning, end)} as ListOffsets answers it; the end may be too low (below)
+            ranges = self.consumer.watermarks(list(stored))
         except (*KAFKA_ERRORS, OSError) as e:  # cannot judge: keep the store's word, as before
             log.warning("offset_range_unknown", extra={"error": str(e)})
             return dict(stored)
@@ -204,7 +202,7 @@ class IngestWorker:
         above = {tp: end for tp, (_, end) in ranges.items() if stored[tp] > end}
         if above:
             try:
-                fetched = self._fetched_high_watermarks(above)
+                fetched = fetched_high_watermarks(self.cfg, above)
             except (*KAFKA_ERRORS, OSError) as e:
                 fetched = {}
                 log.debug("high_watermark_probe_failed", extra={"error": str(e)})
@@ -244,15 +242,6 @@ class IngestWorker:
             self._fatal = OffsetOutOfRangeError(offset_range.failure_message(problems))
             self.stop()
         return start
-
-    def _partition_range(self, tps) -> dict:
-        """``{tp: (beginning, end)}`` as the broker's ListOffsets answers it (the end may be too
-        low: see :meth:`_check_offsets`)."""
-        return self.consumer.watermarks(list(tps))
-
-    def _fetched_high_watermarks(self, from_offsets: dict, timeout_s: float = 10.0) -> dict:
-        """``{tp: high watermark}`` of fetches from ``from_offsets[tp]`` (a separate consumer)."""
-        return fetched_high_watermarks(self.cfg, from_offsets, timeout_s)
 
     def close(self) -> None:
         if self.consumer is not None:
