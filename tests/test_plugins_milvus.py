@@ -275,16 +275,21 @@ def test_real_server_restart_keeps_what_is_served(milvus_standalone, milvus_coll
         before = {v: store.search(v, x[0], 5) for v in (1, 2)}
         milvus_standalone.stop()
         milvus_standalone.start()
-        deadline = time.monotonic() + 60  # a restarted server takes a while to serve again
-        while True:
-            try:
-                versions = store.list_versions()
-                break
-            except ConnectionError:
-                assert time.monotonic() < deadline, "the store did not reconnect within 60 s"
-                time.sleep(1)
+        # A restarted server takes a while to serve again, and reloads each collection on
+        # first use: every call may fail (timeout_s = 1 s) until then, and must come back.
+        deadline = time.monotonic() + 60
+
+        def eventually(fn):
+            while True:
+                try:
+                    return fn()
+                except ConnectionError:
+                    assert time.monotonic() < deadline, "the store did not answer again within 60 s"
+                    time.sleep(1)
+
+        versions = eventually(store.list_versions)
         assert versions == [1, 2] and store.current_version() == 2
-        assert {v: store.search(v, x[0], 5) for v in (1, 2)} == before
+        assert {v: eventually(lambda v=v: store.search(v, x[0], 5)) for v in (1, 2)} == before
         fresh = open_vector_store("milvus", uri=uri, collection=milvus_collection)
         assert fresh.list_versions() == [1, 2] and fresh.search(None, x[0], 5) == before[2]
         fresh.close()
