@@ -31,6 +31,7 @@ import numpy as np
 
 from core.config import Config, load_config
 from plugins import VersionNotFoundError, vector_store_from_config
+from plugins.metric import pair_scores
 from serve.cache import LRUCache
 from serve.types import (
     SOURCE_FOLD_IN,
@@ -470,9 +471,5 @@ class RecallClient:
         if vec is None:
             return [None] * len(ids)
         V = self._item_vectors(st.number, ids).astype(np.float64)
-        a = vec.astype(np.float64)
-        s = V @ a
-        if st.similarity == "cosine":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                s = s / (np.linalg.norm(V, axis=1) * np.linalg.norm(a))
-        return [None if math.isnan(x) else float(x) for x in (s * st.scale).tolist()]
+        s = pair_scores(vec.astype(np.float64)[None, :], V, st.similarity, st.scale)
+        return [None if math.isnan(x) else float(x) for x in s.tolist()]
