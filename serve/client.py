@@ -124,8 +124,8 @@ class RecallClient:
             raise TypeError(f"cfg must be a core.config.Config, got {type(cfg).__name__}")
         self.cfg = cfg
         self._own_registry = registry is None
-        self._registry = registry if registry is not None else ModelRegistry(cfg.data_dir,
-                                                                             readonly=True)
+        self._registry = registry if registry is not None else ModelRegistry(
+            cfg.data_dir, readonly=True, map_size=int(cfg.store.map_size_gb * (1 << 30)))
         self._registry_open = not self._own_registry
         self._own_store = vector_store is None
         self._vs = vector_store

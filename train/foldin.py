@@ -36,6 +36,55 @@ from __future__ import annotations
 
 import numpy as np
 
+NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
+
+
+def layout(objective: str, similarity: str) -> str:
+    """``biased`` where the published vectors carry folded biases (squared/dot: user =
+    [a, 1, μ + c], item = [b, β, 1]; bce/dot: user = [a, 1], item = [b, β]), else ``plain``."""
+    return "biased" if similarity == "dot" and objective in ("squared", "bce") else "plain"
+
+
+def foldin_section(item_vectors: np.ndarray, *, objective: str, similarity: str, reg: float,
+                   alpha: float | None = None, negatives: int | None = None, mu: float = 0.0,
+                   score_scale: float = 1.0, factors: int | None = None,
+                   item_has: np.ndarray | None = None, seed: int = 0) -> dict:
+    """The ``foldin`` metadata section of a version (the table in this module's docstring).
+
+    The one writer of that section: the trainer and ``serve.testing`` both call it.
+
+    Parameters
+    ----------
+    item_vectors : (n_items, dim) the version's published item vectors.
+    objective, similarity : the version's.
+    reg : λ of the objective (``reg_bce`` for bce).
+    alpha : α (ALS objectives). negatives : negatives per positive (bce).
+    mu, score_scale : μ (biased squared) and the score scale s.
+    factors : k (default: the vector width less the folded bias columns).
+    item_has : bool mask of the items that have a published vector (default: all).
+    seed : seed of the bce negative pool's uniform draw.
+    """
+    V = np.asarray(item_vectors)
+    has = np.ones(len(V), bool) if item_has is None else np.asarray(item_has, bool)
+    lay = layout(objective, similarity)
+    if factors is None:
+        factors = V.shape[1] - ((2 if objective == "squared" else 1) if lay == "biased" else 0)
+    fm = {"objective": objective, "similarity": similarity, "factors": int(factors),
+          "layout": lay, "score_scale": float(score_scale), "mu": float(mu)}
+    if objective == "bce":
+        fm.update(reg=float(reg), negatives=negatives)
+        # uniform over ALL items (as the training's negatives), items without a vector are 0
+        rng = np.random.default_rng(seed)
+        pool = rng.integers(0, len(V), NEG_POOL)
+        fm["neg_pool"] = np.round(V[pool].astype(np.float64), 7).tolist()
+        fm["neg_pool_note"] = f"{NEG_POOL} items drawn uniformly from {int(has.sum())} published"
+    else:
+        fm.update(reg=float(reg), alpha=None if alpha is None else float(alpha))
+        if objective == "implicit":
+            Vh = V[has].astype(np.float64)
+            fm["gram"] = (Vh.T @ Vh).tolist()
+    return fm
+
 
 def sphere_solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
     """argmin over unit x of xᵀHx − 2gᵀx (trust-region subproblem on the sphere)."""
