@@ -108,3 +108,27 @@ def check_stored_ids(ids, what: str = "item id") -> list[str]:
         if problem is not None:
             raise ValueError(f"{what} {problem[1]}: {i[:40]!r}")
     return out
+
+
+# -- k, the number of results asked of a search ------------------------------------------------
+class InvalidKTypeError(TypeError, ValueError):
+    """A ``k`` that is not an integer: a TypeError (the client's contract) that is also a
+    ValueError (the vector stores' contract: every bad argument is a ValueError)."""
+
+
+def check_k(k, max_k: int | None = None, limit_name: str = "[serve] max_k") -> int:
+    """``k`` as int: an integer (``bool`` is not one) in 1..``max_k`` (no upper limit if None).
+
+    The one k rule: the client checks it against ``[serve] max_k``, a vector store with no
+    upper limit. Raises :class:`InvalidKTypeError` for a wrong type, ``ValueError`` for a
+    value out of range; one line naming the limit.
+    """
+    if type(k) is int and 0 < k and (max_k is None or k <= max_k):  # fast path
+        return k
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise InvalidKTypeError(f"k must be a positive integer, got {type(k).__name__} {k!r:.60}")
+    if k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if max_k is not None and k > max_k:
+        raise ValueError(f"k={k} is larger than the allowed maximum {max_k} ({limit_name})")
+    return int(k)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -36,6 +35,7 @@ import lmdb
 import numpy as np
 
 from ingest.events import mask_for_score, score_of
+from core import lmdbenv
 from core.datadir import lmdb_env_writable
 
 _U32 = struct.Struct(">I")
@@ -73,26 +73,21 @@ class Snapshot:
         return int(self.score.shape[0])
 
 
-# LMDB forbids opening one environment twice in a process: share one handle per path.
-_ENVS: dict[str, lmdb.Environment] = {}
-_ENVS_LOCK = threading.Lock()
-
-
 def open_env(path: Path, map_size: int, max_dbs: int = 16, readonly: bool = False) -> lmdb.Environment:
-    key = os.path.realpath(path)
-    with _ENVS_LOCK:
-        env = _ENVS.get(key)
-        if env is None:
-            if readonly and not lmdb_env_writable(path):
-                # read-only mount or permissions: no lock file can be written, so read without one
-                # (nothing can be writing through this directory from here)
-                env = lmdb.open(str(path), max_dbs=max_dbs, subdir=True, readonly=True, lock=False)
-            else:
-                path.mkdir(parents=True, exist_ok=True)
-                env = lmdb.open(str(path), map_size=map_size, max_dbs=max_dbs, subdir=True,
-                                max_readers=512, writemap=False, metasync=True, sync=True)
-            _ENVS[key] = env
-        return env
+    """The process's shared environment at ``path`` (core/lmdbenv.py: reference-counted, the
+    last :meth:`TripleStore.close` closes it; a writer asking for a larger map than the open
+    one is refused). Each call must be matched by one ``lmdbenv.release(path)``."""
+
+    def opener() -> lmdb.Environment:
+        if readonly and not lmdb_env_writable(path):
+            # read-only mount or permissions: no lock file can be written, so read without one
+            # (nothing can be writing through this directory from here)
+            return lmdb.open(str(path), max_dbs=max_dbs, subdir=True, readonly=True, lock=False)
+        path.mkdir(parents=True, exist_ok=True)
+        return lmdb.open(str(path), map_size=map_size, max_dbs=max_dbs, subdir=True,
+                         max_readers=512, writemap=False, metasync=True, sync=True)
+
+    return lmdbenv.acquire(path, opener, None if readonly else map_size)
 
 
 def _offset_key(topic: str, partition: int) -> bytes:
@@ -116,6 +111,7 @@ class TripleStore:
         if readonly and not (self.path / "data.mdb").exists():
             raise FileNotFoundError(f"no triple store at {self.path} (nothing ingested yet?)")
         self.env = open_env(self.path, int(map_size_gb * (1 << 30)), readonly=readonly)
+        self._released = False
         e = self.env
         self._pairs = e.open_db(b"pairs")
         self._user_ids = e.open_db(b"user_ids")
@@ -527,4 +523,8 @@ class TripleStore:
         return dest
 
     def close(self) -> None:
-        """Handles share one environment per process; it is closed at interpreter exit."""
+        """Release this handle; the process's last handle on the store closes the environment
+        (core/lmdbenv.py). Idempotent; the handle is unusable afterwards."""
+        if not self._released:
+            self._released = True
+            lmdbenv.release(self.path)

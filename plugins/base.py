@@ -43,6 +43,7 @@ import numpy as np
 from plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 
 from core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
+from core.ids import check_k as _check_k  # noqa: E402  (the one k rule)
 
 log = logging.getLogger("mcrecall.plugins")
 
@@ -125,10 +126,9 @@ def check_version(version) -> int:
 
 
 def check_k(k) -> int:
-    """Return ``k`` as int, or raise ``ValueError`` unless it is a positive integer."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    """Return ``k`` as int, or raise ``ValueError`` unless it is a positive integer
+    (:func:`core.ids.check_k`, the one k rule; a store has no upper limit of its own)."""
+    return _check_k(k)
 
 
 def check_ids(ids) -> list[str]:

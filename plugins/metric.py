@@ -41,6 +41,39 @@ RawKind = Literal["ip", "sqeuclidean", "cosine"]
 _NORM_SLACK = 1e-5
 
 
+# -- the model's score formula (the one place train, serve and the backends use) ------------
+def unit_rows(x, eps: float = 1e-12):
+    """``x`` with every row (last axis) scaled to unit length; rows shorter than ``eps`` are
+    divided by ``eps``. NumPy arrays and torch tensors alike (torch: exactly
+    ``torch.nn.functional.normalize``, so a gradient flows through it)."""
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def pair_scores(a, b, similarity: str, scale=1.0):
+    r"""Predicted interest of paired rows: :math:`s\,\langle a, b\rangle` (``dot``) or
+    :math:`s\,\cos(a, b)` (``cosine``), over the last axis (leading axes broadcast).
+
+    The model's score formula, in one place: training's predictions and logits, the
+    evaluation, the client's ``score`` and the backends' reference all call this (or
+    :func:`cross_scores`, its all-pairs form). ``a`` and ``b`` are published (model-space)
+    vectors; ``scale`` is the version's ``score_scale`` s (a float, or a tensor that takes a
+    gradient). NumPy arrays or torch tensors.
+    """
+    if similarity == "cosine":
+        a, b = unit_rows(a), unit_rows(b)
+    return scale * (a * b).sum(-1)
+
+
+def cross_scores(queries, items, similarity: str, scale=1.0):
+    """All pairs of :func:`pair_scores`: ``(q, dim) x (n, dim) -> (q, n)``."""
+    if similarity == "cosine":
+        queries, items = unit_rows(queries), unit_rows(items)
+    s = queries @ items.T
+    return s if scale == 1.0 else scale * s
+
+
 def normalize_metric(metric: str) -> str:
     """Return ``metric`` upper-cased, or raise ``ValueError`` if it is unknown."""
     if not isinstance(metric, str) or metric.upper() not in METRICS:
@@ -273,10 +306,7 @@ class MetricReduction:
         """Brute-force model scores of model-space queries × items (float64)."""
         a = np.asarray(queries, dtype=np.float64).reshape(-1, self.dim)
         b = np.asarray(items, dtype=np.float64).reshape(-1, self.dim)
-        s = a @ b.T
-        if self.similarity == "cosine":
-            s /= np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None, :]
-        return s
+        return cross_scores(a, b, self.similarity)
 
 
 # -- exact search (the reference every backend falls back to) ---------------------------------

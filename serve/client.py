@@ -31,6 +31,7 @@ import numpy as np
 
 from core.config import Config, load_config
 from plugins import VersionNotFoundError, vector_store_from_config
+from plugins.metric import pair_scores
 from serve.cache import LRUCache
 from serve.types import (
     SOURCE_FOLD_IN,
@@ -123,8 +124,8 @@ class RecallClient:
             raise TypeError(f"cfg must be a core.config.Config, got {type(cfg).__name__}")
         self.cfg = cfg
         self._own_registry = registry is None
-        self._registry = registry if registry is not None else ModelRegistry(cfg.data_dir,
-                                                                             readonly=True)
+        self._registry = registry if registry is not None else ModelRegistry(
+            cfg.data_dir, readonly=True, map_size=int(cfg.store.map_size_gb * (1 << 30)))
         self._registry_open = not self._own_registry
         self._own_store = vector_store is None
         self._vs = vector_store
@@ -470,9 +471,5 @@ class RecallClient:
         if vec is None:
             return [None] * len(ids)
         V = self._item_vectors(st.number, ids).astype(np.float64)
-        a = vec.astype(np.float64)
-        s = V @ a
-        if st.similarity == "cosine":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                s = s / (np.linalg.norm(V, axis=1) * np.linalg.norm(a))
-        return [None if math.isnan(x) else float(x) for x in (s * st.scale).tolist()]
+        s = pair_scores(vec.astype(np.float64)[None, :], V, st.similarity, st.scale)
+        return [None if math.isnan(x) else float(x) for x in s.tolist()]

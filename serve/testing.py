@@ -17,22 +17,13 @@ def foldin_meta(item_vectors: np.ndarray, *, objective: str = "implicit", simila
                 reg: float = 0.1, alpha: float = 3.0, mu: float = 0.0,
                 score_scale: float = 1.0) -> dict:
     """The ``foldin`` metadata section for a plain-layout (``implicit``) or biased-layout
-    (``squared`` + ``dot``: items ``[b, β, 1]``) version with these published item vectors."""
-    V = np.asarray(item_vectors, dtype=np.float64)
-    biased = objective == "squared" and similarity == "dot"
-    fm = {
-        "objective": objective,
-        "similarity": similarity,
-        "factors": int(V.shape[1] - 2 if biased else V.shape[1]),
-        "layout": "biased" if biased else "plain",
-        "reg": float(reg),
-        "alpha": float(alpha),
-        "mu": float(mu),
-        "score_scale": float(score_scale),
-    }
-    if objective == "implicit":
-        fm["gram"] = (V.T @ V).tolist()
-    return fm
+    (``squared`` + ``dot``: items ``[b, β, 1]``) version with these published item vectors
+    (:func:`train.foldin.foldin_section`, the trainer's writer)."""
+    from train.foldin import foldin_section
+
+    return foldin_section(np.asarray(item_vectors, dtype=np.float64), objective=objective,
+                          similarity=similarity, reg=reg, alpha=alpha, mu=mu,
+                          score_scale=score_scale)
 
 
 def publish_vectors(registry, vs, *, user_ids: list[str], user_vectors: np.ndarray,

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import numpy as np
 
-from core.ids import MAX_ID_BYTES, canonical_id
+from core.ids import MAX_ID_BYTES, canonical_id, check_k  # check_k: the one k rule
 
 __all__ = ["MAX_ID_BYTES", "check_flag", "check_id", "check_ids", "check_k"]
 
@@ -24,19 +24,6 @@ def check_ids(values: Iterable, what: str = "item_ids") -> list[str]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise TypeError(f"{what} must be a list of ids, got {type(values).__name__} {values!r:.60}")
     return [check_id(v, f"{what}[{j}]") for j, v in enumerate(values)]
-
-
-def check_k(k, max_k: int) -> int:
-    """``k`` as int: an integer in 1..max_k."""
-    if type(k) is int and 0 < k <= max_k:  # fast path
-        return k
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be a positive integer, got {type(k).__name__} {k!r:.60}")
-    if k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    if k > max_k:
-        raise ValueError(f"k={k} is larger than the allowed maximum {max_k} ([serve] max_k)")
-    return int(k)
 
 
 def check_flag(value, what: str) -> bool:

@@ -62,10 +62,12 @@ import numpy as np
 import torch
 
 from core.config import TrainConfig
+from plugins.metric import pair_scores
 
 from .buckets import Chunk, build_chunks
 from .cg import CSRSide, cg_half_sweep
 from .report import end_epoch
+from .warm import overlay_known_rows
 
 _TC = TrainConfig()  # the constructors' defaults are the configuration's
 
@@ -210,11 +212,8 @@ class ALS:
         g = torch.Generator().manual_seed(int(seed))
         U = torch.randn(self.n_users, self.k, generator=g) * (0.5 / math.sqrt(self.k))
         V = torch.randn(self.n_items, self.k, generator=g) * (0.5 / math.sqrt(self.k))
-        for T, init in ((U, user_init), (V, item_init)):
-            if init is not None:
-                init = torch.from_numpy(np.asarray(init, dtype=np.float32))
-                known = ~torch.isnan(init).any(1)
-                T[known] = init[known]
+        overlay_known_rows(U, user_init)
+        overlay_known_rows(V, item_init)
         if self.similarity == "cosine":
             U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-12)
             V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -305,7 +304,7 @@ class ALS:
             d = self.dim
             return (self.mu + self.U[u, d] + self.V[i, d]
                     + (self.U[u, :d] * self.V[i, :d]).sum(1))
-        return self.scale * (self.U[u] * self.V[i]).sum(1)
+        return pair_scores(self.U[u], self.V[i], "dot", self.scale)  # cosine rows are unit
 
     def _refit_scale(self):
         """Closed-form scale s for cosine: s = Σ t c / Σ w c² over the objective's cells."""

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from plugins.metric import cross_scores, pair_scores
+
 RELEVANT_MIN_SCORE = 2.0
 K = 10
 
@@ -119,14 +121,15 @@ def evaluate(user_vecs: np.ndarray, item_vecs: np.ndarray, score_scale: float,
 
     tu = torch.from_numpy(te_u.astype(np.int64)).to(dev)
     ti = torch.from_numpy(te_i.astype(np.int64)).to(dev)
-    pred = (score_scale * (U[tu] * V[ti]).sum(1)).cpu().numpy() if len(te_y) else np.zeros(0)
+    # published cosine vectors are unit rows, so "dot" is the model's score for every version
+    pred = pair_scores(U[tu], V[ti], "dot", score_scale).cpu().numpy() if len(te_y) else np.zeros(0)
     out["model"] = point(pred)
     pop = torch.from_numpy(popularity(tr_i, tr_y, n_items).astype(np.float32)).to(dev)
     uh = None if user_has is None else torch.from_numpy(np.asarray(user_has, bool)).to(dev)
     ih = None if item_has is None else torch.from_numpy(np.asarray(item_has, bool)).to(dev)
 
     def model_scores(ub):
-        sc = U[ub] @ V.T
+        sc = cross_scores(U[ub], V, "dot")
         if ih is not None:
             sc[:, ~ih] = -torch.inf
         if uh is not None:

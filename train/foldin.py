@@ -37,6 +37,55 @@ from __future__ import annotations
 
 import numpy as np
 
+NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
+
+
+def layout(objective: str, similarity: str) -> str:
+    """``biased`` where the published vectors carry folded biases (squared/dot: user =
+    [a, 1, μ + c], item = [b, β, 1]; bce/dot: user = [a, 1], item = [b, β]), else ``plain``."""
+    return "biased" if similarity == "dot" and objective in ("squared", "bce") else "plain"
+
+
+def foldin_section(item_vectors: np.ndarray, *, objective: str, similarity: str, reg: float,
+                   alpha: float | None = None, negatives: int | None = None, mu: float = 0.0,
+                   score_scale: float = 1.0, factors: int | None = None,
+                   item_has: np.ndarray | None = None, seed: int = 0) -> dict:
+    """The ``foldin`` metadata section of a version (the table in this module's docstring).
+
+    The one writer of that section: the trainer and ``serve.testing`` both call it.
+
+    Parameters
+    ----------
+    item_vectors : (n_items, dim) the version's published item vectors.
+    objective, similarity : the version's.
+    reg : λ of the objective (``reg_bce`` for bce).
+    alpha : α (ALS objectives). negatives : negatives per positive (bce).
+    mu, score_scale : μ (biased squared) and the score scale s.
+    factors : k (default: the vector width less the folded bias columns).
+    item_has : bool mask of the items that have a published vector (default: all).
+    seed : seed of the bce negative pool's uniform draw.
+    """
+    V = np.asarray(item_vectors)
+    has = np.ones(len(V), bool) if item_has is None else np.asarray(item_has, bool)
+    lay = layout(objective, similarity)
+    if factors is None:
+        factors = V.shape[1] - ((2 if objective == "squared" else 1) if lay == "biased" else 0)
+    fm = {"objective": objective, "similarity": similarity, "factors": int(factors),
+          "layout": lay, "score_scale": float(score_scale), "mu": float(mu)}
+    if objective == "bce":
+        fm.update(reg=float(reg), negatives=negatives)
+        # uniform over ALL items (as the training's negatives), items without a vector are 0
+        rng = np.random.default_rng(seed)
+        pool = rng.integers(0, len(V), NEG_POOL)
+        fm["neg_pool"] = np.round(V[pool].astype(np.float64), 7).tolist()
+        fm["neg_pool_note"] = f"{NEG_POOL} items drawn uniformly from {int(has.sum())} published"
+    else:
+        fm.update(reg=float(reg), alpha=None if alpha is None else float(alpha))
+        if objective == "implicit":
+            Vh = V[has].astype(np.float64)
+            fm["gram"] = (Vh.T @ Vh).tolist()
+    return fm
+
 
 def sphere_solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
     """argmin over unit x of xᵀHx − 2gᵀx (trust-region subproblem on the sphere)."""
@@ -60,14 +109,25 @@ def sphere_solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _bce_newton(F: np.ndarray, pool: np.ndarray, n_neg: float, lam: float, x0=None,
-                iters: int = 25) -> np.ndarray:
-    """min_x Σ_pos softplus(−xᵀf) + n_neg · mean_pool softplus(xᵀp) + λ (n_pos + n_neg)‖x‖²."""
+                iters: int = 25, off=0.0, pool_off=0.0) -> np.ndarray:
+    r"""The bce user step: Newton's method on the regularised logistic loss
+
+    .. math::
+
+        \min_x \sum_{pos} \mathrm{softplus}(-(x^\top f + o_f))
+          + n_{neg}\, \mathrm{mean}_{pool}\, \mathrm{softplus}(x^\top p + o_p)
+          + \lambda (n_{pos} + n_{neg}) \lVert x\rVert^2
+
+    ``off`` / ``pool_off``: a fixed per-item offset o added to every logit (the folded item
+    bias β of the ``biased`` layout; 0 for the plain and cosine layouts).
+    Update: x ← x − (∇²)⁻¹ ∇ until the step is below 1e-7 (at most ``iters`` steps).
+    """
     k = F.shape[1]
     x = np.zeros(k) if x0 is None else np.array(x0, dtype=np.float64)
     reg = lam * (len(F) + n_neg)
     for _ in range(iters):
-        zp = F @ x
-        zn = pool @ x
+        zp = F @ x + off
+        zn = pool @ x + pool_off
         sp = 1.0 / (1.0 + np.exp(zp))  # σ(−z)
         sn = 1.0 / (1.0 + np.exp(-zn))  # σ(z)
         grad = -(F.T @ sp) + n_neg * (pool.T @ sn) / len(pool) + 2 * reg * x
@@ -116,7 +176,7 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndar
             x = _bce_newton(V * s, pool * s, n_neg, lam)
             return (x / max(np.linalg.norm(x), 1e-30)).astype(np.float32)
         if fm.get("layout") == "biased":  # item = [b, β], user = [a, 1]: β is an offset
-            x = _bce_newton_offset(V[:, :k], V[:, k], pool[:, :k], pool[:, k], n_neg, lam)
+            x = _bce_newton(V[:, :k], pool[:, :k], n_neg, lam, off=V[:, k], pool_off=pool[:, k])
             return np.concatenate([x, [1.0]]).astype(np.float32)
         return _bce_newton(V, pool, n_neg, lam).astype(np.float32)
     if obj == "squared":
@@ -141,26 +201,6 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndar
             x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
             return x.astype(np.float32)
     return sphere_solve(H * (s * s), g * s).astype(np.float32)
-
-
-def _bce_newton_offset(F, off, P, poff, n_neg, lam, iters: int = 25):
-    """bce Newton with a fixed per-item offset (the folded item bias)."""
-    k = F.shape[1]
-    x = np.zeros(k)
-    reg = lam * (len(F) + n_neg)
-    for _ in range(iters):
-        zp = F @ x + off
-        zn = P @ x + poff
-        sp = 1.0 / (1.0 + np.exp(zp))
-        sn = 1.0 / (1.0 + np.exp(-zn))
-        grad = -(F.T @ sp) + n_neg * (P.T @ sn) / len(P) + 2 * reg * x
-        hess = ((F.T * (sp * (1 - sp))) @ F + n_neg * (P.T * (sn * (1 - sn))) @ P / len(P)
-                + 2 * reg * np.eye(k))
-        step = np.linalg.solve(hess, grad)
-        x -= step
-        if np.abs(step).max() < 1e-7:
-            break
-    return x
 
 
 def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,

@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as Fn
 
 from core.config import TrainConfig
+from plugins.metric import pair_scores
 
 from .report import end_epoch
+from .warm import overlay_known_rows
 
 _TC = TrainConfig()  # the constructor's defaults are the configuration's
 
@@ -77,11 +79,8 @@ class BCE:
         if self.biased:
             U[:, -1] = 1.0  # the constant that multiplies the item bias
             V[:, -1] = 0.0
-        for T, init in ((U, user_init), (V, item_init)):
-            if init is not None:
-                init = torch.from_numpy(np.asarray(init, dtype=np.float32))
-                known = ~torch.isnan(init).any(1)
-                T[known] = init[known]
+        overlay_known_rows(U, user_init)
+        overlay_known_rows(V, item_init)
         self.U, self.V = U.to(self.device), V.to(self.device)
         self.GU = torch.zeros_like(self.U)
         self.GV = torch.zeros_like(self.V)
@@ -89,9 +88,8 @@ class BCE:
         self._bufs: dict = {}  # scratch tables and row marks of _step
 
     def _logits(self, a, b):
-        if self.similarity == "cosine":
-            return self.scale_t * (Fn.normalize(a, dim=-1) * Fn.normalize(b, dim=-1)).sum(-1)
-        return (a * b).sum(-1)
+        return pair_scores(a, b, self.similarity,
+                           self.scale_t if self.similarity == "cosine" else 1.0)
 
     def _step(self, table, acc, parts):
         """Sparse Adagrad on the rows in ``parts`` = [(rows, per-example gradients), ...],
@@ -214,9 +212,7 @@ class BCE:
         return self._pub_dot(self.U[u], self.V[i])
 
     def _pub_dot(self, a, b):
-        if self.similarity == "cosine":
-            return self.scale * (Fn.normalize(a, dim=-1) * Fn.normalize(b, dim=-1)).sum(-1)
-        return (a * b).sum(-1)
+        return pair_scores(a, b, self.similarity, self.scale if self.similarity == "cosine" else 1.0)
 
     def published(self) -> tuple[np.ndarray, np.ndarray]:
         U, V = self.U.float().cpu().numpy(), self.V.float().cpu().numpy()

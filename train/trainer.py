@@ -20,13 +20,13 @@ import torch  # noqa: E402
 
 from .als import ALS  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
+from .foldin import NEG_POOL, foldin_section  # noqa: E402,F401  (NEG_POOL: re-exported)
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
 from .report import format_table  # noqa: E402
 from .sgd import BCE  # noqa: E402
 from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
 from .versions import ModelRegistry  # noqa: E402
 
-NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
 
 
 def resolve_device(name: str) -> str:
@@ -184,23 +184,13 @@ def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_
 
 
 def foldin_meta(model, tc, item_pub, item_has, seed) -> dict:
-    fm = {"objective": tc.objective, "similarity": tc.similarity, "factors": tc.dim,
-          "layout": "biased" if model.biased else "plain", "score_scale": float(model.scale),
-          "mu": float(model.mu)}
-    if tc.objective == "bce":
-        fm.update(reg=tc.reg_bce, negatives=tc.negatives)
-        pub_items = np.nonzero(item_has)[0]
-        # uniform over ALL items (as the training's negatives), items without a vector are 0
-        rng = np.random.default_rng(seed)
-        pool = rng.integers(0, len(item_pub), NEG_POOL)
-        fm["neg_pool"] = np.round(item_pub[pool].astype(np.float64), 7).tolist()
-        fm["neg_pool_note"] = f"{NEG_POOL} items drawn uniformly from {len(pub_items)} published"
-    else:
-        fm.update(reg=tc.reg, alpha=tc.alpha)
-        if tc.objective == "implicit":
-            V = item_pub[item_has].astype(np.float64)
-            fm["gram"] = (V.T @ V).tolist()
-    return fm
+    """The version's ``foldin`` section for ``model`` trained under ``tc``
+    (:func:`train.foldin.foldin_section`, the one writer)."""
+    bce = tc.objective == "bce"
+    return foldin_section(item_pub, objective=tc.objective, similarity=tc.similarity,
+                          factors=tc.dim, reg=tc.reg_bce if bce else tc.reg,
+                          alpha=None if bce else tc.alpha, negatives=tc.negatives if bce else None,
+                          mu=model.mu, score_scale=model.scale, item_has=item_has, seed=seed)
 
 
 def _warm_vectors(cfg, registry, vs, cur, cur_meta, snap, log):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -42,6 +41,7 @@ from typing import Iterable
 import lmdb
 import numpy as np
 
+from core import lmdbenv
 from core.datadir import lmdb_env_writable
 
 CURRENT = b"current"
@@ -53,38 +53,23 @@ REFRESH = b"refresh/"
 DEFAULT_MAP_SIZE = 8 << 30
 
 
-# py-lmdb refuses to open one environment twice in a process (serve and train may share one, as
-# in the demo and the tests): one handle per path, reference-counted. It is opened read-write
-# where the directory allows it (LMDB readers need the lock file anyway); ``readonly`` is
-# enforced by ModelRegistry itself.
-_ENVS: dict[str, list] = {}
-_ENVS_LOCK = threading.Lock()
+def _acquire(path: Path, map_size: int, writer: bool = True) -> lmdb.Environment:
+    """The process's shared ``users.lmdb`` environment (core/lmdbenv.py: one per path,
+    reference-counted; a writer's ``map_size`` is checked against an open one's). It is opened read-write where the
+    directory allows it (LMDB readers need the lock file anyway); ``readonly`` is enforced by
+    ModelRegistry itself."""
 
+    def opener() -> lmdb.Environment:
+        writable = lmdb_env_writable(path) if path.exists() else True
+        # not writable (read-only mount or permissions): no lock file either
+        return lmdb.open(str(path), map_size=map_size, max_readers=512,
+                         readahead=False, readonly=not writable, lock=writable)
 
-def _acquire(path: Path, map_size: int) -> lmdb.Environment:
-    key = os.path.realpath(path)
-    with _ENVS_LOCK:
-        entry = _ENVS.get(key)
-        if entry is None:
-            writable = lmdb_env_writable(path) if path.exists() else True
-            # not writable (read-only mount or permissions): no lock file either
-            env = lmdb.open(str(path), map_size=map_size, max_readers=512, readahead=False,
-                            readonly=not writable, lock=writable)
-            entry = _ENVS[key] = [env, 0]
-        entry[1] += 1
-        return entry[0]
+    return lmdbenv.acquire(path, opener, map_size if writer else None)
 
 
 def _release(path: Path) -> None:
-    key = os.path.realpath(path)
-    with _ENVS_LOCK:
-        entry = _ENVS.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            entry[0].close()
-            del _ENVS[key]
+    lmdbenv.release(path)
 
 
 def _ver(version: int) -> bytes:
@@ -132,7 +117,7 @@ class ModelRegistry:
         if self._env is None:
             if self.readonly and not (self.path / "data.mdb").exists():
                 return None
-            self._env = _acquire(self.path, self.map_size)
+            self._env = _acquire(self.path, self.map_size, writer=not self.readonly)
         return self._env
 
     def close(self) -> None:
