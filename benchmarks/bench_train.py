@@ -322,12 +322,8 @@ def peak_rss(n: int, solver: str, dim: int, threads: int) -> dict:
 
 def foldin_ms(model, objective, dim):
     """Median fold-in time for 100 triples."""
-    from core.config import TrainConfig
-    from train.trainer import foldin_meta
-
     U, V = model.published()
-    meta = {"foldin": foldin_meta(model, TrainConfig(objective=objective, dim=dim), V,
-                                  np.ones(len(V), bool), 0)}
+    meta = {"foldin": model.foldin_section(V, np.ones(len(V), bool), 0)}
     rng = np.random.default_rng(0)
     items = rng.choice(len(V), 100, replace=False)
     y = rng.integers(1, 5, 100).astype(np.float32)

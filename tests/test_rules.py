@@ -134,23 +134,28 @@ def test_warm_rows_replace_random_rows_and_nan_rows_stay_random():
 
 
 # -- the foldin section ------------------------------------------------------------------------
+def _tiny_model(tc, n_items):
+    """A model of ``tc``'s objective on three triples (its foldin section is what is tested)."""
+    from train.objectives import model_from_config
+
+    u, i = np.zeros(3, np.int32), np.arange(3, dtype=np.int32)
+    return model_from_config(tc, (u, i, np.ones(3, np.float32)), 1, n_items)
+
+
 @pytest.mark.parametrize("objective,similarity", [("implicit", "dot"), ("squared", "dot"),
                                                   ("implicit", "cosine")])
 def test_foldin_section_is_written_once(objective, similarity):
     from core.config import TrainConfig
     from serve.testing import foldin_meta as testing_meta
-    from train.trainer import foldin_meta as trainer_meta
 
     rng = np.random.default_rng(2)
     dim = 4
     width = dim + 2 if (objective, similarity) == ("squared", "dot") else dim
     V = rng.normal(size=(30, width)).astype(np.float32)
-
-    class M:
-        mu, scale = 0.75, 1.5
-
     tc = TrainConfig(objective=objective, similarity=similarity, dim=dim, reg=0.2, alpha=4.0)
-    a = trainer_meta(M, tc, V, np.ones(len(V), bool), 0)
+    m = _tiny_model(tc, n_items=len(V))
+    m.mu, m.scale = 0.75, 1.5
+    a = m.foldin_section(V, np.ones(len(V), bool), 0)
     b = testing_meta(V, objective=objective, similarity=similarity, reg=0.2, alpha=4.0,
                      mu=0.75, score_scale=1.5)
     assert a == b
@@ -158,17 +163,11 @@ def test_foldin_section_is_written_once(objective, similarity):
 
 def test_bce_foldin_section_equals_the_former_trainer_formula():
     from core.config import TrainConfig
-    from train.trainer import foldin_meta
-
     rng = np.random.default_rng(4)
     V = rng.normal(size=(40, 5)).astype(np.float32)
     has = rng.random(40) > 0.3
-
-    class M:
-        mu, scale, biased = 0.0, 5.0, True
-
     tc = TrainConfig(objective="bce", similarity="dot", dim=4)
-    got = foldin_meta(M, tc, V, has, 11)
+    got = _tiny_model(tc, n_items=len(V)).foldin_section(V, has, 11)
     pool = np.random.default_rng(11).integers(0, 40, 256)
     want = {"objective": "bce", "similarity": "dot", "factors": 4, "layout": "biased",
             "score_scale": 5.0, "mu": 0.0, "reg": tc.reg_bce, "negatives": tc.negatives,

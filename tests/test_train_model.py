@@ -98,16 +98,13 @@ def test_deterministic_given_seed(data, split):
     ("squared", "dot"), ("implicit", "dot"), ("squared", "cosine"), ("implicit", "cosine")])
 def test_fold_in_equals_training_step(data, split, objective, similarity):
     """fold_in(user's items, scores) == the vector the last (exact) user half-sweep stored."""
-    from train.trainer import foldin_meta
-    from core.config import TrainConfig
 
     # the exact solver: CG's stored rows differ by its residual (tests/test_train_solver.py)
     m = _fit(data, split, objective, similarity, dim=8, epochs=4, solver="cholesky")
     U, V = m.published()
-    tc = TrainConfig(objective=objective, similarity=similarity, dim=8, reg=0.1, alpha=3.0)
     tr, _ = split
     has = np.bincount(data.item_idx[tr], minlength=len(V)) > 0
-    meta = {"foldin": foldin_meta(m, tc, V, has, 0)}
+    meta = {"foldin": m.foldin_section(V, has, 0)}
     tu, ti, ty = data.user_idx[tr], data.item_idx[tr], data.score[tr]
     for u in [0, 1, 7, 42, 99]:
         sel = tu == u
@@ -118,14 +115,11 @@ def test_fold_in_equals_training_step(data, split, objective, similarity):
 
 
 def test_fold_in_fast_for_100_triples(data, split):
-    from train.trainer import foldin_meta
-    from core.config import TrainConfig
 
     for objective in ("squared", "implicit"):
         m = _fit(data, split, objective, dim=32, epochs=1)
         U, V = m.published()
-        tc = TrainConfig(objective=objective, dim=32)
-        meta = {"foldin": foldin_meta(m, tc, V, np.ones(len(V), bool), 0)}
+        meta = {"foldin": m.foldin_section(V, np.ones(len(V), bool), 0)}
         rng = np.random.default_rng(0)
         items = rng.choice(len(V), 100, replace=False)
         scores = rng.integers(0, 5, 100).astype(np.float32)
@@ -139,13 +133,10 @@ def test_fold_in_fast_for_100_triples(data, split):
 
 
 def test_bce_fold_in_ranks_like_the_model(data, split):
-    from train.trainer import foldin_meta
-    from core.config import TrainConfig
 
     m = _fit(data, split, "bce", dim=16, epochs=8)
     U, V = m.published()
-    tc = TrainConfig(objective="bce", dim=16, reg_bce=0.01)
-    meta = {"foldin": foldin_meta(m, tc, V, np.ones(len(V), bool), 0)}
+    meta = {"foldin": m.foldin_section(V, np.ones(len(V), bool), 0)}
     tr, _ = split
     tu, ti, ty = data.user_idx[tr], data.item_idx[tr], data.score[tr]
     corr = []

@@ -66,6 +66,8 @@ from plugins.metric import pair_scores
 
 from .buckets import Chunk, build_chunks
 from .cg import CSRSide, cg_half_sweep
+from .foldin import foldin_section
+from .objectives import FactorModel
 from .report import end_epoch
 from .warm import overlay_known_rows
 
@@ -124,8 +126,9 @@ def _ridge_solve(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.T
     return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
 
 
-class ALS:
-    """One ALS problem (fixed data, objective and hyper-parameters).
+class ALS(FactorModel):
+    """One ALS problem (fixed data, objective and hyper-parameters): the
+    :class:`train.objectives.FactorModel` of ``squared`` and ``implicit``.
 
     Parameters
     ----------
@@ -176,6 +179,25 @@ class ALS:
             for side in ("user", "item"):
                 self._cg_values(side)
         self.scale = 1.0
+
+    @classmethod
+    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None):
+        u, i, y = triples
+        return cls(u, i, y, n_users, n_items, objective=objective or tc.objective,
+                   similarity=tc.similarity, dim=tc.dim, reg=tc.reg, alpha=tc.alpha,
+                   solver=tc.solver, cg_steps=tc.cg_steps, device=device)
+
+    def internal_rows(self, user, item):
+        return self.internal_from_published(user, item, self.objective, self.similarity,
+                                            self.dim, self.mu)
+
+    def hyperparameters(self) -> dict:
+        return {"reg": self.reg, "alpha": self.alpha if self.objective == "implicit" else None}
+
+    def foldin_section(self, item_vectors, item_has=None, seed=0) -> dict:
+        return foldin_section(item_vectors, objective=self.objective, similarity=self.similarity,
+                              factors=self.dim, reg=self.reg, alpha=self.alpha, mu=self.mu,
+                              score_scale=self.scale, item_has=item_has, seed=seed)
 
     def _cg_values(self, side: str):
         """Entry values in the side's CSR order that stay the same every sweep:

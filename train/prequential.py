@@ -118,9 +118,10 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
     """
     import torch
 
-    from train.trainer import _has_data, fit_model, foldin_meta
+    from train.objectives import objective_spec, rows_with_data
+    from train.trainer import fit_model
 
-    if tc.objective not in ("squared", "implicit"):
+    if not objective_spec(tc.objective).item_step:
         raise ValueError(f"prequential evaluation needs an ALS objective (squared or implicit), "
                          f"not {tc.objective!r}: item refresh has no closed form for it")
     if tc.threads > 0:
@@ -155,10 +156,9 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
         model, _, _ = fit_model(snap, tc, device="cpu", train_mask=np.ones(len(sc), bool),
                                 log=lambda s: None)
         U, I = model.published()
-        pos_only = tc.objective == "implicit"
-        uh = _has_data(snap.user_idx, sc, len(users.ids), pos_only)
-        ih = _has_data(snap.item_idx, sc, len(items.ids), pos_only)
-        meta = {"foldin": foldin_meta(model, tc, I, ih, tc.seed)}
+        uh = rows_with_data(snap.user_idx, sc, len(users.ids), tc.objective)
+        ih = rows_with_data(snap.item_idx, sc, len(items.ids), tc.objective)
+        meta = {"foldin": model.foldin_section(I, ih, tc.seed)}
         pop = np.bincount(snap.item_idx[sc > 0], minlength=len(items.ids))
         gram = None
         if tc.objective == "implicit":

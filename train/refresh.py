@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from train.foldin import fold_in_item
+from train.objectives import OBJECTIVES
 from train.lock import PublisherBusyError, publisher_lock
 from train.versions import ModelRegistry
 
@@ -138,7 +139,7 @@ class Refresher:
             return RefreshResult("no_version")
         meta = reg.metadata(version)
         fm = meta.get("foldin") or {}
-        if fm.get("objective") not in ("squared", "implicit"):
+        if fm.get("objective") not in OBJECTIVES or not OBJECTIVES[fm["objective"]].item_step:
             return RefreshResult("unsupported", version)
         info = reg.refresh_info(version) or {}
         since = int(info.get("seq", meta.get("store_seq", 0)))

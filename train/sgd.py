@@ -44,14 +44,19 @@ import torch.nn.functional as Fn
 from core.config import TrainConfig
 from plugins.metric import pair_scores
 
+from .foldin import foldin_section
+from .objectives import FactorModel
 from .report import end_epoch
 from .warm import overlay_known_rows
 
 _TC = TrainConfig()  # the constructor's defaults are the configuration's
 
 
-class BCE:
-    """SGD trainer for the bce objective (see module docstring)."""
+class BCE(FactorModel):
+    """SGD trainer for the bce objective (see module docstring): the
+    :class:`train.objectives.FactorModel` of ``bce``."""
+
+    objective = "bce"
 
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *,
                  similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg_bce, lr=_TC.lr,
@@ -70,6 +75,36 @@ class BCE:
         self.n = int(pos.sum())
         self.scale = 5.0
         self.mu = 0.0
+        self._loss = float("nan")
+
+    @classmethod
+    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None):
+        if (objective or "bce") != "bce":
+            raise ValueError(f"BCE trains the bce objective, not {objective!r}")
+        u, i, y = triples
+        return cls(u, i, y, n_users, n_items, similarity=tc.similarity, dim=tc.dim,
+                   reg=tc.reg_bce, lr=tc.lr, negatives=tc.negatives, batch_size=tc.batch_size,
+                   device=device)
+
+    def warm_start(self, seed, user_published=None, item_published=None, scale=None):
+        """Published rows are the internal ones (cosine rows are renormalised anyway); the
+        learnt scale continues from ``scale`` when given."""
+        self.init_factors(seed, user_published, item_published)
+        if scale is not None:
+            self.scale = float(scale)
+
+    def loss(self) -> dict:
+        """Mean binary cross-entropy per example (positive or sampled negative) of the last
+        epoch, as it was summed during that epoch (NaN before the first)."""
+        return {"loss": self._loss}
+
+    def hyperparameters(self) -> dict:
+        return {"reg": self.reg, "alpha": None}
+
+    def foldin_section(self, item_vectors, item_has=None, seed=0) -> dict:
+        return foldin_section(item_vectors, objective="bce", similarity=self.similarity,
+                              factors=self.dim, reg=self.reg, negatives=self.negatives,
+                              mu=self.mu, score_scale=self.scale, item_has=item_has, seed=seed)
 
     def init_factors(self, seed: int, user_init=None, item_init=None):
         self.seed = int(seed)
@@ -188,7 +223,8 @@ class BCE:
                 seen += B
             dt = time.perf_counter() - t0
             examples = seen * (1 + self.negatives)
-            end_epoch(history, {"epoch": ep, "seconds": dt, "loss": total / max(1, examples)},
+            self._loss = total / max(1, examples)
+            end_epoch(history, {"epoch": ep, "seconds": dt, "loss": self._loss},
                       self, epochs, on_sweep, log, "epoch", examples, "examples")
         return history
 

@@ -1,6 +1,8 @@
-"""One training run: snapshot -> split -> train (warm) -> evaluate -> gate -> publish.
+"""One training run: snapshot -> split -> fit (warm) -> evaluate -> gate -> refit -> publish.
 
-``train_once(cfg)`` is the Python entry point behind ``mcrecall train``.
+``train_once(cfg)`` is the Python entry point behind ``mcrecall train``. Each step is one
+function below; the model behind ``[train] objective`` comes from :mod:`train.objectives`
+(one :class:`~train.objectives.FactorModel` interface, models registered by objective name).
 """
 
 from __future__ import annotations
@@ -18,15 +20,13 @@ from datetime import datetime, timezone  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .als import ALS  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
-from .foldin import NEG_POOL, foldin_section  # noqa: E402,F401  (NEG_POOL: re-exported)
+from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
+from .objectives import OBJECTIVES, model_from_config, objective_spec, rows_with_data  # noqa: E402
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
 from .report import format_table  # noqa: E402
-from .sgd import BCE  # noqa: E402
 from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
 from .versions import ModelRegistry  # noqa: E402
-
 
 
 def resolve_device(name: str) -> str:
@@ -44,30 +44,16 @@ def _log_default(msg: str) -> None:
 def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
               log=_log_default, test_mask: np.ndarray | None = None,
               scale: float | None = None):
-    """Train the configured objective on the training part of ``snap``.
+    """Train ``[train] objective``'s model on the training part of ``snap``.
 
     Returns (model, history, seconds). ``warm`` = (user_published, item_published, ...) or
-    None; NaN rows start at random. ``scale``: a bce model's learnt score scale to continue
-    from (the ALS objectives recompute theirs).
+    None; NaN rows start at random. ``scale``: a learnt score scale to continue from (a bce
+    model's; the ALS objectives recompute theirs).
     """
     u, i, y = snap.user_idx, snap.item_idx, snap.score
-    tu, ti, ty = u[train_mask], i[train_mask], y[train_mask]
-    nu, ni = len(snap.user_ids), len(snap.item_ids)
-    if tc.objective == "bce":
-        model = BCE(tu, ti, ty, nu, ni, similarity=tc.similarity, dim=tc.dim, reg=tc.reg_bce,
-                    lr=tc.lr, negatives=tc.negatives, batch_size=tc.batch_size, device=device)
-        uw, iw = (warm[0], warm[1]) if warm else (None, None)
-    else:
-        model = ALS(tu, ti, ty, nu, ni, objective=tc.objective, similarity=tc.similarity,
-                    dim=tc.dim, reg=tc.reg, alpha=tc.alpha, solver=tc.solver,
-                    cg_steps=tc.cg_steps, device=device)
-        uw = iw = None
-        if warm:
-            uw, iw = ALS.internal_from_published(warm[0], warm[1], tc.objective, tc.similarity,
-                                                 tc.dim, model.mu)
-    model.init_factors(tc.seed, uw, iw)
-    if scale is not None and tc.objective == "bce":
-        model.scale = float(scale)
+    model = model_from_config(tc, (u[train_mask], i[train_mask], y[train_mask]),
+                              len(snap.user_ids), len(snap.item_ids), device=device)
+    model.warm_start(tc.seed, *(warm[:2] if warm else (None, None)), scale=scale)
     on_sweep = None
     if test_mask is not None and test_mask.any():
         dev = torch.device(device)
@@ -84,15 +70,8 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
     return model, history, time.perf_counter() - t0
 
 
-def _has_data(idx, score, n, positives_only):
-    keep = score > 0 if positives_only else np.ones(len(score), bool)
-    return np.bincount(idx[keep], minlength=n) > 0
-
-
 # objective -> (figure, direction, tolerance key): "lower" = smaller is better
-GATE_METRIC = {"squared": ("rmse", "lower", "max_rmse_regression"),
-               "implicit": ("recall@10", "higher", "max_recall_regression"),
-               "bce": ("recall@10", "higher", "max_recall_regression")}
+GATE_METRIC = {name: spec.gate for name, spec in OBJECTIVES.items()}
 
 
 def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
@@ -110,7 +89,7 @@ def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
         log(f"  note: version {cur} used objective {cur_meta.get('objective')}/"
             f"{cur_meta.get('similarity')}; the gate is not applied across objectives")
         return None
-    fig, direction, key = GATE_METRIC[tc.objective]
+    fig, direction, key = objective_spec(tc.objective).gate
     old = cur_meta.get("evaluation", {}).get("model", {}).get(fig)
     new = ev["model"].get(fig)
     if old is None or new is None:
@@ -142,8 +121,8 @@ def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: st
     ev = evaluate(up, ip, m.scale, (tu, ti, ty),
                   (snap.user_idx[test_mask], snap.item_idx[test_mask], snap.score[test_mask]),
                   user_hash=user_hash, max_users=tc.eval_users, device=device, baselines=False,
-                  user_has=_has_data(tu, ty, len(snap.user_ids), False),
-                  item_has=_has_data(ti, ty, len(snap.item_ids), False))
+                  user_has=rows_with_data(tu, ty, len(snap.user_ids), "squared"),
+                  item_has=rows_with_data(ti, ty, len(snap.item_ids), "squared"))
     fig = ev["model"]
     fig.update(sweeps=n, seconds=time.perf_counter() - t0)
     log(f"  seed comparison: squared objective, {n} sweeps on the same split, "
@@ -168,29 +147,18 @@ def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_
     if tc.refit_sweeps == 0 or train_mask.all():
         why = "refit_sweeps = 0" if tc.refit_sweeps == 0 else "no held-out triples"
         return model, {"kind": "evaluated", "sweeps": 0, "note": why}
-    positives_only = tc.objective in ("implicit", "bce")
     u, i, y = snap.user_idx[train_mask], snap.item_idx[train_mask], snap.score[train_mask]
     uw, iw = (a.copy() for a in model.published())
-    uw[~_has_data(u, y, len(snap.user_ids), positives_only)] = np.nan
-    iw[~_has_data(i, y, len(snap.item_ids), positives_only)] = np.nan
+    uw[~rows_with_data(u, y, len(snap.user_ids), tc.objective)] = np.nan
+    iw[~rows_with_data(i, y, len(snap.item_ids), tc.objective)] = np.nan
     rtc = replace(tc, epochs=tc.refit_sweeps)
     log(f"  refit on all {len(snap)} triples: {tc.refit_sweeps} "
-        f"{'epochs' if tc.objective == 'bce' else 'sweeps'} from the evaluated model")
+        f"{objective_spec(tc.objective).step}s from the evaluated model")
     served, history, secs = fit_model(snap, rtc, device=device,
                                       train_mask=np.ones(len(snap), bool), warm=(uw, iw),
-                                      log=log, scale=getattr(model, "scale", None))
+                                      log=log, scale=model.scale)
     return served, {"kind": "refit_all", "sweeps": tc.refit_sweeps, "n_triples": int(len(snap)),
                     "seconds": secs, "history": history}
-
-
-def foldin_meta(model, tc, item_pub, item_has, seed) -> dict:
-    """The version's ``foldin`` section for ``model`` trained under ``tc``
-    (:func:`train.foldin.foldin_section`, the one writer)."""
-    bce = tc.objective == "bce"
-    return foldin_section(item_pub, objective=tc.objective, similarity=tc.similarity,
-                          factors=tc.dim, reg=tc.reg_bce if bce else tc.reg,
-                          alpha=None if bce else tc.alpha, negatives=tc.negatives if bce else None,
-                          mu=model.mu, score_scale=model.scale, item_has=item_has, seed=seed)
 
 
 def _warm_vectors(cfg, registry, vs, cur, cur_meta, snap, log):
@@ -241,9 +209,142 @@ def train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         return _train_run(cfg, force, skip_unchanged=skip_unchanged, log=log)
 
 
+@dataclass
+class _Run:
+    """What the steps of one run share: the settings, the snapshot and its split."""
+    cfg: object
+    snap: object
+    train: np.ndarray  # bool mask of the training triples; ~train is the hold-out
+    user_hash: np.ndarray
+    device: str
+    log: object
+
+    @property
+    def tc(self):
+        return self.cfg.train
+
+    @property
+    def test(self) -> np.ndarray:
+        return ~self.train
+
+    def rows_with_data(self, mask: np.ndarray | None = None):
+        """(user_has, item_has) for the triples in ``mask`` (default: the training split)."""
+        s, obj = self.snap, self.tc.objective
+        m = self.train if mask is None else mask
+        return (rows_with_data(s.user_idx[m], s.score[m], len(s.user_ids), obj),
+                rows_with_data(s.item_idx[m], s.score[m], len(s.item_ids), obj))
+
+
+def take_snapshot(cfg, cur, cur_meta, *, skip_unchanged: bool, log):
+    """Step 1: a consistent snapshot of the triple store, or the TrainResult that ends the run
+    (``unchanged`` under ``skip_unchanged``, ``empty``)."""
+    from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
+
+    store = TripleStore(cfg.data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
+    try:
+        snap = store.snapshot()
+    finally:
+        store.close()
+    if skip_unchanged and cur_meta is not None and cur_meta.get("store_seq") == snap.seq:
+        log(f"train: store unchanged since version {cur} (seq {snap.seq}); skipping")
+        return TrainResult("unchanged", None)
+    if len(snap) == 0:
+        log("train: the triple store is empty; nothing to train on")
+        return TrainResult("empty")
+    return snap
+
+
+def split_snapshot(cfg, snap, *, log) -> _Run:
+    """Step 2: the fixed hash hold-out (train/split.py) of the snapshot."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    hu, hi = id_hashes(snap.user_ids), id_hashes(snap.item_ids)
+    test = holdout_from_hashes(snap.user_idx, snap.item_idx, hu, hi, tc.holdout_fraction)
+    log(f"train: {len(snap)} triples ({int((~test).sum())} train / {int(test.sum())} held out), "
+        f"{len(snap.user_ids)} users, {len(snap.item_ids)} items, store seq {snap.seq}; "
+        f"objective {tc.objective}, similarity {tc.similarity}, dim {tc.dim}, device {device}")
+    return _Run(cfg, snap, ~test, hu, device, log)
+
+
+def fit_step(run: _Run, registry, vs, cur, cur_meta):
+    """Step 3: fit on the training split, warm-started from the current version where it has
+    the same objective, similarity and dim. Returns (model, history, seconds, warm_info)."""
+    warm, warm_info = _warm_vectors(run.cfg, registry, vs, cur, cur_meta, run.snap, run.log)
+    if warm_info["from_version"] is not None:
+        run.log(f"  warm start from version {cur}: {warm_info['users']} users, "
+                f"{warm_info['items']} items")
+    model, history, secs = fit_model(run.snap, run.tc, device=run.device, train_mask=run.train,
+                                     warm=warm, log=run.log, test_mask=run.test)
+    return model, history, secs, warm_info
+
+
+def evaluate_step(run: _Run, model) -> dict:
+    """Step 4: held-out figures of ``model`` beside the baselines and the seed's objective."""
+    s, tr, te = run.snap, run.train, run.test
+    user_has, item_has = run.rows_with_data()
+    user_pub, item_pub = model.published()
+    t0 = time.perf_counter()
+    ev = evaluate(user_pub, item_pub, model.scale, (s.user_idx[tr], s.item_idx[tr], s.score[tr]),
+                  (s.user_idx[te], s.item_idx[te], s.score[te]), user_hash=run.user_hash,
+                  max_users=run.tc.eval_users, device=run.device, user_has=user_has,
+                  item_has=item_has)
+    ev["seconds"] = time.perf_counter() - t0
+    seed_fig = squared_comparison(s, run.tc, tr, te, user_hash=run.user_hash, device=run.device,
+                                  log=run.log)
+    if seed_fig is not None:
+        ev["squared"] = seed_fig
+    ev["split"] = split_metadata(run.tc.holdout_fraction)
+    return ev
+
+
+def version_metadata(run: _Run, version: int, served, served_info: dict, user_has, item_has,
+                     item_pub, ev: dict, warm_info: dict, history, train_s: float) -> dict:
+    """The metadata a version is published with (DESIGN: versions)."""
+    cfg, tc, snap = run.cfg, run.tc, run.snap
+    pop = popularity(snap.item_idx, snap.score, len(snap.item_ids))
+    top = np.argsort(-pop, kind="stable")[: tc.popular_items]
+    top = top[pop[top] > 0]
+    now = datetime.now(timezone.utc)
+    return {
+        "version": version,
+        "dim": int(item_pub.shape[1]),
+        "factors": tc.dim,
+        "similarity": tc.similarity,
+        "objective": tc.objective,
+        "metric": cfg.index.metric,
+        "backend": cfg.index.backend,
+        "index_type": cfg.index.index_type,
+        "collection": f"{cfg.index.collection}_v{version}",
+        "collection_base": cfg.index.collection,
+        "created_at": now.isoformat(timespec="seconds"),
+        "created_at_unix": now.timestamp(),
+        "n_triples": int(len(snap)),
+        "n_train": int(run.train.sum()),
+        "n_users": int(user_has.sum()),
+        "n_items": int(item_has.sum()),
+        "store_seq": int(snap.seq),
+        **served.hyperparameters(),
+        "score_scale": float(served.scale),
+        "epochs": tc.epochs,
+        "seed": tc.seed,
+        "device": run.device,
+        "evaluation": ev,
+        "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
+        "warm_start": warm_info,
+        "training": {"seconds": train_s, "history": history},
+        "served_model": served_info,
+        "train_config": asdict(tc),
+        "foldin": served.foldin_section(item_pub, item_has, tc.seed),
+    }
+
+
 def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
                log=_log_default) -> TrainResult:
     """Train on a snapshot of the triple store and publish a new version.
+
+    The steps: :func:`take_snapshot`, :func:`split_snapshot`, :func:`fit_step`,
+    :func:`evaluate_step`, :func:`gate_refusal`, :func:`refit_all` (what is served),
+    :func:`version_metadata` and :func:`train.publish.publish`.
 
     Parameters
     ----------
@@ -259,69 +360,29 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
     TrainResult: ``published`` (with the version), ``refused`` (:func:`gate_refusal`),
     ``unchanged`` (skip_unchanged and no new triples) or ``empty`` (no triples).
     """
-    from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
     from plugins import vector_store_from_config
 
     tc = cfg.train
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     t_start = time.perf_counter()
-    data_dir = cfg.data_dir
-    if not (data_dir / "triples.lmdb").exists():  # before the registry: create nothing
-        log(f"train: no triple store at {data_dir / 'triples.lmdb'}; nothing to train on")
+    if not (cfg.data_dir / "triples.lmdb").exists():  # before the registry: create nothing
+        log(f"train: no triple store at {cfg.data_dir / 'triples.lmdb'}; nothing to train on")
         return TrainResult("empty")
-    registry = ModelRegistry(data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
-    cur = registry.current_version()
-    cur_meta = registry.metadata(cur) if cur is not None else None
-    store = TripleStore(data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
+    registry = ModelRegistry(cfg.data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
+    vs = None
     try:
-        snap = store.snapshot()
-    finally:
-        store.close()
-    if skip_unchanged and cur_meta is not None and cur_meta.get("store_seq") == snap.seq:
-        log(f"train: store unchanged since version {cur} (seq {snap.seq}); skipping")
-        registry.close()
-        return TrainResult("unchanged", None)
-    if len(snap) == 0:
-        log("train: the triple store is empty; nothing to train on")
-        registry.close()
-        return TrainResult("empty")
+        cur = registry.current_version()
+        cur_meta = registry.metadata(cur) if cur is not None else None
+        snap = take_snapshot(cfg, cur, cur_meta, skip_unchanged=skip_unchanged, log=log)
+        if isinstance(snap, TrainResult):
+            return snap
+        run = split_snapshot(cfg, snap, log=log)
+        vs = vector_store_from_config(cfg)
+        model, history, train_s, warm_info = fit_step(run, registry, vs, cur, cur_meta)
+        ev = evaluate_step(run, model)
 
-    device = resolve_device(tc.device)
-    hu, hi = id_hashes(snap.user_ids), id_hashes(snap.item_ids)
-    test = holdout_from_hashes(snap.user_idx, snap.item_idx, hu, hi, tc.holdout_fraction)
-    train = ~test
-    log(f"train: {len(snap)} triples ({int(train.sum())} train / {int(test.sum())} held out), "
-        f"{len(snap.user_ids)} users, {len(snap.item_ids)} items, store seq {snap.seq}; "
-        f"objective {tc.objective}, similarity {tc.similarity}, dim {tc.dim}, device {device}")
-
-    vs = vector_store_from_config(cfg)
-    try:
-        warm, warm_info = _warm_vectors(cfg, registry, vs, cur, cur_meta, snap, log)
-        if warm_info["from_version"] is not None:
-            log(f"  warm start from version {cur}: {warm_info['users']} users, "
-                f"{warm_info['items']} items")
-        model, history, train_s = fit_model(snap, tc, device=device, train_mask=train,
-                                            warm=warm, log=log, test_mask=test)
-        user_pub, item_pub = model.published()
-        positives_only = tc.objective in ("implicit", "bce")
-        tu, ti, ty = snap.user_idx[train], snap.item_idx[train], snap.score[train]
-        user_has = _has_data(tu, ty, len(snap.user_ids), positives_only)
-        item_has = _has_data(ti, ty, len(snap.item_ids), positives_only)
-        t_eval = time.perf_counter()
-        ev = evaluate(user_pub, item_pub, model.scale, (tu, ti, ty),
-                      (snap.user_idx[test], snap.item_idx[test], snap.score[test]),
-                      user_hash=hu, max_users=tc.eval_users, device=device,
-                      user_has=user_has, item_has=item_has)
-        ev["seconds"] = time.perf_counter() - t_eval
-        seed_fig = squared_comparison(snap, tc, train, test, user_hash=hu, device=device,
-                                      log=log)
-        if seed_fig is not None:
-            ev["squared"] = seed_fig
-        ev["split"] = split_metadata(tc.holdout_fraction)
-
-        # the regression gate, on the objective's own metric
-        refusal = gate_refusal(tc, cur, cur_meta, ev, log)
+        refusal = gate_refusal(tc, cur, cur_meta, ev, log)  # on the objective's own metric
         if refusal is not None:
             if not force:
                 log(f"train: NOT publishing: {refusal} (use --force to publish anyway)")
@@ -330,52 +391,15 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
             log(f"  warning: {refusal}; publishing anyway (--force)")
 
         # serve every user and item with triples (the evaluation above describes `model`)
-        served, served_info = refit_all(snap, tc, model, train, device=device, log=log)
-        if served is not model:
-            user_pub, item_pub = served.published()
-            user_has = _has_data(snap.user_idx, snap.score, len(snap.user_ids), positives_only)
-            item_has = _has_data(snap.item_idx, snap.score, len(snap.item_ids), positives_only)
-
-        pop = popularity(snap.item_idx, snap.score, len(snap.item_ids))
-        top = np.argsort(-pop, kind="stable")[: tc.popular_items]
-        top = top[pop[top] > 0]
+        served, served_info = refit_all(snap, tc, model, run.train, device=run.device, log=log)
+        user_pub, item_pub = served.published()
+        user_has, item_has = run.rows_with_data(None if served is model
+                                                else np.ones(len(snap), bool))
         version = next_version(registry, vs)
         cleanup_stale(registry, vs, log)
-        now = datetime.now(timezone.utc)
-        meta = {
-            "version": version,
-            "dim": int(item_pub.shape[1]),
-            "factors": tc.dim,
-            "similarity": tc.similarity,
-            "objective": tc.objective,
-            "metric": cfg.index.metric,
-            "backend": cfg.index.backend,
-            "index_type": cfg.index.index_type,
-            "collection": f"{cfg.index.collection}_v{version}",
-            "collection_base": cfg.index.collection,
-            "created_at": now.isoformat(timespec="seconds"),
-            "created_at_unix": now.timestamp(),
-            "n_triples": int(len(snap)),
-            "n_train": int(train.sum()),
-            "n_users": int(user_has.sum()),
-            "n_items": int(item_has.sum()),
-            "store_seq": int(snap.seq),
-            "reg": tc.reg_bce if tc.objective == "bce" else tc.reg,
-            "alpha": tc.alpha if tc.objective == "implicit" else None,
-            "score_scale": float(served.scale),
-            "epochs": tc.epochs,
-            "seed": tc.seed,
-            "device": device,
-            "evaluation": ev,
-            "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
-            "warm_start": warm_info,
-            "training": {"seconds": train_s, "history": history},
-            "served_model": served_info,
-            "train_config": asdict(tc),
-            "foldin": foldin_meta(served, tc, item_pub, item_has, tc.seed),
-        }
-        uid = np.nonzero(user_has)[0]
-        iid = np.nonzero(item_has)[0]
+        meta = version_metadata(run, version, served, served_info, user_has, item_has, item_pub,
+                                ev, warm_info, history, train_s)
+        uid, iid = np.nonzero(user_has)[0], np.nonzero(item_has)[0]
         t_pub = time.perf_counter()
         publish(registry, vs, version=version, user_ids=[snap.user_ids[j] for j in uid],
                 user_vectors=user_pub[uid], item_ids=[snap.item_ids[j] for j in iid],
@@ -383,7 +407,8 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
                 index_type=cfg.index.index_type, log=log)
         pub_s = time.perf_counter() - t_pub
     finally:
-        vs.close()
+        if vs is not None:
+            vs.close()
         registry.close()
     log(summary(meta, train_s, pub_s, time.perf_counter() - t_start))
     return TrainResult("published", version)

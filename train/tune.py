@@ -2,7 +2,7 @@
 
 Each trial trains the objective on the training split of a store snapshot and scores it on the
 fixed hash hold-out (train/split.py) with the figure the publish gate uses for that objective
-(``train.trainer.GATE_METRIC``: RMSE for ``squared``, Recall@10 for ``implicit`` and ``bce``).
+(``train.objectives.OBJECTIVES`` gate: RMSE for ``squared``, Recall@10 for ``implicit`` and ``bce``).
 The search is Optuna's TPE sampler, seeded; trial 0 is the configuration as given, so the best
 is never worse than it on the hold-out. Nothing is published: the store is opened read-only and
 no other file of the data directory is touched.
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .objectives import objective_spec
 
 # objective -> searched [train] keys: (low, high, kind); kind "log" / "int" / "intlog"
 SPACES: dict[str, dict[str, tuple[float, float, str]]] = {
@@ -63,9 +65,7 @@ class TuneResult:
 
 def gate_metric(objective: str) -> tuple[str, str]:
     """(figure, Optuna direction) the publish gate judges ``objective`` by."""
-    from .trainer import GATE_METRIC
-
-    fig, lower_better, _key = GATE_METRIC[objective]
+    fig, lower_better, _key = objective_spec(objective).gate
     return fig, "minimize" if lower_better == "lower" else "maximize"
 
 
@@ -149,6 +149,7 @@ def tune(cfg, *, budget_s: float, objective: str | None = None, n_trials: int | 
 
     from .evaluate import eval_users, evaluate
     from .split import holdout_from_hashes, id_hashes
+    from .objectives import rows_with_data
     from .trainer import fit_model, resolve_device
 
     t_start = time.monotonic()
@@ -174,10 +175,8 @@ def tune(cfg, *, budget_s: float, objective: str | None = None, n_trials: int | 
                                              == 0):
         raise TuneError(f"the hold-out ({int(test.sum())} of {len(snap)} triples) has nothing "
                         f"to measure {metric} on; tuning needs more data")
-    positives_only = objective in ("implicit", "bce")
-    keep = tr[2] > 0 if positives_only else np.ones(len(tr[2]), bool)
-    user_has = np.bincount(tr[0][keep], minlength=len(snap.user_ids)) > 0
-    item_has = np.bincount(tr[1][keep], minlength=len(snap.item_ids)) > 0
+    user_has = rows_with_data(tr[0], tr[2], len(snap.user_ids), objective)
+    item_has = rows_with_data(tr[1], tr[2], len(snap.item_ids), objective)
     log(f"tune: {objective} on {int(train.sum())} training / {int(test.sum())} held-out triples "
         f"(store seq {snap.seq}), {metric} on the hold-out, budget {budget_s:g} s"
         + (f", at most {n_trials} trials" if n_trials else "") + f", seed {seed}")
