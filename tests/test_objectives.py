@@ -72,7 +72,8 @@ def test_foldin_section_lets_fold_in_reproduce_a_trained_user(data, objective, s
     assert meta["foldin"]["objective"] == objective
     u = int(np.bincount(data.user_idx[data.score > 0]).argmax())
     sel = data.user_idx == u
-    x = fold_in(V[data.item_idx[sel]], data.score[sel], meta)
+    x = m.fold_in(V[data.item_idx[sel]], data.score[sel], meta)
+    assert np.array_equal(x, fold_in(V[data.item_idx[sel]], data.score[sel], meta))
     if objective == "bce":
         agree = np.corrcoef(V @ x, V @ U[u])[0, 1]
         assert agree > 0.5, agree

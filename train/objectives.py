@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from .foldin import fold_in
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
@@ -171,3 +173,10 @@ class FactorModel(ABC):
                        seed: int = 0) -> dict:
         """The version's ``foldin`` metadata for these published item vectors
         (:func:`train.foldin.foldin_section`, the one writer)."""
+
+    @staticmethod
+    def fold_in(item_vectors: np.ndarray, scores: np.ndarray, section: dict):
+        """The fold-in step: one user's published vector from their items' published vectors
+        and scores, under a ``foldin`` section (:func:`train.foldin.fold_in`; serve calls that
+        function directly, without torch)."""
+        return fold_in(item_vectors, scores, section)
