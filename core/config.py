@@ -61,7 +61,7 @@ class IngestConfig:
     # the worker gathers polls into one LMDB write transaction until it holds this many events,
     # its first poll is batch_wait_ms old, or a poll comes back empty (bigger transactions cost
     # less per event; a crash loses nothing either way: the offsets are in the same transaction)
-    batch_events: int = 20_000
+    batch_events: int = 50_000
     batch_wait_ms: int = 1000
 
 
