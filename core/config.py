@@ -58,6 +58,11 @@ class IngestConfig:
     # a dead letter (key + value + headers) is cut to this many bytes; keep it at or below the
     # dead-letter topic's max.message.bytes (Kafka's default: 1048588)
     max_message_bytes: int = 1_000_000
+    # the worker gathers polls into one LMDB write transaction until it holds this many events,
+    # its first poll is batch_wait_ms old, or a poll comes back empty (bigger transactions cost
+    # less per event; a crash loses nothing either way: the offsets are in the same transaction)
+    batch_events: int = 50_000
+    batch_wait_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,8 @@ RANGES: dict[tuple[str, str], Range] = {
     ("kafka", "partitions"): Range(1, 100_000),
     ("store", "map_size_gb"): Range(0.0001, 65536.0),  # 64 TiB: under the 47-bit address space
     ("ingest", "max_message_bytes"): Range(4096, 1 << 30),  # room for the headers; Kafka's own cap
+    ("ingest", "batch_events"): Range(1, 10_000_000),
+    ("ingest", "batch_wait_ms"): Range(0, 3_600_000),
     ("train", "dim"): Range(1, 16_384),
     ("train", "epochs"): Range(1, 1_000_000),
     ("train", "refit_sweeps"): Range(0, 1_000_000),

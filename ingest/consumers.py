@@ -6,6 +6,9 @@ Both give the worker the same things:
 
 - :meth:`EventConsumer.poll`: ``{Partition: [record, ...]}``, each record with ``offset``,
   ``value`` and ``key`` (kafka-python's own records pass through unchanged);
+- :meth:`EventConsumer.poll_batch`: the same poll column-shaped (:class:`PolledBatch`: the values
+  in a list, the next offset per partition, a message's coordinates on demand), built by C-level
+  passes over the poll: the worker's hot path does no Python work per message;
 - rebalance callbacks in which :meth:`~EventConsumer.seek` sets where a new partition starts;
 - :meth:`~EventConsumer.commit_async`, :meth:`~EventConsumer.pause` / ``resume``;
 - :meth:`~EventConsumer.watermarks` (beginning and end offsets, asked of the broker) and
@@ -27,6 +30,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_right
+from itertools import chain
+from operator import attrgetter
 from typing import Callable, Iterable, NamedTuple
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -66,6 +72,63 @@ class Record(NamedTuple):
 
 
 Callback = Callable[[list], None]
+_VALUE = attrgetter("value")
+
+
+class PolledBatch:
+    """One poll, column-shaped: what the worker needs of it without a Python step per message.
+
+    Attributes
+    ----------
+    values : list of bytes (or None)
+        Every message's value, partition after partition, each in offset order.
+    next_offsets : dict
+        ``{Partition: last offset + 1}`` of each partition with a message in the poll.
+
+    :meth:`locate` gives message ``k``'s ``(Partition, offset, key)`` (for a dead letter); it is
+    only asked for bad messages.
+    """
+
+    __slots__ = ("values", "next_offsets", "_locate")
+
+    def __init__(self, values: list, next_offsets: dict, locate: Callable[[int], tuple]):
+        self.values, self.next_offsets, self._locate = values, next_offsets, locate
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def locate(self, k: int) -> tuple:
+        """``(Partition, offset, key)`` of message ``k``."""
+        return self._locate(k)
+
+    def without(self, tps) -> "PolledBatch":
+        """This poll less the messages of partitions ``tps`` (a rare path: a Python step per message)."""
+        drop = {Partition(tp.topic, tp.partition) for tp in tps}
+        keep = [k for k in range(len(self.values)) if self._locate(k)[0] not in drop]
+        return PolledBatch([self.values[k] for k in keep],
+                           {tp: o for tp, o in self.next_offsets.items() if tp not in drop},
+                           lambda j: self._locate(keep[j]))
+
+    @classmethod
+    def from_records(cls, records: dict) -> "PolledBatch":
+        """From :meth:`EventConsumer.poll`'s ``{Partition: [record, ...]}`` (records with
+        ``offset``, ``value`` and ``key``)."""
+        batches = [(Partition(tp.topic, tp.partition), b) for tp, b in records.items() if b]
+        flat = list(chain.from_iterable(b for _, b in batches))
+        starts, tps, at = [], [], 0
+        for tp, b in batches:
+            starts.append(at)
+            tps.append(tp)
+            at += len(b)
+
+        def locate(k: int) -> tuple:
+            r = flat[k]
+            return tps[bisect_right(starts, k) - 1], r.offset, r.key
+
+        return cls(list(map(_VALUE, flat)), {tp: b[-1].offset + 1 for tp, b in batches}, locate)
+
+
+EMPTY_BATCH = PolledBatch([], {}, lambda k: None)
 
 
 def confluent_available() -> bool:
@@ -134,6 +197,11 @@ class EventConsumer:
         """Up to ``[kafka] max_poll_records`` messages: ``{Partition: [record, ...]}``, in
         offset order per partition; ``{}`` after ``timeout_s`` without any."""
         raise NotImplementedError
+
+    def poll_batch(self, timeout_s: float) -> PolledBatch:
+        """:meth:`poll` as a :class:`PolledBatch` (empty after ``timeout_s`` without a message)."""
+        records = self.poll(timeout_s)
+        return PolledBatch.from_records(records) if records else EMPTY_BATCH
 
     def assignment(self) -> set:
         raise NotImplementedError
@@ -400,6 +468,32 @@ class ConfluentConsumer(EventConsumer):
                 lst = lists[p] = out[Partition(m.topic() or self.topic, p)] = []
             lst.append(new(rec, (m.offset(), m.value(), m.key())))
         return out
+
+    def poll_batch(self, timeout_s):
+        c = self._c
+        first = c.poll(timeout_s)  # blocks until one message (consume(n) would wait for n)
+        if first is None:
+            return EMPTY_BATCH
+        msgs = c.consume(self.max_records - 1, 0) if self.max_records > 1 else []  # what is queued
+        msgs.insert(0, first)
+        msg = _ck.Message
+        errors = list(map(msg.error, msgs))
+        if errors.count(None) != len(errors):  # rare: errors (partition EOF and the like) among them
+            for m in (m for m, e in zip(msgs, errors) if e is not None):
+                self._message_error(m)
+            msgs = [m for m, e in zip(msgs, errors) if e is None]
+            if not msgs:
+                return EMPTY_BATCH
+        # the last message of each partition (a partition's messages come in offset order)
+        last = dict(zip(map(msg.partition, msgs), msgs))
+        topic = self.topic
+        nexts = {Partition(m.topic() or topic, p): m.offset() + 1 for p, m in last.items()}
+
+        def locate(k: int) -> tuple:
+            m = msgs[k]
+            return Partition(m.topic() or topic, m.partition()), m.offset(), m.key()
+
+        return PolledBatch(list(map(msg.value, msgs)), nexts, locate)
 
     @staticmethod
     def _message_error(m):

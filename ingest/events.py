@@ -215,7 +215,8 @@ def parse_scored_many(raws: list[bytes]) -> tuple[list[str], list[str], list[int
 def _scored_group(group: list[bytes]):
     """``(user_ids, item_ids, bits)`` if every message of ``group`` is a good event in the
     common form; None if any is not (then each is looked at on its own)."""
-    if not group or max(map(len, group)) > MAX_MESSAGE_BYTES or set(map(type, group)) != {bytes}:
+    # the types first: a null value (a tombstone) has no len()
+    if not group or set(map(type, group)) != {bytes} or max(map(len, group)) > MAX_MESSAGE_BYTES:
         return None
     try:
         objs = list(map(_loads, group))

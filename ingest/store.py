@@ -248,31 +248,34 @@ class TripleStore:
         return {"changed": changed, "seq": counters["seq"]}
 
     def _dense(self, txn, ext_ids, cache, new, by_id_db, by_idx_db, counters, counter) -> np.ndarray:
-        """Dense index of each id (uint64 array): committed cache, stored, or new (in ``new``)."""
-        dense = list(map(cache.get, ext_ids))  # one lookup per event; most ids are known
-        if None in dense:
-            missing = [k for k, d in enumerate(dense) if d is None]
-            # ids new to the cache, in order of first appearance: new indices follow that order
-            found = dict.fromkeys(map(ext_ids.__getitem__, missing))
-            by_id, by_idx = [], []
-            for ext_id in found:
-                key = ext_id.encode("utf-8")
-                raw = txn.get(key, db=by_id_db)  # stored (by another handle or writer)?
-                if raw is not None:
-                    idx = _U32.unpack(raw)[0]
-                else:
-                    idx = counters[counter]
-                    counters[counter] += 1
-                    idx_key = _U32.pack(idx)
-                    by_id.append((key, idx_key))
-                    by_idx.append((idx_key, key))
-                found[ext_id] = new[ext_id] = idx
-            by_id.sort()
-            txn.cursor(db=by_id_db).putmulti(by_id)
-            txn.cursor(db=by_idx_db).putmulti(by_idx)  # increasing keys
-            for k in missing:
-                dense[k] = found[ext_ids[k]]
-        return np.fromiter(dense, dtype=np.int64, count=len(dense)).astype(np.uint64)
+        """Dense index of each id (uint64 array): committed cache, stored, or new (in ``new``).
+
+        Ids new to the cache are looked up in the store (another handle or writer may have
+        added them) and the rest get the next indices in order of first appearance, by passes
+        over all of them at once (a backfill meets ~150,000 new ids per million events)."""
+        dense = np.array(list(map(cache.get, ext_ids, repeat(-1))), dtype=np.int64)  # most are known
+        missing = np.flatnonzero(dense < 0)
+        if len(missing):
+            missing_ids = list(map(ext_ids.__getitem__, missing.tolist()))
+            unseen = list(dict.fromkeys(missing_ids))  # in order of first appearance
+            keys = list(map(str.encode, unseen))  # UTF-8
+            stored = dict(txn.cursor(db=by_id_db).getmulti(sorted(keys)))
+            if stored:
+                found = {i: _U32.unpack(stored[k])[0] for i, k in zip(unseen, keys) if k in stored}
+                fresh = [(i, k) for i, k in zip(unseen, keys) if k not in stored]
+            else:
+                found, fresh = {}, list(zip(unseen, keys))
+            if fresh:
+                first = counters[counter]
+                counters[counter] += len(fresh)
+                idx_keys = _be_keys(np.arange(first, first + len(fresh), dtype=np.uint64), 4)
+                fresh_keys = [k for _, k in fresh]
+                txn.cursor(db=by_id_db).putmulti(sorted(zip(fresh_keys, idx_keys)))
+                txn.cursor(db=by_idx_db).putmulti(zip(idx_keys, fresh_keys))  # increasing keys
+                found.update(zip([i for i, _ in fresh], range(first, first + len(fresh))))
+            new.update(found)
+            dense[missing] = list(map(found.__getitem__, missing_ids))
+        return dense.astype(np.uint64)
 
     def _merge_pairs(self, txn, u: np.ndarray, i: np.ndarray, bits: np.ndarray, seq_bytes: bytes,
                      counters: dict) -> int:

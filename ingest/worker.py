@@ -1,9 +1,12 @@
 """The streaming ingest worker: Kafka topic -> validated, scored triples in LMDB.
 
-Per poll: validate every message (DESIGN §1), send bad ones to ``<topic>.dlq`` with the reason
-and flush that producer (cut to ``[ingest] max_message_bytes``; one the topic still refuses after
-bounded retries is counted and logged as ``dlq_unwritable``), then write the merged pairs AND the
-offsets that cover them (and those counters) in one LMDB transaction: no message stops ingest.
+Per poll: validate every message (DESIGN §1; ``parse_scored_many``, a whole poll at once), send
+bad ones to ``<topic>.dlq`` with the reason and flush that producer (cut to ``[ingest]
+max_message_bytes``; one the topic still refuses after bounded retries is counted and logged as
+``dlq_unwritable``), and add the good ones to the batch being gathered. A batch (polls up to
+``[ingest] batch_events`` events, or ``batch_wait_ms`` old, or whatever is there when a poll comes
+back empty) is written, its events AND the offsets that cover them (and those counters), in one
+LMDB transaction, by a writer thread while the next batch is gathered: no message stops ingest.
 Only after that are offsets committed to Kafka, for lag monitoring only: on every
 partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
 instant harmless (re-reading is idempotent because scores merge by bitwise OR). Those stored
@@ -20,9 +23,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ingest import dead_letters, offset_range
-from ingest.consumers import (KAFKA_ERRORS, EventConsumer, fetched_high_watermarks, open_consumer,
-                              open_dlq_producer)
-from ingest.events import BadEvent, parse_scored
+from ingest.consumers import (KAFKA_ERRORS, EventConsumer, PolledBatch, fetched_high_watermarks,
+                              open_consumer, open_dlq_producer)
+from ingest.events import parse_scored_many
 from ingest.kafka_io import KafkaUnavailable, dlq_topic
 from ingest.offset_range import OffsetOutOfRangeError, PartitionRange
 from ingest.store import StoreFullError, TripleStore
@@ -48,11 +51,13 @@ class _SeekToStore:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked):
+        self.worker._flush()
         self.worker._drain()
         log.info("partitions_revoked", extra={"partitions": _fmt_tps(revoked)})
 
     def on_partitions_assigned(self, assigned):
-        self.worker._drain()  # the store offsets must include the batch still being written
+        self.worker._flush()  # the store offsets must include the batches gathered and in flight
+        self.worker._drain()
         self.worker._seek_to_store(assigned)
         log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
 
@@ -86,6 +91,26 @@ class _OutageReport:
             self.warned_at = now
 
 
+class _Gathered:
+    """The events of the polls gathered for the next write transaction, column-shaped."""
+
+    __slots__ = ("users", "items", "bits", "offsets", "bad", "dlq_failed", "since")
+
+    def __init__(self):
+        self.users: list[str] = []
+        self.items: list[str] = []
+        self.bits: list[int] = []
+        self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
+        self.bad = self.dlq_failed = 0
+        self.since: float | None = None  # monotonic time of the first poll gathered
+
+    def __len__(self) -> int:  # events handled (good and bad)
+        return len(self.bits) + self.bad
+
+    def empty(self) -> bool:
+        return not self.offsets
+
+
 def _fmt_tps(tps) -> str:
     return ",".join(str(tp.partition) for tp in sorted(tps, key=lambda t: t.partition)) or "-"
 
@@ -114,6 +139,9 @@ class IngestWorker:
         # One batch is written to LMDB (fsync releases the GIL) while the next one is fetched.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
         self._pending: tuple[Future, dict] | None = None
+        self._gathered = _Gathered()  # polls not yet handed to the writer
+        self.batch_events = cfg.ingest.batch_events
+        self.batch_wait_s = cfg.ingest.batch_wait_ms / 1000.0
         self._fatal: Exception | None = None  # raised by run() once it has shut down cleanly
         self._unchecked: set = set()  # assigned partitions whose stored offset awaits its range check
         self._reach_at = -1e9  # when the broker's reachability was last asked
@@ -171,19 +199,20 @@ class IngestWorker:
                 # listener may not block on the broker (kafka-python 3 runs it on its IO thread)
                 self._unchecked.add(tp)
 
-    def _check_assigned(self, records: dict) -> dict:
+    def _check_assigned(self, records: PolledBatch) -> PolledBatch:
         """Check the stored offsets of newly assigned partitions against their ranges; a
-        partition whose start moved (``offset_reset``) is sought there and its records in this
+        partition whose start moved (``offset_reset``) is sought there and its messages in this
         poll's ``records`` are dropped (fetched from the stored offset, they are not wanted)."""
         tps, self._unchecked = self._unchecked, set()
         stored = self.store.offsets(self.topic)
         known = {tp: stored[(tp.topic, tp.partition)] for tp in tps
                  if (tp.topic, tp.partition) in stored and tp in self.consumer.assignment()}
+        moved = []
         for tp, off in (self._check_offsets(known) if known else {}).items():
             if off != known[tp]:
                 self.consumer.seek(tp, off)
-                records.pop(tp, None)
-        return records
+                moved.append(tp)
+        return records.without(moved) if moved and len(records) else records
 
     def _check_offsets(self, stored: dict) -> dict:
         """Where to start each partition of ``stored`` (``{tp: stored offset}``): the stored
@@ -273,7 +302,7 @@ class IngestWorker:
         try:
             while not self._stop.is_set():
                 try:
-                    records = self.consumer.poll(0.5)
+                    records = self.consumer.poll_batch(0.5)
                 except KAFKA_ERRORS as e:
                     log.warning("poll_failed", extra={"error": str(e)})
                     self._stop.wait(1.0)
@@ -284,19 +313,24 @@ class IngestWorker:
                 if self._fatal is not None:  # a stored offset out of range: consume nothing
                     self.stats.exit_reason = "offset_out_of_range"
                     break
-                if records:
+                if len(records):
                     try:
                         self._process(records)
                     except KAFKA_ERRORS as e:
-                        # nothing of this batch reached the store: read it again from the stored offsets
+                        # nothing of this poll reached the batch: read it again from the stored offsets
                         log.warning("batch_retry", extra={"error": str(e)})
+                        self._flush()
                         self._drain()
                         self._seek_to_store(self.consumer.assignment())
                         self._stop.wait(1.0)
                         continue
                     last_data = now
+                    g = self._gathered
+                    if len(g) >= self.batch_events or now - g.since >= self.batch_wait_s:
+                        self._flush()
                 else:
-                    self._drain()  # nothing new: finish the write in flight now
+                    self._flush()  # nothing new: write what was gathered
+                    self._drain()  # and finish the write in flight now
                     if last_data is None and self.consumer.assignment():
                         last_data = now
                     outage.check(now, self._broker_reachable())
@@ -314,7 +348,9 @@ class IngestWorker:
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
+                pending += len(self._gathered)
                 if max_events is not None and self.stats.events + self.stats.bad_events + pending >= max_events:
+                    self._flush()
                     self._drain()
                     self.stats.exit_reason = "max_events"
                     break
@@ -326,6 +362,8 @@ class IngestWorker:
             raise
         finally:
             try:
+                if self.stats.exit_reason != "store_full":
+                    self._flush()
                 self._drain()
             finally:
                 self._log_progress(None, None, final=True)
@@ -335,34 +373,45 @@ class IngestWorker:
             raise self._fatal
         return self.stats
 
-    def _process(self, records: dict) -> None:
-        """Validate one poll's records, dead-letter the bad ones, hand the rest to the writer."""
+    def _process(self, records: PolledBatch) -> None:
+        """Validate one poll's messages (all at once), dead-letter the bad ones, gather the rest
+        for the next write transaction."""
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.monotonic()
-        pairs: dict[tuple[str, str], int] = {}
-        offsets: dict[tuple[str, int], int] = {}
-        good = bad = 0
-        letters = []
-        for tp, batch in records.items():
-            for rec in batch:
-                try:
-                    user_id, item_id, bits = parse_scored(rec.value)
-                except BadEvent as e:
-                    bad += 1
-                    letters.append(dead_letters.DeadLetter(tp.topic, tp.partition, rec.offset,
-                                                           rec.key, rec.value, e.reason))
-                    continue
-                good += 1
-                key = (user_id, item_id)
-                pairs[key] = pairs.get(key, 0) | bits
-            if batch:
-                offsets[(tp.topic, tp.partition)] = batch[-1].offset + 1
-        # the dead letters must be durable before the offsets that skip them are
-        dlq_failed = self._dead_letter(letters) if letters else 0
+        users, items, bits, bad = parse_scored_many(records.values)
+        dlq_failed = 0
+        if bad:
+            letters = []
+            for k, reason in bad:
+                tp, offset, key = records.locate(k)
+                letters.append(dead_letters.DeadLetter(tp.topic, tp.partition, offset, key,
+                                                       records.values[k], reason))
+            # the dead letters must be durable before the offsets that skip them are
+            dlq_failed = self._dead_letter(letters)
+        g = self._gathered
+        if g.since is None:
+            g.since = time.monotonic()
+        g.users += users
+        g.items += items
+        g.bits += bits
+        g.bad += len(bad)
+        g.dlq_failed += dlq_failed
+        # a later poll of a partition is further on (a seek back first writes what was gathered)
+        g.offsets.update(records.next_offsets)
+
+    def _flush(self) -> None:
+        """Hand the gathered polls to the writer (after the write in flight): one transaction."""
+        g = self._gathered
+        if g.empty():
+            return
+        self._gathered = _Gathered()
         self._drain()
-        fut = self._writer.submit(self.store.apply, pairs, offsets, events=good, bad_events=bad,
-                                  dlq_failed=dlq_failed)
-        self._pending = (fut, {"offsets": offsets, "good": good, "bad": bad, "dlq_failed": dlq_failed})
+        offsets = g.offsets  # {Partition: next offset}; a Partition is a (topic, partition) tuple
+        good = len(g.bits)
+        fut = self._writer.submit(self.store.apply_events, g.users, g.items, g.bits, offsets,
+                                  events=good, bad_events=g.bad, dlq_failed=g.dlq_failed)
+        self._pending = (fut, {"offsets": offsets, "good": good, "bad": g.bad,
+                               "dlq_failed": g.dlq_failed})
 
     def _dead_letter(self, letters) -> int:
         """Forward ``letters`` to the dead-letter topic; return how many it would not take (each

@@ -98,6 +98,7 @@ def test_full_store_ends_the_worker_cleanly_with_nothing_half_written(kafka_boot
     produce_lines(lines, cfg)
     env = dict(os.environ, MCRECALL_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, MCRECALL_KAFKA_TOPIC=kafka_topic,
                MCRECALL_KAFKA_SESSION_TIMEOUT_MS="6000", MCRECALL_KAFKA_MAX_POLL_RECORDS="500",
+               MCRECALL_INGEST_BATCH_EVENTS="500",  # transactions of ~500 events: it fills part-way
                MCRECALL_STORE_DATA_DIR=str(data), MCRECALL_STORE_MAP_SIZE_GB="0.0005",  # ~0.5 MB
                PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "mcrecall", "ingest", "--until-idle", "5"], env=env,

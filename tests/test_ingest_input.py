@@ -323,6 +323,8 @@ def test_batch_parse_agrees_with_one_by_one(seed):
             raws.insert(rng.randrange(len(raws) + 1), rng.choice(HOSTILE))
     assert parse_scored_many(raws) == per_line(raws)
     assert parse_scored_many(HOSTILE) == per_line(HOSTILE)
+    with_null = raws[:1500] + [None] + raws[1500:]  # a tombstone (null value) among good events
+    assert parse_scored_many(with_null) == per_line(with_null)
 
 
 # --------------------------------------------------------------------------- the store, vectorised

@@ -117,6 +117,35 @@ def test_bad_events_go_to_dlq_and_good_neighbours_are_stored(kafka_bootstrap, ka
         assert orig and orig[0].value == rec.value
 
 
+def test_gathered_polls_keep_every_good_event_around_bad_ones(kafka_bootstrap, kafka_topic, tmp_path):
+    """Several polls gathered into one transaction, validated 1,024 messages at a time: bad
+    messages at a group's edges, in mid-group, first and last (a null value among them) go to the
+    DLQ with their own coordinates and every good event around them is stored, exactly once."""
+    lines = random_events(6000, 300, 200, seed=21, dup_rate=0.1)
+    bad_at = {0: b"not json", 1023: b'{"user_id": "u", "item_id": "i", "action": "buy"}',
+              1024: None, 2500: b'{"user_id": "", "item_id": "i", "action": "click"}',
+              4097: b"[1, 2]", 6005: b'{"user_id": "u\\u0000", "item_id": 1.5, "action": "click"}'}
+    stream = list(lines)
+    for at in sorted(bad_at):  # ascending: each lands at its own index of the final stream
+        stream.insert(at, bad_at[at])
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    for v in stream:  # one partition: the positions above are offsets
+        p.send(kafka_topic, value=v, key=b"k" if v is None else None, partition=0)
+    p.flush()
+    p.close()
+    cfg = make_cfg(kafka_bootstrap, kafka_topic, tmp_path / "data").with_overrides(
+        kafka={"max_poll_records": 700}, ingest={"batch_events": 5000, "batch_wait_ms": 60_000})
+    stats = IngestWorker(cfg).run(until_idle=3)
+    assert (stats.events, stats.bad_events) == (len(lines), len(bad_at))
+    store = TripleStore(cfg.data_dir)
+    assert store_scores(store) == expected_scores(lines)
+    assert store.counts()["events"] == len(lines) and store.counts()["bad_events"] == len(bad_at)
+    assert store.offsets(kafka_topic) == {(kafka_topic, 0): len(stream)}
+    dead = read_dlq(kafka_bootstrap, kafka_topic, len(bad_at))
+    got = {int(dict(r.headers)["source-offset"]): r.value for r in dead}
+    assert got == {at: v if v is not None else b"" for at, v in bad_at.items()}
+
+
 def test_worker_resumes_from_store_offsets_not_kafka(kafka_bootstrap, kafka_topic, tmp_path):
     lines = random_events(3000, 50, 40, seed=11)
     cfg = make_cfg(kafka_bootstrap, kafka_topic, tmp_path / "data")
