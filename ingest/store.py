@@ -260,11 +260,8 @@ class TripleStore:
             unseen = list(dict.fromkeys(missing_ids))  # in order of first appearance
             keys = list(map(str.encode, unseen))  # UTF-8
             stored = dict(txn.cursor(db=by_id_db).getmulti(sorted(keys)))
-            if stored:
-                found = {i: _U32.unpack(stored[k])[0] for i, k in zip(unseen, keys) if k in stored}
-                fresh = [(i, k) for i, k in zip(unseen, keys) if k not in stored]
-            else:
-                found, fresh = {}, list(zip(unseen, keys))
+            found = {i: _U32.unpack(stored[k])[0] for i, k in zip(unseen, keys) if k in stored}
+            fresh = [(i, k) for i, k in zip(unseen, keys) if k not in stored]
             if fresh:
                 first = counters[counter]
                 counters[counter] += len(fresh)

@@ -51,13 +51,11 @@ class _SeekToStore:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked):
-        self.worker._flush()
-        self.worker._drain()
+        self.worker._write_all()
         log.info("partitions_revoked", extra={"partitions": _fmt_tps(revoked)})
 
     def on_partitions_assigned(self, assigned):
-        self.worker._flush()  # the store offsets must include the batches gathered and in flight
-        self.worker._drain()
+        self.worker._write_all()  # the store offsets must include the batches gathered and in flight
         self.worker._seek_to_store(assigned)
         log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
 
@@ -319,8 +317,7 @@ class IngestWorker:
                     except KAFKA_ERRORS as e:
                         # nothing of this poll reached the batch: read it again from the stored offsets
                         log.warning("batch_retry", extra={"error": str(e)})
-                        self._flush()
-                        self._drain()
+                        self._write_all()
                         self._seek_to_store(self.consumer.assignment())
                         self._stop.wait(1.0)
                         continue
@@ -329,8 +326,7 @@ class IngestWorker:
                     if len(g) >= self.batch_events or now - g.since >= self.batch_wait_s:
                         self._flush()
                 else:
-                    self._flush()  # nothing new: write what was gathered
-                    self._drain()  # and finish the write in flight now
+                    self._write_all()  # nothing new: write what was gathered, and finish it now
                     if last_data is None and self.consumer.assignment():
                         last_data = now
                     outage.check(now, self._broker_reachable())
@@ -350,8 +346,7 @@ class IngestWorker:
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
                 pending += len(self._gathered)
                 if max_events is not None and self.stats.events + self.stats.bad_events + pending >= max_events:
-                    self._flush()
-                    self._drain()
+                    self._write_all()
                     self.stats.exit_reason = "max_events"
                     break
             else:
@@ -424,6 +419,12 @@ class IngestWorker:
                 "size": len(dl.value or b""), "reason": dl.reason[:200], "error": error[:300],
                 "action": "counted as bad (store counter dlq_failed); the offset moves past it"})
         return len(unwritten)
+
+    def _write_all(self) -> None:
+        """Write what was gathered and wait for every write in flight (before a seek, a
+        rebalance, an idle wait or the end: the stored offsets then cover all that was read)."""
+        self._flush()
+        self._drain()
 
     def _drain(self) -> None:
         """Wait for the batch being written; then account for it and commit its offsets."""
