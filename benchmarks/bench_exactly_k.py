@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from plugins import open_vector_store  # noqa: E402
-from plugins.testing import brute_force_topk, clustered_vectors, queries_like, recall_at_k  # noqa: E402
+from mcrecall.plugins import open_vector_store  # noqa: E402
+from mcrecall.plugins.testing import brute_force_topk, clustered_vectors, queries_like, recall_at_k  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exactly_k.md"
 

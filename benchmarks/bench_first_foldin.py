@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest.store import TripleStore  # noqa: E402
-from core.config import load_config  # noqa: E402
-from plugins import open_vector_store  # noqa: E402
-from serve import RecallClient  # noqa: E402
-from serve.testing import publish_vectors  # noqa: E402
-from train.versions import ModelRegistry  # noqa: E402
+from mcrecall.ingest.store import TripleStore  # noqa: E402
+from mcrecall.core.config import load_config  # noqa: E402
+from mcrecall.plugins import open_vector_store  # noqa: E402
+from mcrecall.serve import RecallClient  # noqa: E402
+from mcrecall.serve.testing import publish_vectors  # noqa: E402
+from mcrecall.train.versions import ModelRegistry  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import FIRST_FOLDIN, RESULTS, render  # noqa: E402

@@ -35,12 +35,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest.store import TripleStore  # noqa: E402
-from core.config import load_config  # noqa: E402
-from plugins import open_vector_store  # noqa: E402
-from serve.testing import publish_vectors  # noqa: E402
-from train.refresh import Refresher  # noqa: E402
-from train.versions import ModelRegistry  # noqa: E402
+from mcrecall.ingest.store import TripleStore  # noqa: E402
+from mcrecall.core.config import load_config  # noqa: E402
+from mcrecall.plugins import open_vector_store  # noqa: E402
+from mcrecall.serve.testing import publish_vectors  # noqa: E402
+from mcrecall.train.refresh import Refresher  # noqa: E402
+from mcrecall.train.versions import ModelRegistry  # noqa: E402
 
 DIM, USERS, TRIPLES_PER_ITEM = 32, 20_000, 20
 INDEX = {"exact": "FLAT", "faiss": "HNSW", "hnswlib": "HNSW", "milvus": "HNSW"}
@@ -102,10 +102,10 @@ def bench_cycle(backend: str, n_items: int, changed: int, cycles: int, rng) -> d
 
 
 def bench_latency(runs: int, rng) -> dict:
-    from ingest.broker import LocalBroker
-    from ingest.kafka_io import ensure_topic
-    from ingest.produce import make_producer, produce_lines
-    from serve import RecallClient
+    from mcrecall.ingest.broker import LocalBroker
+    from mcrecall.ingest.kafka_io import ensure_topic
+    from mcrecall.ingest.produce import make_producer, produce_lines
+    from mcrecall.serve import RecallClient
 
     d = tempfile.mkdtemp(prefix="bench-fresh-latency-")
     procs = []
@@ -116,9 +116,9 @@ def bench_latency(runs: int, rng) -> dict:
             kafka={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 6000})
         ensure_topic(broker.bootstrap_servers, cfg.kafka.topic, cfg.kafka.partitions)
         # a trained implicit model (scores of a new item are only meaningful against one)
-        from train.synthetic import make_synthetic
-        from train.testing import fill_store
-        from train.trainer import train_run
+        from mcrecall.train.synthetic import make_synthetic
+        from mcrecall.train.testing import fill_store
+        from mcrecall.train.trainer import train_run
 
         n_users, n_items = 4_000, 10_000
         data = make_synthetic(n_users=n_users, n_items=n_items, n_triples=120_000, seed=1)

@@ -1,7 +1,7 @@
 """Recall latency and throughput of the serve client next to its parts, measured in the same run.
 
 For each backend and item count a version is published from synthetic clustered vectors (no
-training: ``serve.testing.publish_vectors`` through the real publisher), with a triple store
+training: ``mcrecall.serve.testing.publish_vectors`` through the real publisher), with a triple store
 holding one fold-in user with 100 triples. Then, interleaved in each repeat:
 
 * bare KV lookup      ``ModelRegistry.user_vector(version, user)``
@@ -40,14 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from ingest.store import TripleStore  # noqa: E402
-from core.config import load_config  # noqa: E402
-from plugins import vector_store_from_config  # noqa: E402
-from plugins.testing import clustered_vectors, queries_like  # noqa: E402
-from serve import RecallClient  # noqa: E402
-from serve.testing import publish_vectors  # noqa: E402
-from train.foldin import fold_in  # noqa: E402
-from train.versions import ModelRegistry  # noqa: E402
+from mcrecall.ingest.store import TripleStore  # noqa: E402
+from mcrecall.core.config import load_config  # noqa: E402
+from mcrecall.plugins import vector_store_from_config  # noqa: E402
+from mcrecall.plugins.testing import clustered_vectors, queries_like  # noqa: E402
+from mcrecall.serve import RecallClient  # noqa: E402
+from mcrecall.serve.testing import publish_vectors  # noqa: E402
+from mcrecall.train.foldin import fold_in  # noqa: E402
+from mcrecall.train.versions import ModelRegistry  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
 
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
                     notes.append(f"{backend} at {n_items:,} items skipped (--skip-milvus-above)")
                     continue
                 if backend == "milvus" and server is None:
-                    from plugins.milvus_server import MilvusLiteServer
+                    from mcrecall.plugins.milvus_server import MilvusLiteServer
 
                     server = MilvusLiteServer(tmp / "milvus")
                     milvus_uri = server.start(timeout=120) or server.uri

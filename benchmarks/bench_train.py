@@ -1,7 +1,7 @@
 """Trainer benchmark (issue 4): time to train and held-out RMSE / Recall@10, one table.
 
 Every method is measured in the same run on the same split (the trainer's fixed hash rule) and
-evaluated by the same code (train.evaluate): this trainer's objectives, scikit-surprise's SVD and
+evaluated by the same code (mcrecall.train.evaluate): this trainer's objectives, scikit-surprise's SVD and
 implicit's ALS when they are installed, and the global-mean and most-popular baselines.
 
     python benchmarks/bench_train.py                 # 2,000,000 synthetic triples
@@ -38,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch.nn.functional as Fn  # noqa: E402
 
-from train.als import ALS  # noqa: E402
-from train.evaluate import evaluate  # noqa: E402
-from train.foldin import fold_in  # noqa: E402
-from train.sgd import BCE  # noqa: E402
-from train.split import id_hashes, pair_hash_unit  # noqa: E402
-from train.synthetic import make_synthetic  # noqa: E402
+from mcrecall.train.als import ALS  # noqa: E402
+from mcrecall.train.evaluate import evaluate  # noqa: E402
+from mcrecall.train.foldin import fold_in  # noqa: E402
+from mcrecall.train.sgd import BCE  # noqa: E402
+from mcrecall.train.split import id_hashes, pair_hash_unit  # noqa: E402
+from mcrecall.train.synthetic import make_synthetic  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from resultsfile import (add_run, machine_note, marked, num, parse_tables, run_sections,  # noqa: E402
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
 TITLE = "Trainer benchmark"
 INTRO = ("Written whole by `benchmarks/bench_train.py`. Every method is trained and evaluated in "
          "the same run, on the same split (the trainer's fixed hash rule), by the same code "
-         "(`train.evaluate`).")
+         "(`mcrecall.train.evaluate`).")
 
 
 LIB = "implicit ALS"
@@ -450,7 +450,7 @@ def write_table(a, b, fi, notes, total, mem=(), inter=()):
         table_md(["method", "train time (s)", "RMSE", "MAE", "Recall@10", "NDCG@10", "notes"],
                  rows, "lrrrrrl"),
         "",
-        f"Fold-in of one user with 100 triples (`train.foldin.fold_in`, median of 50): "
+        f"Fold-in of one user with 100 triples (`mcrecall.train.foldin.fold_in`, median of 50): "
         f"squared {fi['squared']:.2f} ms, implicit {fi['implicit']:.2f} ms.",
     ]
     lines += [

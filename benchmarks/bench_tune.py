@@ -33,12 +33,12 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from train.evaluate import evaluate  # noqa: E402
-from train.split import id_hashes, pair_hash_unit  # noqa: E402
-from train.synthetic import make_synthetic  # noqa: E402
-from train.testing import fill_store, small_config  # noqa: E402
-from train.trainer import fit_model  # noqa: E402
-from train.tune import tune  # noqa: E402
+from mcrecall.train.evaluate import evaluate  # noqa: E402
+from mcrecall.train.split import id_hashes, pair_hash_unit  # noqa: E402
+from mcrecall.train.synthetic import make_synthetic  # noqa: E402
+from mcrecall.train.testing import fill_store, small_config  # noqa: E402
+from mcrecall.train.trainer import fit_model  # noqa: E402
+from mcrecall.train.tune import tune  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from resultsfile import (add_run, machine_note, marked, num, parse_tables, run_sections,  # noqa: E402

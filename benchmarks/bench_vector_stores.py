@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugins import open_vector_store  # noqa: E402
-from plugins.exact_store import top_k  # noqa: E402
-from plugins.milvus_server import MilvusLiteServer  # noqa: E402
-from plugins.testing import clustered_vectors, queries_like, recall_at_k, uniform_vectors  # noqa: E402
+from mcrecall.plugins import open_vector_store  # noqa: E402
+from mcrecall.plugins.exact_store import top_k  # noqa: E402
+from mcrecall.plugins.milvus_server import MilvusLiteServer  # noqa: E402
+from mcrecall.plugins.testing import clustered_vectors, queries_like, recall_at_k, uniform_vectors  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, span, table_md, write_file  # noqa: E402,E501

@@ -2,7 +2,7 @@
 
 py-lmdb refuses to open one environment twice in a process, and serve, train and ingest may
 share a process (the demo, the tests, an application that embeds them). Every handle on
-``triples.lmdb`` (ingest.store) and ``users.lmdb`` (train.versions) goes through here:
+``triples.lmdb`` (mcrecall.ingest.store) and ``users.lmdb`` (mcrecall.train.versions) goes through here:
 
 * lifetime: :func:`acquire` opens the environment on first use and counts holders; the last
   :func:`release` closes it. A handle that is never released keeps it open until the process

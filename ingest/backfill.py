@@ -27,8 +27,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
-from ingest.events import MAX_MESSAGE_BYTES, parse_scored_many
-from ingest.store import TripleStore
+from mcrecall.ingest.events import MAX_MESSAGE_BYTES, parse_scored_many
+from mcrecall.ingest.store import TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from core.net import free_port, port_open  # noqa: F401  (re-exported)
+from mcrecall.core.net import free_port, port_open  # noqa: F401  (re-exported)
 
 log = logging.getLogger("mcrecall.broker")
 

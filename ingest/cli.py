@@ -19,7 +19,7 @@ def run_broker(args, cfg) -> int:
     import signal
     import threading
 
-    from ingest.broker import LocalBroker
+    from mcrecall.ingest.broker import LocalBroker
 
     port = args.port
     if port is None:
@@ -44,7 +44,7 @@ def add_produce_arguments(p) -> None:
 
 
 def run_produce(args, cfg) -> int:
-    from ingest.produce import produce_file
+    from mcrecall.ingest.produce import produce_file
 
     stats = produce_file(args.file, cfg, validate=not args.no_validate)
     print(f"sent {stats.sent} events to {cfg.kafka.topic}; {stats.invalid} invalid lines not sent")
@@ -59,18 +59,18 @@ def add_ingest_arguments(p) -> None:
 
 
 def run_ingest(args, cfg) -> int:
-    from ingest.store import StoreFullError, TripleStore
+    from mcrecall.ingest.store import StoreFullError, TripleStore
 
     if args.from_file:
-        from ingest.backfill import backfill_file
+        from mcrecall.ingest.backfill import backfill_file
 
         stats = backfill_file(args.from_file, TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb))
         print(f"backfilled {stats.events} events from {stats.lines} lines in {stats.seconds:.1f}s; "
               f"{stats.rejected} rejected" + (f" -> {stats.rejected_path}" if stats.rejected else ""))
         return 0
-    from ingest.kafka_io import KafkaUnavailable
-    from ingest.offset_range import OffsetOutOfRangeError
-    from ingest.worker import IngestWorker
+    from mcrecall.ingest.kafka_io import KafkaUnavailable
+    from mcrecall.ingest.offset_range import OffsetOutOfRangeError
+    from mcrecall.ingest.worker import IngestWorker
 
     worker = IngestWorker(cfg)
     worker.install_signal_handlers()
@@ -93,7 +93,7 @@ def add_triples_arguments(p) -> None:
 
 
 def run_triples(args, cfg) -> int:
-    from ingest.store import TripleStore
+    from mcrecall.ingest.store import TripleStore
 
     w = csv.writer(sys.stdout, lineterminator="\n")
     w.writerow(["user_id", "item_id", "score"])

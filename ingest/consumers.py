@@ -40,8 +40,8 @@ from kafka import TopicPartition as _KTP
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from core.config import ConfigError
-from ingest.kafka_io import confluent_security_conf, kafka_security_kwargs
+from mcrecall.core.config import ConfigError
+from mcrecall.ingest.kafka_io import confluent_security_conf, kafka_security_kwargs
 
 try:  # the optional extra mcrecall[fast]
     import confluent_kafka as _ck

@@ -24,8 +24,8 @@ except ImportError:  # pragma: no cover
     _loads = json.loads
     _DecodeErrors = (json.JSONDecodeError, RecursionError)
 
-from core import ids as _ids  # the one place for the id rules
-from core.ids import MAX_ID_BYTES  # noqa: F401  (re-exported: the hot path below uses it)
+from mcrecall.core import ids as _ids  # the one place for the id rules
+from mcrecall.core.ids import MAX_ID_BYTES  # noqa: F401  (re-exported: the hot path below uses it)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -74,7 +74,7 @@ def mask_for_score(score: int) -> int:
 
 
 def canonical_id(value: Any, field: str) -> str:
-    """Canonicalise an id by the rules of :mod:`core.ids` (a broken rule is a BadEvent)."""
+    """Canonicalise an id by the rules of :mod:`mcrecall.core.ids` (a broken rule is a BadEvent)."""
     try:
         return _ids.canonical_id(value, field)
     except (TypeError, ValueError) as e:

@@ -37,7 +37,7 @@ def check_tls_files(cfg) -> None:
     kafka-python reads them only inside its network loop, where a missing or malformed file
     becomes an endless "unable to bootstrap"; loading them here names the file instead.
     """
-    from core.config import ConfigError
+    from mcrecall.core.config import ConfigError
 
     k = _kafka_section(cfg)
     if not k.security_protocol.endswith("SSL"):

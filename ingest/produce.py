@@ -11,9 +11,9 @@ from typing import Iterable
 
 from kafka import KafkaProducer
 
-from ingest.broker import port_open
-from ingest.events import BadEvent, parse_event
-from ingest.kafka_io import KafkaUnavailable, ensure_topic, kafka_security_kwargs
+from mcrecall.ingest.broker import port_open
+from mcrecall.ingest.events import BadEvent, parse_event
+from mcrecall.ingest.kafka_io import KafkaUnavailable, ensure_topic, kafka_security_kwargs
 
 log = logging.getLogger("mcrecall.produce")
 

@@ -34,9 +34,9 @@ from typing import Iterable, Mapping, Sequence
 import lmdb
 import numpy as np
 
-from ingest.events import mask_for_score, score_of
-from core import lmdbenv
-from core.datadir import lmdb_env_writable
+from mcrecall.ingest.events import mask_for_score, score_of
+from mcrecall.core import lmdbenv
+from mcrecall.core.datadir import lmdb_env_writable
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -186,8 +186,8 @@ class TripleStore:
 
         Parameters
         ----------
-        user_ids, item_ids : canonical ids (:mod:`core.ids`), one per event.
-        bits : action masks (``ingest.events.ACTION_BITS``), one per event.
+        user_ids, item_ids : canonical ids (:mod:`mcrecall.core.ids`), one per event.
+        bits : action masks (``mcrecall.ingest.events.ACTION_BITS``), one per event.
         offsets : ``{(topic, partition): next_offset}``; a stored offset only moves forward.
         events : counter to add (default ``len(user_ids)``); bad_events and dlq_failed likewise
             (see :meth:`apply`).

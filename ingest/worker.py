@@ -10,7 +10,7 @@ LMDB transaction, by a writer thread while the next batch is gathered: no messag
 Only after that are offsets committed to Kafka, for lag monitoring only: on every
 partition assignment the worker seeks to the offsets stored in LMDB, which makes a crash at any
 instant harmless (re-reading is idempotent because scores merge by bitwise OR). Those stored
-offsets are checked against each partition's range first (``ingest.offset_range``).
+offsets are checked against each partition's range first (``mcrecall.ingest.offset_range``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ingest import dead_letters, offset_range
-from ingest.consumers import (KAFKA_ERRORS, EventConsumer, PolledBatch, fetched_high_watermarks,
+from mcrecall.ingest import dead_letters, offset_range
+from mcrecall.ingest.consumers import (KAFKA_ERRORS, EventConsumer, PolledBatch, fetched_high_watermarks,
                               open_consumer, open_dlq_producer)
-from ingest.events import parse_scored_many
-from ingest.kafka_io import KafkaUnavailable, dlq_topic
-from ingest.offset_range import OffsetOutOfRangeError, PartitionRange
-from ingest.store import StoreFullError, TripleStore
+from mcrecall.ingest.events import parse_scored_many
+from mcrecall.ingest.kafka_io import KafkaUnavailable, dlq_topic
+from mcrecall.ingest.offset_range import OffsetOutOfRangeError, PartitionRange
+from mcrecall.ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
 
@@ -121,7 +121,7 @@ class IngestWorker:
     cfg : core.config.Config
     progress_every_s : seconds between progress log lines.
     dlq_timeout_s : the wait for the dead-letter topic to take a poll's bad events, per attempt
-        (:data:`ingest.dead_letters.ATTEMPTS`); then they are counted as ``dlq_failed``.
+        (:data:`mcrecall.ingest.dead_letters.ATTEMPTS`); then they are counted as ``dlq_failed``.
     """
 
     def __init__(self, cfg, *, progress_every_s: float = 5.0, dlq_timeout_s: float = 30.0):

@@ -12,30 +12,30 @@ import os
 import select
 import sys
 
-from core.config import ConfigError, load_config
-from core.datadir import DataDirError, check_data_dir
-from core.logs import redact, redact_in_logs, setup_logging
+from mcrecall.core.config import ConfigError, load_config
+from mcrecall.core.datadir import DataDirError, check_data_dir
+from mcrecall.core.logs import redact, redact_in_logs, setup_logging
 
 # name -> (module, add_arguments, run, help)
 COMMANDS = {
-    "broker": ("ingest.cli", "add_broker_arguments", "run_broker",
+    "broker": ("mcrecall.ingest.cli", "add_broker_arguments", "run_broker",
                "run the local development Kafka broker (foreground, 127.0.0.1)"),
-    "milvus": ("plugins.cli", "add_milvus_arguments", "run_milvus",
+    "milvus": ("mcrecall.plugins.cli", "add_milvus_arguments", "run_milvus",
                "run the local Milvus Lite server (foreground, 127.0.0.1)"),
-    "produce": ("ingest.cli", "add_produce_arguments", "run_produce",
+    "produce": ("mcrecall.ingest.cli", "add_produce_arguments", "run_produce",
                 "validate events of a JSONL file and send them to the topic"),
-    "ingest": ("ingest.cli", "add_ingest_arguments", "run_ingest",
+    "ingest": ("mcrecall.ingest.cli", "add_ingest_arguments", "run_ingest",
                "run the ingest worker (or --from-file backfill)"),
-    "train": ("train.cli", "add_train_arguments", "run_train",
+    "train": ("mcrecall.train.cli", "add_train_arguments", "run_train",
               "train once and publish a new model version (--every repeats)"),
-    "tune": ("train.cli", "add_tune_arguments", "run_tune",
+    "tune": ("mcrecall.train.cli", "add_tune_arguments", "run_tune",
              "search [train] settings on the hold-out; write the best as TOML (publishes nothing)"),
-    "refresh": ("train.refresh", "add_refresh_arguments", "run_refresh",
+    "refresh": ("mcrecall.train.refresh", "add_refresh_arguments", "run_refresh",
                 "give new and changed items vectors in the current version (--every repeats)"),
     "evaluate": ("mcrecall.evaluate", "add_evaluate_arguments", "run_evaluate",
                  "prequential (streaming) evaluation of a time-ordered event file"),
-    "recall": ("serve.cli", "add_recall_arguments", "run_recall", "print a user's top-k items"),
-    "triples": ("ingest.cli", "add_triples_arguments", "run_triples",
+    "recall": ("mcrecall.serve.cli", "add_recall_arguments", "run_recall", "print a user's top-k items"),
+    "triples": ("mcrecall.ingest.cli", "add_triples_arguments", "run_triples",
                 "write all triples as CSV user_id,item_id,score"),
     "status": ("mcrecall.status", "add_status_arguments", "run_status",
                "current version, counts, offsets, last evaluation"),

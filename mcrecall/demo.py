@@ -65,12 +65,12 @@ def run_demo(args, cfg) -> int:
 
 
 def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
-    from ingest.broker import LocalBroker
-    from ingest.kafka_io import PLAINTEXT_OVERRIDES, ensure_topic, kafka_security_kwargs
-    from ingest.produce import make_producer, produce_lines
-    from ingest.store import TripleStore
+    from mcrecall.ingest.broker import LocalBroker
+    from mcrecall.ingest.kafka_io import PLAINTEXT_OVERRIDES, ensure_topic, kafka_security_kwargs
+    from mcrecall.ingest.produce import make_producer, produce_lines
+    from mcrecall.ingest.store import TripleStore
     from mcrecall.demo_stream import MALFORMED, DemoWorld
-    from plugins.milvus_server import MilvusLiteServer
+    from mcrecall.plugins.milvus_server import MilvusLiteServer
 
     rep.say("mcrecall demo — matrix-completion recall, end to end (embedded defaults)")
     rep.say(f"output folder: {out.resolve()}")
@@ -125,7 +125,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     v1 = _train(cfg, rep)
     comparisons = _compare_objectives(cfg, _store_copy(store, out, 1) if _fits_comparison(cfg) else None,
                                       rep, v1)
-    from serve import RecallClient
+    from mcrecall.serve import RecallClient
 
     client = RecallClient(cfg)
     stack.callback(client.close)
@@ -169,7 +169,7 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     _show_recall(client, world, world.user_id(demo_users[0]), rep, taste=list(world.tastes[demo_users[0]]))
 
     rep.step("evaluation per version (held-out pairs; baselines measured in the same run):")
-    from train.versions import ModelRegistry
+    from mcrecall.train.versions import ModelRegistry
 
     reg = ModelRegistry(cfg.data_dir, readonly=True)
     metas = [reg.metadata(v) for v in (v1, v2) if v is not None and v in reg.versions()]
@@ -251,7 +251,7 @@ def write_demo_config(out: Path, cfg) -> Path:
 def _fresh_item(client, world, cfg, producer, store, rep, cluster, n_fans: int = 25):
     """A brand-new item gets clicks from users of one cluster; the refresher gives it a vector in
     version 1 and a user of that cluster is recalled it — no retraining."""
-    from ingest.produce import produce_lines
+    from mcrecall.ingest.produce import produce_lines
     from mcrecall.demo_stream import _line
 
     item = "fresh-item-1"
@@ -289,7 +289,7 @@ def _start_worker(cfg, args, log_path, command=("ingest",)):
     import subprocess
     import sys
 
-    from ingest.kafka_io import PLAINTEXT_OVERRIDES
+    from mcrecall.ingest.kafka_io import PLAINTEXT_OVERRIDES
 
     env = dict(os.environ)
     env.update({"MCRECALL_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
@@ -341,7 +341,7 @@ def _wait_ingested(store, n, rep, timeout=120):
 
 
 def _train(cfg, rep):
-    from train.trainer import train_run
+    from mcrecall.train.trainer import train_run
 
     def say(message: str) -> None:
         for line in message.splitlines():
@@ -372,8 +372,8 @@ def _fits_comparison(cfg) -> bool:
 def _compare_objectives(cfg, source: Path | None, rep, version) -> dict[str, list[dict]]:
     """Train the other objectives on the store copy ``source`` (exact backend, not served);
     objective -> [metadata with ``compared_with`` = the published ``version``]."""
-    from train.trainer import train_run
-    from train.versions import ModelRegistry
+    from mcrecall.train.trainer import train_run
+    from mcrecall.train.versions import ModelRegistry
 
     metas: dict[str, list[dict]] = {}
     published = ModelRegistry(cfg.data_dir, readonly=True).metadata(version) if version else {}
@@ -427,7 +427,7 @@ def _show_recall(client, world, user_id, rep, taste, note=""):
 
 
 def _stream_slowly(lines, cfg, producer, chunks=10, pause=0.5):
-    from ingest.produce import produce_lines
+    from mcrecall.ingest.produce import produce_lines
 
     n = max(1, len(lines) // chunks)
     for k in range(0, len(lines), n):

@@ -27,7 +27,7 @@ def add_evaluate_arguments(parser):
 
 def run_evaluate(args, cfg) -> int:
     """Print the table (and write the plot) of a prequential replay."""
-    from train.prequential import prequential, read_events
+    from mcrecall.train.prequential import prequential, read_events
 
     for name in ("retrain_every", "refresh_every", "k"):
         if getattr(args, name) <= 0:

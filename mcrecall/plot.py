@@ -168,7 +168,7 @@ def plot_report(metas: Sequence[dict], path, comparisons: dict[str, Sequence[dic
 
 
 def plot_prequential(curve: dict, path, *, k: int = 10, title: str = "") -> Path:
-    """Cumulative Recall@k over a prequential replay (``train.prequential``), one line per
+    """Cumulative Recall@k over a prequential replay (``mcrecall.train.prequential``), one line per
     strategy: ``curve`` maps a strategy to ``[(events replayed, cumulative Recall@k), ...]``."""
     series = [Series(name, [x for x, _ in pts], [y for _, y in pts]) for name, pts in curve.items()]
     panel = Panel(title or f"prequential Recall@{k} (test, then train)", "events replayed",

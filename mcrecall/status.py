@@ -11,7 +11,7 @@ def add_status_arguments(p) -> None:
 
 
 def collect_status(cfg) -> dict:
-    from ingest.store import TripleStore
+    from mcrecall.ingest.store import TripleStore
 
     try:
         store = TripleStore(cfg.data_dir, readonly=True)
@@ -34,7 +34,7 @@ def collect_status(cfg) -> dict:
         "version": None,
     }
     try:
-        from train.versions import ModelRegistry
+        from mcrecall.train.versions import ModelRegistry
     except ImportError:
         return out
     reg = ModelRegistry(cfg.data_dir, readonly=True)
@@ -124,7 +124,7 @@ def render(st: dict) -> str:
     ev = st.get("evaluation")
     if ev:
         lines += ["", "evaluation of the current version (held-out):"]
-        from train.report import format_table
+        from mcrecall.train.report import format_table
 
         lines.append(format_table(ev))
     return "\n".join(lines)

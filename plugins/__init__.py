@@ -14,15 +14,15 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from plugins.base import MAX_ID_BYTES, VectorStore, VersionNotFoundError, VersionSpec
-from plugins.metric import MetricReduction
+from mcrecall.plugins.base import MAX_ID_BYTES, VectorStore, VersionNotFoundError, VersionSpec
+from mcrecall.plugins.metric import MetricReduction
 
 ENTRY_POINT_GROUP = "mcrecall.vector_stores"
 BUILTIN_BACKENDS = {
-    "milvus": "plugins.milvus_store:MilvusVectorStore",
-    "faiss": "plugins.faiss_store:FaissVectorStore",
-    "hnswlib": "plugins.hnswlib_store:HnswlibVectorStore",
-    "exact": "plugins.exact_store:ExactVectorStore",
+    "milvus": "mcrecall.plugins.milvus_store:MilvusVectorStore",
+    "faiss": "mcrecall.plugins.faiss_store:FaissVectorStore",
+    "hnswlib": "mcrecall.plugins.hnswlib_store:HnswlibVectorStore",
+    "exact": "mcrecall.plugins.exact_store:ExactVectorStore",
 }
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The small vector-store interface every backend implements.
 
 Like implicit's ``RecommenderBase``, the public methods live here once — they
-validate input, apply the similarity/metric reduction of :mod:`plugins.metric`,
+validate input, apply the similarity/metric reduction of :mod:`mcrecall.plugins.metric`,
 handle excluded ids and turn raw index values into model scores — and a backend
 only fills in a handful of storage primitives (the ``_``-prefixed abstract
 methods). A third-party backend subclasses :class:`VectorStore` and registers it
@@ -17,7 +17,7 @@ An approximate index may come back short (HNSW with k near its beam, IVF with
 few cells probed, a server's top-k cap); the base class then answers that query
 with an exact scan of the version (:meth:`VectorStore._exact_search`).
 
-The model registry (``users.lmdb``, :mod:`train.versions`) is the authority on
+The model registry (``users.lmdb``, :mod:`mcrecall.train.versions`) is the authority on
 which versions exist and are complete. A store's own "finalized" marker is a
 convenience for stand-alone use; :meth:`VectorStore.adopt_version` lets a caller
 that read the version's spec from the registry search it without that marker
@@ -40,10 +40,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
+from mcrecall.plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 
-from core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
-from core.ids import check_k as _check_k  # noqa: E402  (the one k rule)
+from mcrecall.core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
+from mcrecall.core.ids import check_k as _check_k  # noqa: E402  (the one k rule)
 
 log = logging.getLogger("mcrecall.plugins")
 
@@ -127,12 +127,12 @@ def check_version(version) -> int:
 
 def check_k(k) -> int:
     """Return ``k`` as int, or raise ``ValueError`` unless it is a positive integer
-    (:func:`core.ids.check_k`, the one k rule; a store has no upper limit of its own)."""
+    (:func:`mcrecall.core.ids.check_k`, the one k rule; a store has no upper limit of its own)."""
     return _check_k(k)
 
 
 def check_ids(ids) -> list[str]:
-    """Validate external item ids: strings of 1..MAX_ID_BYTES UTF-8 bytes (core.ids)."""
+    """Validate external item ids: strings of 1..MAX_ID_BYTES UTF-8 bytes (mcrecall.core.ids)."""
     return check_stored_ids(ids, "item id")
 
 
@@ -557,7 +557,7 @@ class VectorStore(abc.ABC):
     def purge_leftovers(self) -> list[str]:
         """Remove partial writes of killed writers that belong to no version number
         (temporary files, trash); returns what was removed. Call it only while no other
-        writer is publishing (the publisher holds ``train.lock.publisher_lock``)."""
+        writer is publishing (the publisher holds ``mcrecall.train.lock.publisher_lock``)."""
         return self._purge_leftovers()
 
     def version_info(self, version: int) -> VersionSpec:
@@ -664,7 +664,7 @@ class VectorStore(abc.ABC):
         """Exact top-k over every vector of the version: same contract as :meth:`_search`.
 
         Called when an approximate index answered a query with fewer than k items. The
-        default scans what :meth:`_iter_stored` yields with numpy (``plugins.metric.exact_top_k``);
+        default scans what :meth:`_iter_stored` yields with numpy (``mcrecall.plugins.metric.exact_top_k``);
         a backend overrides either this method (e.g. a brute-force search of its own) or
         :meth:`_iter_stored`. Without both, short answers stay short (logged once).
         """

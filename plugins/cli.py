@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from plugins.milvus_server import DB_NAME, DEFAULT_HOST, DEFAULT_PORT, port_open
+from mcrecall.plugins.milvus_server import DB_NAME, DEFAULT_HOST, DEFAULT_PORT, port_open
 
 
 def add_milvus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def run_milvus(args: argparse.Namespace, cfg) -> int:
     In-process (not a child) so that stopping this command always stops the
     server: nothing is left running holding the data-directory lock.
     """
-    from plugins.milvus_server import serve_forever
-    from plugins.milvus_store import MilvusStoreLockedError, check_not_locked
+    from mcrecall.plugins.milvus_server import serve_forever
+    from mcrecall.plugins.milvus_store import MilvusStoreLockedError, check_not_locked
 
     port = args.port if getattr(args, "port", None) else _port_from_config(cfg)
     host = getattr(args, "host", None) or DEFAULT_HOST

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.file_store import FileVectorStore, LoadedVersion
-from plugins.metric import top_k  # noqa: F401  (re-exported)
+from mcrecall.plugins.file_store import FileVectorStore, LoadedVersion
+from mcrecall.plugins.metric import top_k  # noqa: F401  (re-exported)
 
 
 class ExactVectorStore(FileVectorStore):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.file_store import FileVectorStore, LoadedVersion
+from mcrecall.plugins.file_store import FileVectorStore, LoadedVersion
 
 
 def _faiss():

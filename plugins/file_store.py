@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.base import VectorStore, VersionNotFoundError, VersionSpec, crash_point
-from plugins.metric import exact_top_k
+from mcrecall.plugins.base import VectorStore, VersionNotFoundError, VersionSpec, crash_point
+from mcrecall.plugins.metric import exact_top_k
 
 _VERSION_DIR = re.compile(r"v(\d+)")
 _LEFTOVER = re.compile(r"\.(v\d+\.tmp|trash-v\d+|current\.tmp)-.*")

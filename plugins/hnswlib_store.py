@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from plugins.file_store import FileVectorStore, LoadedVersion
+from mcrecall.plugins.file_store import FileVectorStore, LoadedVersion
 
 _SPACE = {"L2": "l2", "IP": "ip", "COSINE": "cosine"}
 

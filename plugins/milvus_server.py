@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.net import free_port, port_open  # noqa: F401  (re-exported)
+from mcrecall.core.net import free_port, port_open  # noqa: F401  (re-exported)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19530
@@ -29,7 +29,7 @@ def engine_command(db_file, host: str, port: int) -> tuple[list[str], dict, str]
     """(argv, environment, lock path) of the Milvus Lite engine serving ``db_file`` on TCP,
     the way ``milvus_lite.server.Server`` runs it. (No ``Server`` object: its destructor
     deletes the lock file, which would let a second server take a database in use.)"""
-    from plugins.milvus_store import _lock_path, check_db_name  # first: silences milvus-lite's import warning
+    from mcrecall.plugins.milvus_store import _lock_path, check_db_name  # first: silences milvus-lite's import warning
 
     from milvus_lite.server import BIN_PATH
 
@@ -45,7 +45,7 @@ def _take_lock(lock_path: str, db_file):
     """Hold the database's lock file (as Milvus Lite does) or raise MilvusStoreLockedError."""
     import fcntl
 
-    from plugins.milvus_store import _FILE_USERS, MilvusStoreLockedError
+    from mcrecall.plugins.milvus_store import _FILE_USERS, MilvusStoreLockedError
 
     if _FILE_USERS.get(str(Path(db_file).absolute())):
         raise MilvusStoreLockedError(f"Milvus Lite database {db_file} is open in file mode in this process")
@@ -72,7 +72,7 @@ def serve_forever(db_file, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, o
     """
     import threading
 
-    from plugins.milvus_store import quiet_pymilvus
+    from mcrecall.plugins.milvus_store import quiet_pymilvus
 
     quiet_pymilvus()
     db_file = Path(db_file).absolute()
@@ -265,7 +265,7 @@ class MilvusLiteServer:
         self.stop()
 
 
-if __name__ == "__main__":  # python -m plugins.milvus_server DB_FILE HOST PORT
+if __name__ == "__main__":  # python -m mcrecall.plugins.milvus_server DB_FILE HOST PORT
     try:
         sys.exit(serve_forever(sys.argv[1], sys.argv[2], int(sys.argv[3])))
     except Exception as e:  # one line for the parent's log, no traceback

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.base import MAX_ID_BYTES, VectorStore, VersionNotFoundError, VersionSpec
+from mcrecall.plugins.base import MAX_ID_BYTES, VectorStore, VersionNotFoundError, VersionSpec
 
 log = logging.getLogger(__name__)
 # milvus-lite 2.5 imports pkg_resources (hence setuptools<81) and warns about it on every start
@@ -192,7 +192,7 @@ class MilvusVectorStore(VectorStore):
     uri : str
         ``""``, a ``.db`` path (Milvus Lite, served to this process) or ``http://host:port``.
     collection, hnsw_m, ef_construction, ef_search, nlist, nprobe, timeout_s
-        See :class:`plugins.base.VectorStore`. ``timeout_s`` bounds searches and
+        See :class:`mcrecall.plugins.base.VectorStore`. ``timeout_s`` bounds searches and
         reads; flush, index build and load have their own deadline
         (:data:`ADMIN_TIMEOUT_S`).
     token, user, password : str, optional

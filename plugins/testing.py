@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugins.metric import MetricReduction
+from mcrecall.plugins.metric import MetricReduction
 
 
 def clustered_vectors(n: int, dim: int, n_clusters: int = 100, spread: float = 0.35, seed: int = 0,

@@ -4,7 +4,7 @@ A backend's test module subclasses :class:`VectorStoreBehaviour`, names its regi
 backend (built-in, or a ``mcrecall.vector_stores`` entry point) and pytest collects the
 whole suite for it, in the manner of implicit's ``TestRecommenderBaseMixin``::
 
-    from plugins.testsuite import VectorStoreBehaviour
+    from mcrecall.plugins.testsuite import VectorStoreBehaviour
 
     class TestMyStore(VectorStoreBehaviour):
         backend = "mystore"            # the entry-point name
@@ -28,9 +28,9 @@ import time
 import numpy as np
 import pytest
 
-from plugins import VersionNotFoundError, open_vector_store
-from plugins.metric import MetricReduction
-from plugins.testing import (
+from mcrecall.plugins import VersionNotFoundError, open_vector_store
+from mcrecall.plugins.metric import MetricReduction
+from mcrecall.plugins.testing import (
     HOSTILE_IDS, brute_force_topk, check_exactly_k, check_hostile_ids_round_trip, checkerboard,
     clustered_vectors, queries_like, recall_at_k,
 )
@@ -93,7 +93,7 @@ def assert_exact_topk(result, scores, ids, k, tol=1e-4):
 _READER = r"""
 import json, sys
 import numpy as np
-from plugins import open_vector_store
+from mcrecall.plugins import open_vector_store
 args = json.loads(sys.argv[1])
 store = open_vector_store(**args["store"])
 q = np.asarray(args["queries"], dtype=np.float32)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 
-from serve.client import RecallClient
-from serve.types import (
+from mcrecall.serve.client import RecallClient
+from mcrecall.serve.types import (
     NoModelError,
     Recalled,
     RecallResult,

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from serve.client import RecallClient
-from serve.types import NoModelError, VersionChurnError
+from mcrecall.serve.client import RecallClient
+from mcrecall.serve.types import NoModelError, VersionChurnError
 
 
 def add_recall_arguments(parser: argparse.ArgumentParser) -> None:

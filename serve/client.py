@@ -12,7 +12,7 @@ Where the user vector comes from, in order:
 1. ``fold_in`` — the user's triples changed after the version was trained
    (``TripleStore.user_seq(user) > metadata["store_seq"]``, which includes users the version
    never saw): solve the version's own objective for this user against the version's item
-   vectors (:func:`train.foldin.fold_in`). Cached per (version, user, user_seq).
+   vectors (:func:`mcrecall.train.foldin.fold_in`). Cached per (version, user, user_seq).
 2. ``model`` — the vector the version stored for the user.
 3. ``popular`` — no vector: the version's most popular items.
 """
@@ -29,11 +29,11 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from core.config import Config, load_config
-from plugins import VersionNotFoundError, vector_store_from_config
-from plugins.metric import pair_scores
-from serve.cache import LRUCache
-from serve.types import (
+from mcrecall.core.config import Config, load_config
+from mcrecall.plugins import VersionNotFoundError, vector_store_from_config
+from mcrecall.plugins.metric import pair_scores
+from mcrecall.serve.cache import LRUCache
+from mcrecall.serve.types import (
     SOURCE_FOLD_IN,
     SOURCE_MODEL,
     SOURCE_POPULAR,
@@ -44,9 +44,9 @@ from serve.types import (
     VectorStoreUnavailableError,
     VersionChurnError,
 )
-from serve.validate import check_flag, check_id, check_ids, check_k
-from train.foldin import fold_in
-from train.versions import ModelRegistry
+from mcrecall.serve.validate import check_flag, check_id, check_ids, check_k
+from mcrecall.train.foldin import fold_in
+from mcrecall.train.versions import ModelRegistry
 
 log = logging.getLogger("mcrecall.serve")
 
@@ -360,7 +360,7 @@ class RecallClient:
         if ts is None:
             if not self._triples_path.exists():  # a serving host without the triple store
                 return None
-            from ingest.store import TripleStore
+            from mcrecall.ingest.store import TripleStore
 
             with self._lock:
                 if self._ts is None:

@@ -1,8 +1,8 @@
 """Publish a model version from given vectors, without training (tests and benchmarks).
 
-The version goes through the same :func:`train.publish.publish` as a trained one (users.lmdb
+The version goes through the same :func:`mcrecall.train.publish.publish` as a trained one (users.lmdb
 rows, vector-store collection, metadata, the atomic pointer flip, old versions dropped), with
-metadata in the trainer's format, including the ``foldin`` section :func:`train.foldin.fold_in`
+metadata in the trainer's format, including the ``foldin`` section :func:`mcrecall.train.foldin.fold_in`
 reads. Nothing here is used at run time.
 """
 
@@ -18,8 +18,8 @@ def foldin_meta(item_vectors: np.ndarray, *, objective: str = "implicit", simila
                 score_scale: float = 1.0) -> dict:
     """The ``foldin`` metadata section for a plain-layout (``implicit``) or biased-layout
     (``squared`` + ``dot``: items ``[b, β, 1]``) version with these published item vectors
-    (:func:`train.foldin.foldin_section`, the trainer's writer)."""
-    from train.foldin import foldin_section
+    (:func:`mcrecall.train.foldin.foldin_section`, the trainer's writer)."""
+    from mcrecall.train.foldin import foldin_section
 
     return foldin_section(np.asarray(item_vectors, dtype=np.float64), objective=objective,
                           similarity=similarity, reg=reg, alpha=alpha, mu=mu,
@@ -46,7 +46,7 @@ def publish_vectors(registry, vs, *, user_ids: list[str], user_vectors: np.ndarr
     popular_items : ``[[item_id, score], ...]``, best first (default: the first 20 items).
     version : number to publish (default: one more than any seen).
     """
-    from train.publish import next_version, publish
+    from mcrecall.train.publish import next_version, publish
 
     item_vectors = np.asarray(item_vectors, dtype=np.float32)
     user_vectors = np.asarray(user_vectors, dtype=np.float32)

@@ -6,13 +6,13 @@ from typing import Iterable
 
 import numpy as np
 
-from core.ids import MAX_ID_BYTES, canonical_id, check_k  # check_k: the one k rule
+from mcrecall.core.ids import MAX_ID_BYTES, canonical_id, check_k  # check_k: the one k rule
 
 __all__ = ["MAX_ID_BYTES", "check_flag", "check_id", "check_ids", "check_k"]
 
 
 def check_id(value, what: str = "user_id") -> str:
-    """Canonical id (:mod:`core.ids`): a string of 1..128 UTF-8 bytes, or an integer >= 0
+    """Canonical id (:mod:`mcrecall.core.ids`): a string of 1..128 UTF-8 bytes, or an integer >= 0
     as its decimal string. TypeError for a wrong type, ValueError for a wrong value."""
     if type(value) is str and value.isascii() and 0 < len(value) <= MAX_ID_BYTES:  # fast path
         return value

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from ingest.broker import LocalBroker, free_port, port_open
-from ingest.kafka_io import ensure_topic
+from mcrecall.ingest.broker import LocalBroker, free_port, port_open
+from mcrecall.ingest.kafka_io import ensure_topic
 
 DEFAULT_IMAGE = "apache/kafka:3.8.0"
 

@@ -64,7 +64,7 @@ def milvus_uri(tmp_path_factory):
         with MilvusContainer(image=image) as container:
             yield container.get_connection_url()
         return
-    from plugins.milvus_server import MilvusLiteServer
+    from mcrecall.plugins.milvus_server import MilvusLiteServer
 
     data_dir = tmp_path_factory.mktemp("milvus-server") / "data"
     server = MilvusLiteServer(data_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ENV_PREFIX, Config, load_config
+from mcrecall.core.config import ENV_PREFIX, Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"

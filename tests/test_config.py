@@ -1,6 +1,6 @@
 import pytest
 
-from core.config import ConfigError, load_config
+from mcrecall.core.config import ConfigError, load_config
 
 
 def test_defaults_then_file_then_environment(tmp_path):
@@ -42,8 +42,8 @@ def test_test_harness_variables_are_not_config():
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 
-from core import config as config_mod  # noqa: E402
-from core.config import CHOICES, RANGES, as_dict  # noqa: E402
+from mcrecall.core import config as config_mod  # noqa: E402
+from mcrecall.core.config import CHOICES, RANGES, as_dict  # noqa: E402
 
 
 def _typed_fields():
@@ -160,7 +160,7 @@ def test_the_password_may_come_from_the_environment_and_is_never_shown(tmp_path)
 def test_secrets_are_redacted_in_every_log_line():
     import logging
 
-    from core.logs import KeyValueFormatter, redact_in_logs
+    from mcrecall.core.logs import KeyValueFormatter, redact_in_logs
 
     secret = "hun'ter2\\ é\t" + "x" * 8
     redact_in_logs(secret)

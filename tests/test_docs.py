@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core import config
+from mcrecall.core import config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from core.config import ConfigError, load_config
-from ingest import consumers
-from ingest.broker import free_port
-from ingest.consumers import Partition, open_consumer, open_dlq_producer
+from mcrecall.core.config import ConfigError, load_config
+from mcrecall.ingest import consumers
+from mcrecall.ingest.broker import free_port
+from mcrecall.ingest.consumers import Partition, open_consumer, open_dlq_producer
 from fixtures_kafka import worker_client
 
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]

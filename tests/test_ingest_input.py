@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.backfill import EXCERPT_BYTES, backfill_file
-from ingest.events import (ACTION_BITS, MAX_MESSAGE_BYTES, BadEvent, parse_event, parse_scored,
+from mcrecall.ingest.backfill import EXCERPT_BYTES, backfill_file
+from mcrecall.ingest.events import (ACTION_BITS, MAX_MESSAGE_BYTES, BadEvent, parse_event, parse_scored,
                            parse_scored_many)
-from ingest.store import COUNTERS, TripleStore, _PAIR, _U32, _U64
+from mcrecall.ingest.store import COUNTERS, TripleStore, _PAIR, _U32, _U64
 from eventlib import expected_scores, random_events, store_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,8 +126,8 @@ def test_client_recall_of_a_huge_integer_sees_what_ingest_stored(tmp_path):
 def test_worker_and_produce_accept_huge_integer_ids(kafka_bootstrap, kafka_topic, tmp_path):
     from kafka import KafkaConsumer, TopicPartition
 
-    from ingest.produce import produce_lines
-    from ingest.worker import IngestWorker
+    from mcrecall.ingest.produce import produce_lines
+    from mcrecall.ingest.worker import IngestWorker
     from test_ingest_worker import make_cfg
 
     cfg = make_cfg(kafka_bootstrap, kafka_topic, tmp_path / "data")
@@ -255,8 +255,8 @@ def test_default_line_limit_is_the_event_limit(tmp_path):
 
 RSS_PROBE = textwrap.dedent("""
     import json, resource, sys
-    from ingest.backfill import backfill_file
-    from ingest.store import TripleStore
+    from mcrecall.ingest.backfill import backfill_file
+    from mcrecall.ingest.store import TripleStore
     store = TripleStore(sys.argv[2])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     st = backfill_file(sys.argv[1], store)

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from core.config import load_config
+from mcrecall.core.config import load_config
 from fixtures_kafka import worker_client
-from ingest.broker import LocalBroker
-from ingest.kafka_io import ensure_topic
-from ingest.offset_range import OffsetOutOfRangeError
-from ingest.produce import produce_lines
-from ingest.store import TripleStore
-from ingest.worker import IngestWorker
+from mcrecall.ingest.broker import LocalBroker
+from mcrecall.ingest.kafka_io import ensure_topic
+from mcrecall.ingest.offset_range import OffsetOutOfRangeError
+from mcrecall.ingest.produce import produce_lines
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
 from mcrecall.status import collect_status, render
 from eventlib import expected_scores, random_events, store_scores
 
@@ -184,7 +184,7 @@ def test_a_stored_offset_above_a_too_low_reported_end_is_not_out_of_range(tmp_pa
 
 
 def test_range_rules_without_a_broker():
-    from ingest.offset_range import PartitionRange, failure_message, reset_target
+    from mcrecall.ingest.offset_range import PartitionRange, failure_message, reset_target
 
     def r(stored, b, e):
         return PartitionRange("t", 3, stored, b, e)

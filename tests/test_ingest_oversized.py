@@ -18,13 +18,13 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from core.config import load_config
+from mcrecall.core.config import load_config
 from fixtures_kafka import worker_client
-from ingest import dead_letters
-from ingest.broker import LocalBroker, broker_command, free_port, port_open
-from ingest.kafka_io import ensure_topic
-from ingest.store import TripleStore
-from ingest.worker import IngestWorker
+from mcrecall.ingest import dead_letters
+from mcrecall.ingest.broker import LocalBroker, broker_command, free_port, port_open
+from mcrecall.ingest.kafka_io import ensure_topic
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
 from eventlib import store_scores
 
 # every test runs once per [kafka] client (fixtures_kafka.kafka_client)

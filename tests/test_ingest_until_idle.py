@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config
+from mcrecall.core.config import load_config
 from fixtures_kafka import worker_client
-from ingest.broker import LocalBroker, free_port
-from ingest.kafka_io import KafkaUnavailable, ensure_topic
-from ingest.produce import produce_lines
-from ingest.store import TripleStore
-from ingest.worker import IngestWorker
+from mcrecall.ingest.broker import LocalBroker, free_port
+from mcrecall.ingest.kafka_io import KafkaUnavailable, ensure_topic
+from mcrecall.ingest.produce import produce_lines
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
 from eventlib import expected_scores, random_events, store_scores
 
 ROOT = Path(__file__).resolve().parents[1]

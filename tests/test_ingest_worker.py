@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from ingest.backfill import backfill_file
-from ingest.produce import produce_lines
-from ingest.store import TripleStore
-from ingest.worker import IngestWorker
-from core.config import load_config
+from mcrecall.ingest.backfill import backfill_file
+from mcrecall.ingest.produce import produce_lines
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
+from mcrecall.core.config import load_config
 from fixtures_kafka import worker_client
 from eventlib import expected_scores, random_events, store_scores
 

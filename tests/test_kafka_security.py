@@ -23,13 +23,13 @@ import uuid
 
 import pytest
 
-from ingest.broker import free_port, port_open, tansu_binary
-from ingest.kafka_io import (admin_client, confluent_security_conf, ensure_topic,
+from mcrecall.ingest.broker import free_port, port_open, tansu_binary
+from mcrecall.ingest.kafka_io import (admin_client, confluent_security_conf, ensure_topic,
                              kafka_security_kwargs)
-from ingest.produce import produce_lines
-from ingest.store import TripleStore
-from ingest.worker import IngestWorker
-from core.config import ConfigError, load_config
+from mcrecall.ingest.produce import produce_lines
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
+from mcrecall.core.config import ConfigError, load_config
 from eventlib import expected_scores, random_events, store_scores
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -462,7 +462,7 @@ def test_the_command_line_over_sasl_never_shows_the_password_even_in_debug_logs(
 
 
 def test_the_local_broker_overrides_clear_every_production_security_setting(pki):
-    from ingest.kafka_io import PLAINTEXT_OVERRIDES
+    from mcrecall.ingest.kafka_io import PLAINTEXT_OVERRIDES
 
     cfg = load_config(environ={k: v for k, v in {
         f"MCRECALL_KAFKA_{k.upper()}": v for k, v in _security("sasl_ssl", pki).items()}.items()})

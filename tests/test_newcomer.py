@@ -62,7 +62,7 @@ def test_demo_prints_a_command_that_queries_its_data_after_it_stopped(tmp_path):
 
 
 def test_demo_config_round_trips_hostile_paths(tmp_path):
-    from core.config import load_config
+    from mcrecall.core.config import load_config
     from mcrecall.demo import write_demo_config
 
     out = tmp_path / 'q"uote \\back\tslash ünï 1+1==2'
@@ -80,9 +80,9 @@ def test_demo_config_round_trips_hostile_paths(tmp_path):
 # --- produce without a broker ------------------------------------------------------------------
 
 def test_produce_without_a_broker_says_what_to_do_at_once(tmp_path):
-    from ingest.broker import free_port
-    from ingest.kafka_io import KafkaUnavailable
-    from ingest.produce import check_broker_reachable
+    from mcrecall.ingest.broker import free_port
+    from mcrecall.ingest.kafka_io import KafkaUnavailable
+    from mcrecall.ingest.produce import check_broker_reachable
 
     port = free_port()  # nothing listens here
     t = time.monotonic()
@@ -174,9 +174,9 @@ def test_an_import_error_is_reported_as_what_it_is(tmp_path):
     p = _main_without("torch", ["train"], tmp_path)  # fails while the command runs
     assert p.returncode == 2
     assert "torch" in p.stderr and "not built yet" not in p.stderr and "Traceback" not in p.stderr
-    p = _main_without("serve.client", ["recall", "u1"], tmp_path)  # fails while the parser is built
+    p = _main_without("mcrecall.serve.client", ["recall", "u1"], tmp_path)  # fails while the parser is built
     assert p.returncode == 2
-    assert "serve.client" in p.stderr and "not built yet" not in p.stderr
+    assert "mcrecall.serve.client" in p.stderr and "not built yet" not in p.stderr
 
 
 # --- the report plot ---------------------------------------------------------------------------

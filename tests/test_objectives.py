@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.config import TrainConfig
-from train.foldin import fold_in
-from train.objectives import (FactorModel, available_objectives, model_class, model_from_config,
+from mcrecall.core.config import TrainConfig
+from mcrecall.train.foldin import fold_in
+from mcrecall.train.objectives import (FactorModel, available_objectives, model_class, model_from_config,
                               objective_spec, rows_with_data)
-from train.synthetic import make_synthetic
+from mcrecall.train.synthetic import make_synthetic
 
 CASES = [(o, s) for o in available_objectives() for s in ("dot", "cosine")]
 
@@ -90,8 +90,8 @@ def test_rows_with_data_follows_the_objective():
 
 
 def test_gate_and_item_step_come_from_the_spec():
-    from train.refresh import OBJECTIVES
-    from train.trainer import GATE_METRIC
+    from mcrecall.train.refresh import OBJECTIVES
+    from mcrecall.train.trainer import GATE_METRIC
 
     assert GATE_METRIC == {n: objective_spec(n).gate for n in available_objectives()}
     assert GATE_METRIC["squared"][0] == "rmse" and GATE_METRIC["implicit"][0] == "recall@10"
@@ -99,7 +99,7 @@ def test_gate_and_item_step_come_from_the_spec():
 
 
 def test_bce_model_refuses_another_objective(data):
-    from train.sgd import BCE
+    from mcrecall.train.sgd import BCE
 
     with pytest.raises(ValueError, match="bce"):
         BCE.from_config(TrainConfig(), (data.user_idx, data.item_idx, data.score), 3, 3,

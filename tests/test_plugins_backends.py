@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.testsuite import VectorStoreBehaviour
+from mcrecall.plugins.testsuite import VectorStoreBehaviour
 
 
 class TestExact(VectorStoreBehaviour):

@@ -7,14 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-import plugins
-from core.config import load_config
-from plugins import available_backends, backend_class, open_vector_store, vector_store_from_config
-from plugins.exact_store import ExactVectorStore
-from plugins.faiss_store import FaissVectorStore
-from plugins.hnswlib_store import HnswlibVectorStore
-from plugins.metric import MetricReduction
-from plugins.milvus_store import MilvusVectorStore
+from mcrecall import plugins
+from mcrecall.core.config import load_config
+from mcrecall.plugins import available_backends, backend_class, open_vector_store, vector_store_from_config
+from mcrecall.plugins.exact_store import ExactVectorStore
+from mcrecall.plugins.faiss_store import FaissVectorStore
+from mcrecall.plugins.hnswlib_store import HnswlibVectorStore
+from mcrecall.plugins.metric import MetricReduction
+from mcrecall.plugins.milvus_store import MilvusVectorStore
 
 
 def test_builtin_backends_resolve_to_their_classes():
@@ -109,9 +109,9 @@ def test_default_exact_fallback_scans_what_iter_stored_yields(tmp_path):
     every metric, even when its index answers short; without either hook answers stay short."""
     import numpy as np
 
-    from plugins.base import VectorStore
-    from plugins.exact_store import ExactVectorStore
-    from plugins.testing import clustered_vectors
+    from mcrecall.plugins.base import VectorStore
+    from mcrecall.plugins.exact_store import ExactVectorStore
+    from mcrecall.plugins.testing import clustered_vectors
 
     class ShortIndex(ExactVectorStore):
         """An 'approximate' index that loses everything past the 7th hit."""

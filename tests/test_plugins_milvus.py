@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins import open_vector_store
-from plugins.milvus_server import MilvusLiteServer, free_port, port_open, server_answers
-from plugins.milvus_store import MilvusStoreLockedError
-from plugins.testing import clustered_vectors
+from mcrecall.plugins import open_vector_store
+from mcrecall.plugins.milvus_server import MilvusLiteServer, free_port, port_open, server_answers
+from mcrecall.plugins.milvus_store import MilvusStoreLockedError
+from mcrecall.plugins.testing import clustered_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 _HOLDER = r"""
 import sys, time
-from plugins import open_vector_store
+from mcrecall.plugins import open_vector_store
 store = open_vector_store("milvus", uri=sys.argv[1])
 print("ready", flush=True)
 time.sleep(60)
@@ -124,7 +124,7 @@ def test_mcrecall_milvus_command_runs_in_foreground_and_stops_on_sigterm(tmp_pat
 
 
 # Hostile ids on Milvus (file, Lite server, real server) are the behavioural suite's check
-# (plugins.testing.HOSTILE_IDS, run by tests/test_plugins_backends.py's Milvus classes).
+# (mcrecall.plugins.testing.HOSTILE_IDS, run by tests/test_plugins_backends.py's Milvus classes).
 
 
 def publish(store, version, ids, x, index_type="AUTOINDEX", metric="IP"):
@@ -168,7 +168,7 @@ def test_exactly_k_real_server(milvus_real_uri, milvus_collection):
 
 
 def test_k_beyond_milvus_topk_limit_is_served_exactly(tmp_path):
-    import plugins.milvus_store as ms
+    import mcrecall.plugins.milvus_store as ms
 
     store = open_vector_store("milvus", uri=str(tmp_path / "m.db"))
     try:
@@ -189,7 +189,7 @@ def test_k_beyond_milvus_topk_limit_is_served_exactly(tmp_path):
 
 
 def test_auto_index_is_sized_to_the_version(tmp_path):
-    import plugins.milvus_store as ms
+    import mcrecall.plugins.milvus_store as ms
 
     store = open_vector_store("milvus", uri=str(tmp_path / "m.db"))
     try:
@@ -318,7 +318,7 @@ def test_pymilvus_errors_are_one_line(tmp_path):
 
 
 def test_credentials_reach_the_client_and_never_the_logs(tmp_path, milvus_uri, caplog):
-    from plugins.milvus_store import MilvusVectorStore
+    from mcrecall.plugins.milvus_store import MilvusVectorStore
 
     with caplog.at_level("DEBUG"):
         store = MilvusVectorStore(uri=milvus_uri, collection="auth_t", user="bob", password="s3cret-pw")
@@ -330,8 +330,8 @@ def test_credentials_reach_the_client_and_never_the_logs(tmp_path, milvus_uri, c
 
 
 def test_credentials_come_from_config_and_env_and_are_redacted(tmp_path):
-    from core.config import ConfigError, as_dict, load_config
-    from plugins import vector_store_from_config
+    from mcrecall.core.config import ConfigError, as_dict, load_config
+    from mcrecall.plugins import vector_store_from_config
 
     cfg = load_config(environ={"MCRECALL_INDEX_TOKEN": "root:s3cret-pw", "MCRECALL_INDEX_SECURE": "false",
                                "MCRECALL_STORE_DATA_DIR": str(tmp_path)})
@@ -349,10 +349,10 @@ def test_credentials_come_from_config_and_env_and_are_redacted(tmp_path):
 def test_a_recall_client_answers_again_after_its_milvus_lite_restarts(tmp_path):
     """RecallClient over `mcrecall milvus`'s server: a restart on the same data costs a few
     seconds of clear errors (the server's words), then recalls return what they did before."""
-    from core.config import load_config
-    from serve import RecallClient, VectorStoreUnavailableError
-    from serve.testing import publish_vectors
-    from train.versions import ModelRegistry
+    from mcrecall.core.config import load_config
+    from mcrecall.serve import RecallClient, VectorStoreUnavailableError
+    from mcrecall.serve.testing import publish_vectors
+    from mcrecall.train.versions import ModelRegistry
 
     server = MilvusLiteServer(tmp_path / "srv", log_path=tmp_path / "srv.log")
     uri = server.start(timeout=90)
@@ -364,7 +364,7 @@ def test_a_recall_client_answers_again_after_its_milvus_lite_restarts(tmp_path):
     reg = ModelRegistry(cfg.data_dir)
     client = None
     try:
-        from plugins import vector_store_from_config
+        from mcrecall.plugins import vector_store_from_config
 
         vs = vector_store_from_config(cfg)
         publish_vectors(reg, vs, user_ids=[f"u{i}" for i in range(20)], user_vectors=U,

@@ -3,7 +3,7 @@
 A throwaway distribution is written to a temporary directory — a module with a backend and
 a ``*.dist-info`` whose ``entry_points.txt`` registers it in ``mcrecall.vector_stores`` — and
 pytest runs, in a fresh process rooted there (no tests/conftest.py, no fixtures of this
-project), a test file that subclasses ``plugins.testsuite.VectorStoreBehaviour``. The good
+project), a test file that subclasses ``mcrecall.plugins.testsuite.VectorStoreBehaviour``. The good
 backend passes every test; backends that drop the k-th result or reverse the order fail.
 """
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 BACKENDS = '''
 """A third party's vector stores: numpy exact search, one correct and two broken."""
-from plugins.exact_store import ExactVectorStore
+from mcrecall.plugins.exact_store import ExactVectorStore
 
 
 class ToyStore(ExactVectorStore):
@@ -51,7 +51,7 @@ toy_reversed = toy_vectors:ReversedStore
 """
 
 SUITE = '''
-from plugins.testsuite import VectorStoreBehaviour
+from mcrecall.plugins.testsuite import VectorStoreBehaviour
 
 
 class TestToyStore(VectorStoreBehaviour):

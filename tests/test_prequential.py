@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from ingest.events import ACTION_BITS
+from mcrecall.ingest.events import ACTION_BITS
 from mcrecall.cli import main
-from core.config import load_config
+from mcrecall.core.config import load_config
 from mcrecall.plot import plot_prequential
-from train.prequential import STRATEGIES, prequential, read_events
-from train.synthetic import make_stream
+from mcrecall.train.prequential import STRATEGIES, prequential, read_events
+from mcrecall.train.synthetic import make_stream
 
 
 def _tc(**kw):

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.store import TripleStore
-from serve import RecallClient
-from train.lock import publisher_lock
-from train.refresh import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS, Refresher, refresh_once
-from train.synthetic import make_synthetic
-from train.testing import fill_store, small_config
-from train.versions import ModelRegistry
+from mcrecall.ingest.store import TripleStore
+from mcrecall.serve import RecallClient
+from mcrecall.train.lock import publisher_lock
+from mcrecall.train.refresh import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS, Refresher, refresh_once
+from mcrecall.train.synthetic import make_synthetic
+from mcrecall.train.testing import fill_store, small_config
+from mcrecall.train.versions import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda s: None)
@@ -40,7 +40,7 @@ def data():
 
 
 def trained(tmp_path, data, **train):
-    from train.trainer import train_run
+    from mcrecall.train.trainer import train_run
 
     fill_store(tmp_path, data)
     cfg = small_config(tmp_path, **{"dim": 8, "epochs": 6, "reg": 0.1, "alpha": 2.0, **train})
@@ -65,7 +65,7 @@ def training_item_step(meta, user_pub, rows, scores):
     """One item's vector from the trainer's own item half-sweep, users fixed (published form)."""
     import torch
 
-    from train.als import ALS
+    from mcrecall.train.als import ALS
 
     fm = meta["foldin"]
     obj, sim, k = fm["objective"], fm["similarity"], int(fm["factors"])
@@ -89,7 +89,7 @@ def test_copied_item_scores_like_the_original(tmp_path, data, objective, similar
     """§2: a new item with exactly an existing item's triples, after one refresh, scores like it
     for every user (Spearman >= 0.9) and sits beside it in users' top-k; its vector is exactly
     the training's item half-sweep against the version's users."""
-    from train.trainer import train_run
+    from mcrecall.train.trainer import train_run
 
     fill_store(tmp_path, data)
     cfg = small_config(tmp_path, metric=metric, dim=8, epochs=6, reg=0.1, alpha=2.0,
@@ -204,7 +204,7 @@ def test_busy_publisher_lock_skips_the_cycle(tmp_path, data):
 
 def test_publication_replaces_refreshed_items(tmp_path, data):
     """Versions never mix: version N+1 starts from its own training, N's refresh stays in N."""
-    from train.trainer import train_run
+    from mcrecall.train.trainer import train_run
 
     cfg = trained(tmp_path, data)
     copy_item(tmp_path, data, busiest_item(data), "fresh")
@@ -222,8 +222,8 @@ def test_publication_replaces_refreshed_items(tmp_path, data):
 
 _CHILD = """
 import sys
-from train.refresh import refresh_once
-from train.testing import small_config
+from mcrecall.train.refresh import refresh_once
+from mcrecall.train.testing import small_config
 cfg = small_config(sys.argv[1], dim=8, epochs=6, reg=0.1, alpha=2.0)
 print(refresh_once(cfg, log=lambda s: None))
 """
@@ -259,7 +259,7 @@ def test_refresh_stays_with_the_current_version_under_the_lock(tmp_path, data):
     """A refresh cycle holds the publisher lock: a publication waiting on it runs after."""
     import threading
 
-    from train.lock import PublisherBusyError
+    from mcrecall.train.lock import PublisherBusyError
 
     cfg = trained(tmp_path, data)
     copy_item(tmp_path, data, busiest_item(data), "fresh")

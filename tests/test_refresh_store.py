@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.store import TripleStore
+from mcrecall.ingest.store import TripleStore
 
 HOSTILE = ["q'uote", "back\\slash", "new\nline", "tab\there", "nul\0byte", "ünï©ødé", "a OR 1==1"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as Fn
 
-from plugins.metric import MetricReduction, cross_scores, pair_scores
+from mcrecall.plugins.metric import MetricReduction, cross_scores, pair_scores
 
 
 # -- the score formula -------------------------------------------------------------------------
@@ -55,8 +55,8 @@ def test_pair_scores_torch_equal_the_former_training_formulas_bit_for_bit(vecs):
 
 
 def test_models_predict_through_the_one_formula():
-    from train.als import ALS
-    from train.sgd import BCE
+    from mcrecall.train.als import ALS
+    from mcrecall.train.sgd import BCE
 
     rng = np.random.default_rng(0)
     u, i = rng.integers(0, 20, 300), rng.integers(0, 30, 300)
@@ -96,7 +96,7 @@ def _former_bce_newton_offset(F, off, P, poff, n_neg, lam, iters=25):
 
 
 def test_one_bce_newton_gives_the_former_offset_solution():
-    from train.foldin import _bce_newton
+    from mcrecall.train.foldin import _bce_newton
 
     rng = np.random.default_rng(1)
     F, P = rng.normal(size=(9, 4)), rng.normal(size=(64, 4))
@@ -110,9 +110,9 @@ def test_one_bce_newton_gives_the_former_offset_solution():
 
 # -- the warm-start overlay --------------------------------------------------------------------
 def test_warm_rows_replace_random_rows_and_nan_rows_stay_random():
-    from train.als import ALS
-    from train.sgd import BCE
-    from train.warm import overlay_known_rows
+    from mcrecall.train.als import ALS
+    from mcrecall.train.sgd import BCE
+    from mcrecall.train.warm import overlay_known_rows
 
     T = torch.zeros(4, 3)
     init = np.full((4, 3), np.nan, np.float32)
@@ -136,7 +136,7 @@ def test_warm_rows_replace_random_rows_and_nan_rows_stay_random():
 # -- the foldin section ------------------------------------------------------------------------
 def _tiny_model(tc, n_items):
     """A model of ``tc``'s objective on three triples (its foldin section is what is tested)."""
-    from train.objectives import model_from_config
+    from mcrecall.train.objectives import model_from_config
 
     u, i = np.zeros(3, np.int32), np.arange(3, dtype=np.int32)
     return model_from_config(tc, (u, i, np.ones(3, np.float32)), 1, n_items)
@@ -145,8 +145,8 @@ def _tiny_model(tc, n_items):
 @pytest.mark.parametrize("objective,similarity", [("implicit", "dot"), ("squared", "dot"),
                                                   ("implicit", "cosine")])
 def test_foldin_section_is_written_once(objective, similarity):
-    from core.config import TrainConfig
-    from serve.testing import foldin_meta as testing_meta
+    from mcrecall.core.config import TrainConfig
+    from mcrecall.serve.testing import foldin_meta as testing_meta
 
     rng = np.random.default_rng(2)
     dim = 4
@@ -162,7 +162,7 @@ def test_foldin_section_is_written_once(objective, similarity):
 
 
 def test_bce_foldin_section_equals_the_former_trainer_formula():
-    from core.config import TrainConfig
+    from mcrecall.core.config import TrainConfig
     rng = np.random.default_rng(4)
     V = rng.normal(size=(40, 5)).astype(np.float32)
     has = rng.random(40) > 0.3
@@ -178,9 +178,9 @@ def test_bce_foldin_section_equals_the_former_trainer_formula():
 
 # -- the k rule --------------------------------------------------------------------------------
 def test_one_k_rule_for_client_and_stores():
-    from core.ids import check_k
-    from plugins.base import check_k as store_k
-    from serve.validate import check_k as client_k
+    from mcrecall.core.ids import check_k
+    from mcrecall.plugins.base import check_k as store_k
+    from mcrecall.serve.validate import check_k as client_k
 
     assert client_k is check_k
     assert check_k(np.int64(5)) == 5 and store_k(3) == 3
@@ -203,9 +203,9 @@ GiB = 1 << 30
 
 @pytest.mark.parametrize("small_first", [True, False])
 def test_triple_store_map_sizes_in_either_order(tmp_path, small_first):
-    from core import lmdbenv
-    from core.lmdbenv import MapSizeMismatchError
-    from ingest.store import TripleStore
+    from mcrecall.core import lmdbenv
+    from mcrecall.core.lmdbenv import MapSizeMismatchError
+    from mcrecall.ingest.store import TripleStore
 
     path = tmp_path / "triples.lmdb"
     first = TripleStore(tmp_path, map_size_gb=0.5 if small_first else 1.0)
@@ -231,9 +231,9 @@ def test_triple_store_map_sizes_in_either_order(tmp_path, small_first):
 
 @pytest.mark.parametrize("small_first", [True, False])
 def test_registry_map_sizes_in_either_order(tmp_path, small_first):
-    from core import lmdbenv
-    from core.lmdbenv import MapSizeMismatchError
-    from train.versions import ModelRegistry
+    from mcrecall.core import lmdbenv
+    from mcrecall.core.lmdbenv import MapSizeMismatchError
+    from mcrecall.train.versions import ModelRegistry
 
     path = tmp_path / "users.lmdb"
     first = ModelRegistry(tmp_path, map_size=GiB // 2 if small_first else GiB)
@@ -251,9 +251,9 @@ def test_registry_map_sizes_in_either_order(tmp_path, small_first):
 
 def test_store_and_registry_share_one_cache(tmp_path):
     """Both parts' handles go through core.lmdbenv (one lifetime rule for both files)."""
-    from core import lmdbenv
-    from ingest.store import TripleStore
-    from train.versions import ModelRegistry
+    from mcrecall.core import lmdbenv
+    from mcrecall.ingest.store import TripleStore
+    from mcrecall.train.versions import ModelRegistry
 
     s, r = TripleStore(tmp_path), ModelRegistry(tmp_path)
     assert lmdbenv.holders(tmp_path / "triples.lmdb") == 1

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from ingest.backfill import backfill_file
-from ingest.events import ACTION_BITS, BadEvent, parse_event, score_of
-from ingest.store import TripleStore
+from mcrecall.ingest.backfill import backfill_file
+from mcrecall.ingest.events import ACTION_BITS, BadEvent, parse_event, score_of
+from mcrecall.ingest.store import TripleStore
 from eventlib import ACTIONS, expected_scores, store_scores
 
 
@@ -120,7 +120,7 @@ def test_snapshot_and_history(tmp_path):
 
 
 def test_fast_path_agrees_with_full_validation():
-    from ingest.events import ACTION_BITS, parse_scored
+    from mcrecall.ingest.events import ACTION_BITS, parse_scored
 
     samples = [b'{"user_id":"u1","item_id":"i1","action":"click"}',
                b'{"user_id":"u1","item_id":"i1","action":"click","ts":true}',

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.store import TripleStore
-from core.config import load_config
-from plugins import vector_store_from_config
-from serve import RecallClient
-from serve.testing import publish_vectors
-from train.foldin import fold_in
-from train.versions import ModelRegistry
+from mcrecall.ingest.store import TripleStore
+from mcrecall.core.config import load_config
+from mcrecall.plugins import vector_store_from_config
+from mcrecall.serve import RecallClient
+from mcrecall.serve.testing import publish_vectors
+from mcrecall.train.foldin import fold_in
+from mcrecall.train.versions import ModelRegistry
 
 BACKENDS = ("exact", "faiss", "hnswlib", "milvus")
 DIM, N_USERS, N_ITEMS, K = 12, 30, 800, 15
@@ -110,8 +110,8 @@ def test_milvus_that_stops_answering_is_a_clear_error_within_the_timeout(tmp_pat
     import signal
     import time
 
-    from plugins.milvus_server import MilvusLiteServer
-    from serve import VectorStoreUnavailableError
+    from mcrecall.plugins.milvus_server import MilvusLiteServer
+    from mcrecall.serve import VectorStoreUnavailableError
 
     server = MilvusLiteServer(tmp_path / "milvus")
     server.start(timeout=90)

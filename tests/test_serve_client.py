@@ -11,14 +11,14 @@ import time
 import numpy as np
 import pytest
 
-import serve
-from ingest.store import TripleStore
-from core.config import ConfigError, load_config
-from plugins import vector_store_from_config
-from serve import NoModelError, RecallClient, Recalled, VectorStoreUnavailableError
-from serve.testing import publish_vectors
-from train.foldin import fold_in
-from train.versions import ModelRegistry
+from mcrecall import serve
+from mcrecall.ingest.store import TripleStore
+from mcrecall.core.config import ConfigError, load_config
+from mcrecall.plugins import vector_store_from_config
+from mcrecall.serve import NoModelError, RecallClient, Recalled, VectorStoreUnavailableError
+from mcrecall.serve.testing import publish_vectors
+from mcrecall.train.foldin import fold_in
+from mcrecall.train.versions import ModelRegistry
 
 DIM = 8
 N_USERS, N_ITEMS = 40, 600
@@ -419,7 +419,7 @@ def test_module_level_recall_uses_the_default_config(env, tmp_path, monkeypatch)
 
 # --------------------------------------------------------------------------- ids are data, exactly k
 def test_hostile_ids_through_recall_and_score(tmp_path):
-    from plugins.testing import HOSTILE_IDS
+    from mcrecall.plugins.testing import HOSTILE_IDS
 
     e = Env(tmp_path)
     hostile = list(HOSTILE_IDS)

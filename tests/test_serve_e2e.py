@@ -20,13 +20,13 @@ import uuid
 import numpy as np
 import pytest
 
-from ingest.kafka_io import ensure_topic
-from ingest.produce import event_line, produce_lines
-from ingest.store import TripleStore
-from ingest.worker import IngestWorker
-from core.config import load_config
-from plugins import vector_store_from_config
-from serve import RecallClient
+from mcrecall.ingest.kafka_io import ensure_topic
+from mcrecall.ingest.produce import event_line, produce_lines
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
+from mcrecall.core.config import load_config
+from mcrecall.plugins import vector_store_from_config
+from mcrecall.serve import RecallClient
 
 pytestmark = [pytest.mark.kafka, pytest.mark.milvus, pytest.mark.slow]
 
@@ -98,7 +98,7 @@ def world(tmp_path_factory, kafka_bootstrap, milvus_uri):
     assert stats.sent == len(lines)
     ws = run_worker(cfg)
     assert ws.events == len(lines)
-    from train.trainer import train_run
+    from mcrecall.train.trainer import train_run
 
     res = train_run(cfg, log=lambda s: None)
     assert res.status == "published", res

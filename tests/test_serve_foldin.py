@@ -3,7 +3,7 @@
 For each ALS objective × similarity a real version is trained (``train_run``, exact backend,
 small synthetic data); then users change after it was trained. The vector the client serves them
 (``source="fold_in"``) must equal the user half-sweep of the trainer's own ALS code (the same
-objective and regularisation, ``train.als.ALS._solve_side``) run on the user's current triples
+objective and regularisation, ``mcrecall.train.als.ALS._solve_side``) run on the user's current triples
 against the version's published item vectors.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.store import TripleStore
-from plugins import vector_store_from_config
-from serve import RecallClient
-from train.synthetic import make_synthetic
-from train.testing import fill_store, small_config
+from mcrecall.ingest.store import TripleStore
+from mcrecall.plugins import vector_store_from_config
+from mcrecall.serve import RecallClient
+from mcrecall.train.synthetic import make_synthetic
+from mcrecall.train.testing import fill_store, small_config
 
 QUIET = dict(log=lambda s: None)
 
@@ -25,7 +25,7 @@ def training_user_step(meta: dict, item_pub: np.ndarray, rows, scores) -> np.nda
     """One user's vector from the trainer's user half-sweep, items fixed (published form)."""
     import torch
 
-    from train.als import ALS
+    from mcrecall.train.als import ALS
 
     fm = meta["foldin"]
     obj, sim, k = fm["objective"], fm["similarity"], int(fm["factors"])
@@ -50,7 +50,7 @@ def data():
     ("implicit", "dot"), ("squared", "dot"), ("implicit", "cosine"), ("squared", "cosine"),
 ])
 def test_fold_in_is_the_training_step_with_items_fixed(tmp_path, data, objective, similarity):
-    from train.trainer import train_run
+    from mcrecall.train.trainer import train_run
 
     fill_store(tmp_path, data)
     cfg = small_config(tmp_path, dim=6, epochs=3, objective=objective, similarity=similarity,

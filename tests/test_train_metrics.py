@@ -4,7 +4,7 @@ against small cases computed by hand, and against the ranx library on the same r
 import numpy as np
 import pytest
 
-from train.evaluate import evaluate
+from mcrecall.train.evaluate import evaluate
 
 
 def _eval(scores: np.ndarray, train, test) -> dict:

@@ -5,15 +5,15 @@ import time
 import numpy as np
 import pytest
 
-from train.als import ALS
-from train.evaluate import evaluate
-from train.foldin import fold_in
-from train.sgd import BCE
-from train.split import holdout_mask, id_hashes
-from train.synthetic import make_synthetic
-from train.testing import fill_store, small_config
-from train.trainer import train_run
-from train.versions import ModelRegistry
+from mcrecall.train.als import ALS
+from mcrecall.train.evaluate import evaluate
+from mcrecall.train.foldin import fold_in
+from mcrecall.train.sgd import BCE
+from mcrecall.train.split import holdout_mask, id_hashes
+from mcrecall.train.synthetic import make_synthetic
+from mcrecall.train.testing import fill_store, small_config
+from mcrecall.train.trainer import train_run
+from mcrecall.train.versions import ModelRegistry
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def _holdout_only_ids(prefix, partners, side, n):
     while len(out) < n:
         cand = f"{prefix}{k}"
         ch = id_hashes([cand])
-        from train.split import pair_hash_unit
+        from mcrecall.train.split import pair_hash_unit
         u, i = (np.repeat(ch, len(ph)), ph) if side == "user" else (ph, np.repeat(ch, len(ph)))
         if (pair_hash_unit(u, i) < 0.1).all():
             out.append(cand)
@@ -199,8 +199,8 @@ def _holdout_only_ids(prefix, partners, side, n):
 def _served_everything(tmp_path, backend, objective):
     """After `train`, every user and item with a positive triple gets a finite model score and
     every such item can be recalled -- also those whose triples all fall in the hold-out."""
-    from ingest.store import TripleStore
-    from serve.client import RecallClient
+    from mcrecall.ingest.store import TripleStore
+    from mcrecall.serve.client import RecallClient
 
     data = make_synthetic(n_users=200, n_items=80, n_triples=4000, seed=3)
     fill_store(tmp_path, data)
@@ -256,8 +256,8 @@ def test_every_user_and_item_with_triples_is_served_milvus(tmp_path):
 
 def test_gate_uses_the_objectives_own_metric():
     """RMSE gates squared; Recall@10 gates the ranking objectives, whose RMSE is not gated."""
-    from core.config import TrainConfig
-    from train.trainer import gate_refusal
+    from mcrecall.core.config import TrainConfig
+    from mcrecall.train.trainer import gate_refusal
 
     def meta(objective, rmse, recall):
         return {"objective": objective, "similarity": "dot",
@@ -285,7 +285,7 @@ def test_gate_uses_the_objectives_own_metric():
 def test_recall_gate_refuses_a_worse_ranking_model_unless_forced(tmp_path, data, capsys):
     import argparse
 
-    from train.cli import add_train_arguments, run_train
+    from mcrecall.train.cli import add_train_arguments, run_train
 
     fill_store(tmp_path, data)
     cfg = small_config(tmp_path, dim=8, epochs=5, objective="implicit",
@@ -309,8 +309,8 @@ def test_recall_gate_refuses_a_worse_ranking_model_unless_forced(tmp_path, data,
 def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, data):
     """The default is the best-ranking objective; the seed's squared objective, fitted on the
     same split, is in the evaluation table (trainer log and `mcrecall status`)."""
-    from core.config import TrainConfig
-    from train.report import format_table
+    from mcrecall.core.config import TrainConfig
+    from mcrecall.train.report import format_table
 
     assert TrainConfig().objective == "implicit"
     fill_store(tmp_path, data)
@@ -332,7 +332,7 @@ def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, da
 def test_constructor_defaults_are_the_configs():
     import inspect
 
-    from core.config import TrainConfig
+    from mcrecall.core.config import TrainConfig
 
     tc = TrainConfig()
     a = inspect.signature(ALS.__init__).parameters

@@ -9,13 +9,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from plugins import open_vector_store
-from train.cli import add_train_arguments, run_train
-from train.publish import CRASH_ENV, CRASH_EXIT_CODE
-from train.synthetic import make_synthetic
-from train.testing import fill_store, small_config
-from train.trainer import train_run
-from train.versions import ModelRegistry
+from mcrecall.plugins import open_vector_store
+from mcrecall.train.cli import add_train_arguments, run_train
+from mcrecall.train.publish import CRASH_ENV, CRASH_EXIT_CODE
+from mcrecall.train.synthetic import make_synthetic
+from mcrecall.train.testing import fill_store, small_config
+from mcrecall.train.trainer import train_run
+from mcrecall.train.versions import ModelRegistry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(log=lambda s: None)
@@ -133,8 +133,8 @@ def test_old_versions_dropped_previous_kept(tmp_path, data):
 
 CRASH_SCRIPT = textwrap.dedent("""
     import sys
-    from train.testing import small_config
-    from train.trainer import train_run
+    from mcrecall.train.testing import small_config
+    from mcrecall.train.trainer import train_run
     cfg = small_config(sys.argv[1], dim=8, epochs=2)
     train_run(cfg, force=True)
 """)
@@ -210,7 +210,7 @@ def test_sigkill_mid_run_keeps_previous_version(tmp_path, data):
 def test_publisher_lock_api(tmp_path):
     import threading
 
-    from train.lock import PublisherBusyError, is_locked, publisher_lock
+    from mcrecall.train.lock import PublisherBusyError, is_locked, publisher_lock
 
     assert not is_locked(tmp_path)
     with publisher_lock(tmp_path):
@@ -250,7 +250,7 @@ def test_publisher_lock_is_released_when_its_holder_is_killed(tmp_path):
     import signal
     import time
 
-    from train.lock import publisher_lock
+    from mcrecall.train.lock import publisher_lock
 
     code = ("import sys, time; from train.lock import publisher_lock\n"
             "with publisher_lock(sys.argv[1]):\n"
@@ -301,7 +301,7 @@ def _mcrecall(*args, **kw):
 
 
 def test_no_wait_exits_with_a_clear_message(tmp_path, data):
-    from train.lock import publisher_lock
+    from mcrecall.train.lock import publisher_lock
 
     fill_store(tmp_path, data)
     cfg_file = _write_config(tmp_path)
@@ -319,7 +319,7 @@ def test_concurrent_trainers_publish_one_at_a_time(tmp_path, data, n_trainers):
     version gets its own number, and the current version is complete (all its users)."""
     import time
 
-    from train.lock import publisher_lock
+    from mcrecall.train.lock import publisher_lock
 
     fill_store(tmp_path, data)
     cfg_file = _write_config(tmp_path)
@@ -363,8 +363,8 @@ def test_concurrent_trainers_publish_one_at_a_time(tmp_path, data, n_trainers):
 CRASH_BACKENDS = ["exact", "faiss", "hnswlib", "milvus"]
 KILL_SCRIPT = textwrap.dedent("""
     import sys
-    from train.testing import small_config
-    from train.trainer import train_run
+    from mcrecall.train.testing import small_config
+    from mcrecall.train.trainer import train_run
     cfg = small_config(sys.argv[1], backend=sys.argv[2], index_type=sys.argv[3], dim=8, epochs=2)
     train_run(cfg, force=True)
 """)
@@ -380,7 +380,7 @@ def _leftover_files(tmp_path):
 
 @pytest.mark.parametrize("backend", CRASH_BACKENDS)
 def test_sigkill_at_each_step_then_a_clean_publish_leaves_nothing_stray(tmp_path, data, backend):
-    from train.publish import CRASH_POINTS
+    from mcrecall.train.publish import CRASH_POINTS
 
     fill_store(tmp_path, data)
     index_type = {"exact": "FLAT", "milvus": "FLAT"}.get(backend, "HNSW")
@@ -414,8 +414,8 @@ def test_sigkill_at_each_step_then_a_clean_publish_leaves_nothing_stray(tmp_path
 
 
 def test_a_version_without_its_vectors_is_never_current(tmp_path):
-    from plugins import open_vector_store as ovs
-    from train.publish import publish
+    from mcrecall.plugins import open_vector_store as ovs
+    from mcrecall.train.publish import publish
 
     reg = ModelRegistry(tmp_path)
     vs = ovs("exact", data_dir=tmp_path)
@@ -432,8 +432,8 @@ def test_a_version_without_its_vectors_is_never_current(tmp_path):
 def test_a_version_missing_items_is_removed_not_made_current(tmp_path):
     """If the store holds fewer items than were written (another writer dropped some, a lossy
     server), the version is never made current and what was written of it is removed."""
-    from plugins import open_vector_store as ovs
-    from train.publish import IncompleteVersionError, next_version, publish
+    from mcrecall.plugins import open_vector_store as ovs
+    from mcrecall.train.publish import IncompleteVersionError, next_version, publish
 
     reg = ModelRegistry(tmp_path)
     vs = ovs("exact", data_dir=tmp_path)

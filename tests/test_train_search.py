@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from plugins import open_vector_store
-from train.synthetic import make_synthetic
-from train.testing import fill_store, small_config
-from train.trainer import train_run
-from train.versions import ModelRegistry
+from mcrecall.plugins import open_vector_store
+from mcrecall.train.synthetic import make_synthetic
+from mcrecall.train.testing import fill_store, small_config
+from mcrecall.train.trainer import train_run
+from mcrecall.train.versions import ModelRegistry
 
 BACKENDS = ["exact"]
 try:  # faiss flat as a second exact index, where it is installed

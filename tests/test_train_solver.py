@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import ConfigError, TrainConfig, load_config
-from train.als import ALS
-from train.evaluate import evaluate
-from train.sgd import BCE
-from train.split import holdout_mask, id_hashes
-from train.synthetic import make_synthetic
+from mcrecall.core.config import ConfigError, TrainConfig, load_config
+from mcrecall.train.als import ALS
+from mcrecall.train.evaluate import evaluate
+from mcrecall.train.sgd import BCE
+from mcrecall.train.split import holdout_mask, id_hashes
+from mcrecall.train.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

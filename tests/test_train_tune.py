@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from core.config import load_config  # noqa: E402
-from train.synthetic import make_synthetic  # noqa: E402
-from train.testing import fill_store, small_config  # noqa: E402
-from train.tune import SPACES, TuneError, toml_text, tune  # noqa: E402
+from mcrecall.core.config import load_config  # noqa: E402
+from mcrecall.train.synthetic import make_synthetic  # noqa: E402
+from mcrecall.train.testing import fill_store, small_config  # noqa: E402
+from mcrecall.train.tune import SPACES, TuneError, toml_text, tune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,8 +105,8 @@ def test_squared_is_tuned_on_rmse_and_trial0_is_the_configuration(store):
 
 
 def test_the_data_dir_is_not_changed(store, tmp_path):
-    from train.trainer import train_run
-    from train.versions import ModelRegistry
+    from mcrecall.train.trainer import train_run
+    from mcrecall.train.versions import ModelRegistry
 
     d = tmp_path / "data"
     fill_store(d, make_synthetic(n_users=200, n_items=100, n_triples=3000, seed=4))
@@ -144,7 +144,7 @@ def test_nothing_to_tune_on_is_one_clear_error(tmp_path):
 
 
 def test_missing_optuna_says_how_to_install(store, monkeypatch, capsys, tmp_path):
-    from train.cli import add_tune_arguments, run_tune
+    from mcrecall.train.cli import add_tune_arguments, run_tune
 
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
     args = add_tune_arguments(argparse.ArgumentParser()).parse_args(

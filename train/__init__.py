@@ -1,6 +1,6 @@
 """The trainer: learns user matrix A and item matrix B and publishes model versions.
 
-Importing ``train`` (or ``train.versions`` / ``train.foldin``) does not import torch, so serve can
+Importing ``train`` (or ``mcrecall.train.versions`` / ``mcrecall.train.foldin``) does not import torch, so serve can
 read versions and fold users in cheaply. ``train.train_once`` loads the trainer on first use.
 
 Modules: ``als`` (squared / implicit ALS), ``sgd`` (bce), ``evaluate``, ``split``, ``versions``

@@ -61,8 +61,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.config import TrainConfig
-from plugins.metric import pair_scores
+from mcrecall.core.config import TrainConfig
+from mcrecall.plugins.metric import pair_scores
 
 from .buckets import Chunk, build_chunks
 from .cg import CSRSide, cg_half_sweep
@@ -128,7 +128,7 @@ def _ridge_solve(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor) -> torch.T
 
 class ALS(FactorModel):
     """One ALS problem (fixed data, objective and hyper-parameters): the
-    :class:`train.objectives.FactorModel` of ``squared`` and ``implicit``.
+    :class:`mcrecall.train.objectives.FactorModel` of ``squared`` and ``implicit``.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@ r"""Conjugate-gradient half-sweeps for ALS: a few CG steps per row, warm-started
 
 The system
 ----------
-A half-sweep of :mod:`train.als` solves, for every row r (a user, or an item) with the other
+A half-sweep of :mod:`mcrecall.train.als` solves, for every row r (a user, or an item) with the other
 side's features f_j fixed, the ridge system
 
 .. math::

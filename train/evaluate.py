@@ -1,6 +1,6 @@
 r"""Held-out evaluation of a model next to two baselines, computed in the same run.
 
-Figures (held-out triples are the pairs that :mod:`train.split` selects):
+Figures (held-out triples are the pairs that :mod:`mcrecall.train.split` selects):
 
 * ``rmse``, ``mae``: of the predicted score, clipped to the score range [0, 4], over all held-out
   triples. For ranking objectives (``bce``, ``implicit``) the prediction is not an estimate of
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from plugins.metric import cross_scores, pair_scores
+from mcrecall.plugins.metric import cross_scores, pair_scores
 
 RELEVANT_MIN_SCORE = 2.0
 K = 10

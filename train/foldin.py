@@ -1,7 +1,7 @@
 r"""Fold a user into a published version: solve one user's vector against fixed item vectors.
 
 NumPy only (serve imports it without torch). ``fold_in`` solves exactly the user-side system of
-the version's training objective (see :mod:`train.als`), so for a user who was in the training
+the version's training objective (see :mod:`mcrecall.train.als`), so for a user who was in the training
 data, ``fold_in(their item vectors, their training scores, meta)`` returns the vector the last
 training sweep stored (up to float32 rounding; with ``[train] solver = "cg"``, up to that
 sweep's conjugate-gradient residual). Everything it needs beyond the user's own items
@@ -52,7 +52,7 @@ def foldin_section(item_vectors: np.ndarray, *, objective: str, similarity: str,
                    item_has: np.ndarray | None = None, seed: int = 0) -> dict:
     """The ``foldin`` metadata section of a version (the table in this module's docstring).
 
-    The one writer of that section: the trainer and ``serve.testing`` both call it.
+    The one writer of that section: the trainer and ``mcrecall.serve.testing`` both call it.
 
     Parameters
     ----------
@@ -207,7 +207,7 @@ def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
                  user_gram: np.ndarray | None = None) -> np.ndarray | None:
     r"""The item vector (published form, float32) for these triples under version ``meta``.
 
-    The item-side half-sweep of the version's ALS objective (:mod:`train.als`) for one item,
+    The item-side half-sweep of the version's ALS objective (:mod:`mcrecall.train.als`) for one item,
     with the version's published user vectors fixed — the mirror of :func:`fold_in`:
 
     * squared/dot:   (Σ f̃ f̃ᵀ + λ n I) x = Σ (y − μ − c_u) f̃, f̃ = [a_u, 1] from the published

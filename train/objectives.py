@@ -7,8 +7,8 @@ r"""One trainer interface: the factor models behind ``[train] objective``, resol
 >>> user_vectors, item_vectors = m.published()               # doctest: +SKIP
 
 Like the vector stores (:mod:`plugins`), a small abstract base (:class:`FactorModel`) with thin
-implementations registered under names: ``squared`` and ``implicit`` are :class:`train.als.ALS`,
-``bce`` is :class:`train.sgd.BCE`. What the trainer needs to know about an objective beyond the
+implementations registered under names: ``squared`` and ``implicit`` are :class:`mcrecall.train.als.ALS`,
+``bce`` is :class:`mcrecall.train.sgd.BCE`. What the trainer needs to know about an objective beyond the
 model (its publish-gate figure, which triples give a row a vector, whether it has a closed-form
 item step for ``refresh``) is one :class:`ObjectiveSpec` here, not a chain of ``if objective``.
 
@@ -55,11 +55,11 @@ class ObjectiveSpec:
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "squared": ObjectiveSpec("train.als:ALS", ("rmse", "lower", "max_rmse_regression"),
+    "squared": ObjectiveSpec("mcrecall.train.als:ALS", ("rmse", "lower", "max_rmse_regression"),
                              positives_only=False, step="sweep", item_step=True),
-    "implicit": ObjectiveSpec("train.als:ALS", ("recall@10", "higher", "max_recall_regression"),
+    "implicit": ObjectiveSpec("mcrecall.train.als:ALS", ("recall@10", "higher", "max_recall_regression"),
                               positives_only=True, step="sweep", item_step=True),
-    "bce": ObjectiveSpec("train.sgd:BCE", ("recall@10", "higher", "max_recall_regression"),
+    "bce": ObjectiveSpec("mcrecall.train.sgd:BCE", ("recall@10", "higher", "max_recall_regression"),
                          positives_only=True, step="epoch", item_step=False),
 }
 
@@ -109,7 +109,7 @@ class FactorModel(ABC):
     :meth:`warm_start` (random rows, or a published version's where known), :meth:`fit`
     (``epochs`` sweeps or epochs, one progress line each), :meth:`loss`, :meth:`published`
     (the vectors a version stores), :meth:`foldin_section` (what the fold-in step,
-    :func:`train.foldin.fold_in`, needs to solve one user against the published items).
+    :func:`mcrecall.train.foldin.fold_in`, needs to solve one user against the published items).
 
     Attributes
     ----------
@@ -172,11 +172,11 @@ class FactorModel(ABC):
     def foldin_section(self, item_vectors: np.ndarray, item_has: np.ndarray | None = None,
                        seed: int = 0) -> dict:
         """The version's ``foldin`` metadata for these published item vectors
-        (:func:`train.foldin.foldin_section`, the one writer)."""
+        (:func:`mcrecall.train.foldin.foldin_section`, the one writer)."""
 
     @staticmethod
     def fold_in(item_vectors: np.ndarray, scores: np.ndarray, section: dict):
         """The fold-in step: one user's published vector from their items' published vectors
-        and scores, under a ``foldin`` section (:func:`train.foldin.fold_in`; serve calls that
+        and scores, under a ``foldin`` section (:func:`mcrecall.train.foldin.fold_in`; serve calls that
         function directly, without torch)."""
         return fold_in(item_vectors, scores, section)

@@ -11,9 +11,9 @@ version is trained on all triples so far with the configured objective (the trai
 * ``periodic retrain only``: the version's stored vectors; users it does not know get its most
   popular items (what serve does without fold-in).
 * ``+ user fold-in``: users whose triples changed since the version are folded in
-  (:func:`train.foldin.fold_in`) against the version's item vectors — serve's default.
+  (:func:`mcrecall.train.foldin.fold_in`) against the version's item vectors — serve's default.
 * ``+ item refresh``: also, every ``refresh_every`` events, items whose triples changed get
-  :func:`train.foldin.fold_in_item` vectors against the version's users (``mcrecall refresh``),
+  :func:`mcrecall.train.foldin.fold_in_item` vectors against the version's users (``mcrecall refresh``),
   so new items become recallable before the next version; fold-in then sees them too.
 * ``most popular``: the items with the most positive pairs so far (updated every event).
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.events import ACTION_BITS, POSITIVE_BITS, BadEvent, parse_event, score_of
-from train.foldin import fold_in, fold_in_item
+from mcrecall.ingest.events import ACTION_BITS, POSITIVE_BITS, BadEvent, parse_event, score_of
+from mcrecall.train.foldin import fold_in, fold_in_item
 
 STRATEGIES = ("periodic retrain only", "+ user fold-in", "+ item refresh", "most popular")
 
@@ -118,8 +118,8 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
     """
     import torch
 
-    from train.objectives import objective_spec, rows_with_data
-    from train.trainer import fit_model
+    from mcrecall.train.objectives import objective_spec, rows_with_data
+    from mcrecall.train.trainer import fit_model
 
     if not objective_spec(tc.objective).item_step:
         raise ValueError(f"prequential evaluation needs an ALS objective (squared or implicit), "

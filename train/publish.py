@@ -1,7 +1,7 @@
 """Publication of a model version (DESIGN §4): write N completely, then ONE atomic step.
 
 One publisher at a time: every function here runs under the publisher lock
-(:func:`train.lock.publisher_lock`, re-entrant; ``mcrecall train`` holds it for its whole run),
+(:func:`mcrecall.train.lock.publisher_lock`, re-entrant; ``mcrecall train`` holds it for its whole run),
 so version numbers are allocated without races and the cleanup below can tell a killed
 publisher's leftovers from a live publisher's version in flight — a live one holds the lock.
 
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from plugins.base import CRASH_ENV, crash_point  # noqa: F401  (CRASH_ENV re-exported for tests)
+from mcrecall.plugins.base import CRASH_ENV, crash_point  # noqa: F401  (CRASH_ENV re-exported for tests)
 
 from .lock import publisher_lock
 from .versions import ModelRegistry

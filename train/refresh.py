@@ -1,7 +1,7 @@
 r"""Item refresh: give new and changed items vectors in the CURRENT version, without retraining.
 
 ``mcrecall refresh`` (once) and ``mcrecall refresh --every 2s`` (loop). One cycle, under the
-publisher lock (:mod:`train.lock`), so it lands entirely in version N before a publication of
+publisher lock (:mod:`mcrecall.train.lock`), so it lands entirely in version N before a publication of
 N+1 flips the pointer, or runs after it against N+1:
 
 1. N = the current version; S = the store seq N's items are up to date with (N's
@@ -12,7 +12,7 @@ N+1 flips the pointer, or runs after it against N+1:
    vectors (users.lmdb, version N). Users without a vector in N are left out: a fold-in vector
    would be computed against N's items and is not what N's training saw; they count once N+1 is
    trained. An item left with nothing to learn from keeps its old vector (or stays unknown).
-4. :func:`train.foldin.fold_in_item`: the objective's own closed-form item step with N's λ
+4. :func:`mcrecall.train.foldin.fold_in_item`: the objective's own closed-form item step with N's λ
    (squared/implicit, dot/cosine). ``bce`` has no closed form: such versions are not refreshed.
 5. ``VectorStore.replace_items(N, ...)`` — one atomic step per cycle for readers. For ``dot``
    through L2/COSINE the reduction needs ‖b‖ ≤ M (N's ``max_norm``, published with headroom):
@@ -33,10 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from train.foldin import fold_in_item
-from train.objectives import OBJECTIVES
-from train.lock import PublisherBusyError, publisher_lock
-from train.versions import ModelRegistry
+from mcrecall.train.foldin import fold_in_item
+from mcrecall.train.objectives import OBJECTIVES
+from mcrecall.train.lock import PublisherBusyError, publisher_lock
+from mcrecall.train.versions import ModelRegistry
 
 CRASH_ENV = "MCR_REFRESH_CRASH_AT"
 CRASH_POINTS = ("locked", "solved", "items", "recorded")
@@ -92,7 +92,7 @@ class Refresher:
     @property
     def vs(self):
         if self._vs is None:
-            from plugins import vector_store_from_config
+            from mcrecall.plugins import vector_store_from_config
 
             self._vs = vector_store_from_config(self.cfg)
         return self._vs
@@ -100,7 +100,7 @@ class Refresher:
     @property
     def store(self):
         if self._ts is None:
-            from ingest.store import TripleStore
+            from mcrecall.ingest.store import TripleStore
 
             self._ts = TripleStore(self.cfg.data_dir, readonly=True,
                                    map_size_gb=self.cfg.store.map_size_gb)
@@ -242,7 +242,7 @@ def describe(res: RefreshResult) -> str:
 # ---------------------------------------------------------------------- command line
 def add_refresh_arguments(parser):
     """Options of ``mcrecall refresh``."""
-    from train.cli import parse_duration
+    from mcrecall.train.cli import parse_duration
 
     parser.add_argument("--every", metavar="DURATION", type=parse_duration, default=None,
                         help="repeat on this period (e.g. 2s, 1m); a cycle without changed items "

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from core.config import TrainConfig
-from plugins.metric import pair_scores
+from mcrecall.core.config import TrainConfig
+from mcrecall.plugins.metric import pair_scores
 
 from .foldin import foldin_section
 from .objectives import FactorModel
@@ -54,7 +54,7 @@ _TC = TrainConfig()  # the constructor's defaults are the configuration's
 
 class BCE(FactorModel):
     """SGD trainer for the bce objective (see module docstring): the
-    :class:`train.objectives.FactorModel` of ``bce``."""
+    :class:`mcrecall.train.objectives.FactorModel` of ``bce``."""
 
     objective = "bce"
 

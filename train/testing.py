@@ -9,7 +9,7 @@ from .synthetic import Synthetic
 
 def fill_store(data_dir, data: Synthetic, mask: np.ndarray | None = None, batch: int = 200_000):
     """Write (a subset of) synthetic triples into ``<data_dir>/triples.lmdb``; returns store seq."""
-    from ingest.store import TripleStore
+    from mcrecall.ingest.store import TripleStore
 
     idx = np.arange(len(data)) if mask is None else np.nonzero(mask)[0]
     store = TripleStore(data_dir)
@@ -27,7 +27,7 @@ def fill_store(data_dir, data: Synthetic, mask: np.ndarray | None = None, batch:
 def small_config(data_dir, backend: str = "exact", metric: str = "IP", index_type: str = "FLAT",
                  **train):
     """A config on ``data_dir`` with the given [train] overrides (environment ignored)."""
-    from core.config import load_config
+    from mcrecall.core.config import load_config
 
     return load_config(environ={}).with_overrides(
         store={"data_dir": str(data_dir)},

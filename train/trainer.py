@@ -1,7 +1,7 @@
 """One training run: snapshot -> split -> fit (warm) -> evaluate -> gate -> refit -> publish.
 
 ``train_once(cfg)`` is the Python entry point behind ``mcrecall train``. Each step is one
-function below; the model behind ``[train] objective`` comes from :mod:`train.objectives`
+function below; the model behind ``[train] objective`` comes from :mod:`mcrecall.train.objectives`
 (one :class:`~train.objectives.FactorModel` interface, models registered by objective name).
 """
 
@@ -238,7 +238,7 @@ class _Run:
 def take_snapshot(cfg, cur, cur_meta, *, skip_unchanged: bool, log):
     """Step 1: a consistent snapshot of the triple store, or the TrainResult that ends the run
     (``unchanged`` under ``skip_unchanged``, ``empty``)."""
-    from ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
+    from mcrecall.ingest.store import TripleStore  # lazy: keep `import train.trainer` cheap to test
 
     store = TripleStore(cfg.data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
     try:
@@ -344,7 +344,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
 
     The steps: :func:`take_snapshot`, :func:`split_snapshot`, :func:`fit_step`,
     :func:`evaluate_step`, :func:`gate_refusal`, :func:`refit_all` (what is served),
-    :func:`version_metadata` and :func:`train.publish.publish`.
+    :func:`version_metadata` and :func:`mcrecall.train.publish.publish`.
 
     Parameters
     ----------
@@ -360,7 +360,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
     TrainResult: ``published`` (with the version), ``refused`` (:func:`gate_refusal`),
     ``unchanged`` (skip_unchanged and no new triples) or ``empty`` (no triples).
     """
-    from plugins import vector_store_from_config
+    from mcrecall.plugins import vector_store_from_config
 
     tc = cfg.train
     if tc.threads > 0:

@@ -2,7 +2,7 @@
 
 Each trial trains the objective on the training split of a store snapshot and scores it on the
 fixed hash hold-out (train/split.py) with the figure the publish gate uses for that objective
-(``train.objectives.OBJECTIVES`` gate: RMSE for ``squared``, Recall@10 for ``implicit`` and ``bce``).
+(``mcrecall.train.objectives.OBJECTIVES`` gate: RMSE for ``squared``, Recall@10 for ``implicit`` and ``bce``).
 The search is Optuna's TPE sampler, seeded; trial 0 is the configuration as given, so the best
 is never worse than it on the hold-out. Nothing is published: the store is opened read-only and
 no other file of the data directory is touched.
@@ -83,7 +83,7 @@ def suggest(trial, objective: str, base) -> dict:
 
 
 def _read_snapshot(cfg):
-    from ingest.store import TripleStore
+    from mcrecall.ingest.store import TripleStore
 
     path = cfg.data_dir / "triples.lmdb"
     if not (path / "data.mdb").exists():

@@ -41,8 +41,8 @@ from typing import Iterable
 import lmdb
 import numpy as np
 
-from core import lmdbenv
-from core.datadir import lmdb_env_writable
+from mcrecall.core import lmdbenv
+from mcrecall.core.datadir import lmdb_env_writable
 
 CURRENT = b"current"
 META = b"meta/"

@@ -1,6 +1,6 @@
 """Warm start: a new model's factor table begins from a published version's rows.
 
-The one rule both trainers (:mod:`train.als`, :mod:`train.sgd`) follow: a row given in the
+The one rule both trainers (:mod:`mcrecall.train.als`, :mod:`mcrecall.train.sgd`) follow: a row given in the
 warm-start table replaces the random initial row; a row with any NaN (the user or item has no
 vector in that version) keeps its random start.
 """
