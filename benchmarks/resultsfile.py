@@ -4,7 +4,7 @@ A results file is a title, a generated summary and one section per run (``## ...
 by the run that measured it. Summaries are computed from the tables of the run sections, never
 typed, so they cannot disagree with them; re-render a file from its runs (no measuring) with
 ``python benchmarks/bench_<part>.py --render``. The blocks between ``<!-- bench:NAME -->`` and
-``<!-- /bench:NAME -->`` are copied into README.md by ``benchmarks/update_readme.py``.
+``<!-- /bench:NAME -->`` are copied into the docs (README.md, docs/*.md) by ``benchmarks/update_docs.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _MARK = re.compile(r"<!-- bench:([A-Za-z0-9_.-]+) -->(.*?)<!-- /bench:\1 -->", r
 
 
 def marked(name: str, body: str) -> str:
-    """``body`` between the markers that update_readme.py copies."""
+    """``body`` between the markers that update_docs.py copies."""
     return f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
 
 

@@ -339,7 +339,22 @@ class KafkaPythonConsumer(EventConsumer):
         self._c.close(autocommit=False)
 
 
-class KafkaPythonProducer:
+class DeadLetterProducer:
+    """What the worker needs of the dead-letter producer: acks=all sends with headers whose
+    outcome is known within the producer's ``timeout_s``, then flush and close."""
+
+    def send(self, topic, *, key=None, value=b"", headers=()):
+        """Queue one record; returns a future-like object whose outcome the caller checks."""
+        raise NotImplementedError
+
+    def flush(self, timeout=30.0):
+        raise NotImplementedError
+
+    def close(self, timeout=5.0):
+        raise NotImplementedError
+
+
+class KafkaPythonProducer(DeadLetterProducer):
     """kafka-python's KafkaProducer as the dead-letter producer (``send`` returns its future)."""
 
     def __init__(self, cfg, *, max_request_bytes, timeout_s=30.0):
@@ -587,7 +602,7 @@ class _Delivery:
         return True
 
 
-class ConfluentProducer:
+class ConfluentProducer(DeadLetterProducer):
     """confluent-kafka's Producer as the dead-letter producer (acks=all, headers)."""
 
     def __init__(self, cfg, *, max_request_bytes, timeout_s=30.0):
