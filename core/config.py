@@ -151,9 +151,10 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.store.data_dir)
 
-    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
-        """Return a copy with ``section={key: value}`` overrides applied (validated)."""
-        return _validate(_apply(self, {k: dict(v) for k, v in sections.items()}, origin="override"))
+    def with_overrides(self, *, origin: str = "override", **sections: Mapping[str, Any]) -> "Config":
+        """Return a copy with ``section={key: value}`` overrides applied (validated); ``origin``
+        names their source in error messages (``(from <origin>)``)."""
+        return _validate(_apply(self, {k: dict(v) for k, v in sections.items()}, origin=origin))
 
 
 _SECTION_TYPES = {
