@@ -122,8 +122,8 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
     """
     import torch
 
-    from mcrecall.train.objectives import objective_spec, rows_with_data
     from mcrecall.train.fit import fit_model
+    from mcrecall.train.objectives import objective_spec, rows_with_data
 
     if not objective_spec(tc.objective).item_step:
         raise ValueError(f"prequential evaluation needs an ALS objective (squared or implicit), "
