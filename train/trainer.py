@@ -64,7 +64,8 @@ def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
 
 def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: str,
                        log=_log_default) -> dict | None:
-    """Held-out figures of the seed's ``squared`` objective (dot) on the same split.
+    """Held-out figures of the squared-error baseline on the same split: the ``squared``
+    objective (dot), the original matrix-completion objective (docs/design.md §9).
 
     Reported beside a ranking objective's figures in every evaluation table, so that the
     default's advantage (or its absence) is measured on the deployment's own data each run.
@@ -85,7 +86,7 @@ def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: st
                   item_has=rows_with_data(ti, ty, len(snap.item_ids), "squared"))
     fig = ev["model"]
     fig.update(sweeps=n, seconds=time.perf_counter() - t0)
-    log(f"  seed comparison: squared objective, {n} sweeps on the same split, "
+    log(f"  squared-error baseline: squared objective, {n} sweeps on the same split, "
         f"{fig['seconds']:.2f} s")
     return fig
 
@@ -239,7 +240,8 @@ def fit_step(run: _Run, registry, vs, cur, cur_meta):
 
 
 def evaluate_step(run: _Run, model) -> dict:
-    """Step 4: held-out figures of ``model`` beside the baselines and the seed's objective."""
+    """Step 4: held-out figures of ``model`` beside the baselines (most popular, global mean,
+    the squared-error baseline)."""
     s, tr, te = run.snap, run.train, run.test
     user_has, item_has = run.rows_with_data()
     user_pub, item_pub = model.published()
@@ -249,10 +251,10 @@ def evaluate_step(run: _Run, model) -> dict:
                   max_users=run.tc.eval_users, device=run.device, user_has=user_has,
                   item_has=item_has)
     ev["seconds"] = time.perf_counter() - t0
-    seed_fig = squared_comparison(s, run.tc, tr, te, user_hash=run.user_hash, device=run.device,
+    baseline = squared_comparison(s, run.tc, tr, te, user_hash=run.user_hash, device=run.device,
                                   log=run.log)
-    if seed_fig is not None:
-        ev["squared"] = seed_fig
+    if baseline is not None:
+        ev["squared"] = baseline
     ev["split"] = split_metadata(run.tc.holdout_fraction)
     return ev
 
