@@ -174,6 +174,16 @@ def test_settings_are_the_train_keys():
     assert MatrixFactorization().config.dim == 32  # the [train] default
 
 
+def test_from_config_takes_a_files_train_table(tmp_path):
+    f = tmp_path / "mcrecall.toml"
+    f.write_text('[train]\nobjective = "squared"\ndim = 4\nreg = 0.5\n')
+    m = MatrixFactorization.from_config(f, epochs=3)
+    assert (m.config.objective, m.config.dim, m.config.reg, m.config.epochs) == ("squared", 4, 0.5, 3)
+    assert MatrixFactorization.from_config(f, objective="bce").config.objective == "bce"
+    with pytest.raises(ConfigError, match="dimm"):
+        MatrixFactorization.from_config(f, dimm=3)
+
+
 def test_bad_data_is_a_one_line_error(fitted, tmp_path):
     m = MatrixFactorization(**FAST)
     with pytest.raises(NotFittedError, match="call fit"):
