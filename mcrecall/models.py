@@ -41,7 +41,7 @@ from mcrecall.plugins.metric import cross_scores, pair_scores, popular_fallback,
 FORMAT = "mcrecall.models.MatrixFactorization"
 FORMAT_VERSION = 1
 MAX_SCORE = 4.0  # scores are 0..4 (DESIGN §2)
-_BATCH = 1024  # users scored per matrix product in recommend (bounds memory at 1024 x n_items)
+_BATCH_CELLS = 1 << 24  # scores per matrix product in recommend/similar_items (128 MiB of float64)
 _ORIGIN = "MatrixFactorization(...)"
 
 
@@ -122,6 +122,12 @@ def _decode_ids(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
     data = blob.tobytes()
     return [data[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(),
                                                        strict=True)]
+
+
+def _batch_rows(n_items: int) -> int:
+    """Queries per matrix product: memory stays near :data:`_BATCH_CELLS` scores whatever the
+    catalogue's size."""
+    return max(1, min(1024, _BATCH_CELLS // max(n_items, 1)))
 
 
 def _is_one_id(x) -> bool:
@@ -288,7 +294,7 @@ class MatrixFactorization:
         top = pop.max() if len(pop) else 0.0
         # the client's popular source: most popular first, popularity as a share of the top item's
         cand = np.flatnonzero(item_has)
-        pop_order = cand[np.argsort(-pop[cand], kind="stable")]
+        pop_order = cand[np.argsort(-pop[cand], kind="stable")].tolist()
         return {
             "user_ids": user_ids, "item_ids": item_ids, "U": U, "V": V,
             "user_has": user_has, "item_has": item_has, "tu": tu, "ti": ti, "ty": ty, "pop": pop,
@@ -378,8 +384,9 @@ class MatrixFactorization:
         has = [n for n, u in enumerate(rows) if u >= 0 and s["user_has"][u]]
         V, iids, sim, scale = s["V"], s["item_ids"], self._tc.similarity, s["meta"]["scale"]
         no_vector = ~s["item_has"]
-        for start in range(0, len(has), _BATCH):
-            batch = has[start:start + _BATCH]
+        step = _batch_rows(len(V))
+        for start in range(0, len(has), step):
+            batch = has[start:start + step]
             us = np.array([rows[n] for n in batch], dtype=np.int64)
             excluded = np.broadcast_to(no_vector, (len(us), len(no_vector))).copy()
             if filter_seen:
@@ -392,7 +399,7 @@ class MatrixFactorization:
             if out[n] is None:
                 seen = set(self._seen(s, u).tolist()) if (filter_seen and u >= 0) else ()
                 out[n] = [(iids[c], float(s["pop_share"][c]))
-                          for c in popular_fallback(s["pop_order"].tolist(), k, seen)]
+                          for c in popular_fallback(s["pop_order"], k, seen)]
         return out[0] if one else out
 
     def score(self, user_ids, item_ids) -> np.ndarray | float:
@@ -435,8 +442,9 @@ class MatrixFactorization:
         out: list = [[] for _ in ids]
         has = [n for n, i in enumerate(rows) if i >= 0 and s["item_has"][i]]
         V, iids = s["V"].astype(np.float64), s["item_ids"]
-        for start in range(0, len(has), _BATCH):
-            batch = has[start:start + _BATCH]
+        step = _batch_rows(len(V))
+        for start in range(0, len(has), step):
+            batch = has[start:start + step]
             its = np.array([rows[n] for n in batch], dtype=np.int64)
             excluded = np.broadcast_to(~s["item_has"], (len(its), len(V))).copy()
             excluded[np.arange(len(its)), its] = True

@@ -128,6 +128,18 @@ def test_hostile_ids_round_trip_through_save_and_load(tmp_path):
     assert np.isfinite(back.score("nul\x00", "trail\x00\x00")) and np.isnan(back.score("nul", "trail"))
 
 
+def test_batches_of_queries_give_the_same_answers(fitted, data, monkeypatch):
+    import mcrecall.models as models
+
+    users, items = data.user_ids[:40] + ["nobody"], data.item_ids[:30]
+    want = fitted.recommend(users, k=7), fitted.similar_items(items, k=4)
+    monkeypatch.setattr(models, "_BATCH_CELLS", 3 * len(fitted.item_ids))  # 3 queries a product
+    got = fitted.recommend(users, k=7), fitted.similar_items(items, k=4)
+    for w, g in zip(want, got, strict=True):  # the same items; scores to BLAS summation order
+        assert [[i for i, _ in r] for r in g] == [[i for i, _ in r] for r in w]
+        np.testing.assert_allclose([s for r in g for _, s in r], [s for r in w for _, s in r], rtol=1e-12)
+
+
 def test_k_larger_than_the_catalogue(fitted, data):
     n = len(fitted.item_ids)
     u = data.user_ids[0]

@@ -29,7 +29,6 @@ from .report import format_table  # noqa: E402
 from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
 from .versions import ModelRegistry  # noqa: E402
 
-
 # objective -> (figure, direction, tolerance key): "lower" = smaller is better
 GATE_METRIC = {name: spec.gate for name, spec in OBJECTIVES.items()}
 
