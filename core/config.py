@@ -70,7 +70,8 @@ class TrainConfig:
     dim: int = 32
     epochs: int = 10
     similarity: str = "dot"  # dot | cosine
-    # implicit (weighted ALS; the best-ranking, default) | squared (the seed's ALS) | bce (SGD)
+    # implicit (weighted ALS; the best-ranking, default) | squared (ALS on the observed scores: the
+    # original matrix-completion objective, docs/design.md §9) | bce (SGD)
     objective: str = "implicit"
     reg: float = 0.1
     seed: int = 0
@@ -90,8 +91,8 @@ class TrainConfig:
     # after evaluation, sweeps (bce: epochs) over ALL triples warm-started from the evaluated
     # model, so every user/item with triples is served; 0 = serve the evaluated model as it is
     refit_sweeps: int = 2
-    # a ranking objective's evaluation also fits the seed's squared objective (dot) on the same
-    # split for this many sweeps and reports it beside the model; 0 = not measured
+    # a ranking objective's evaluation also fits the squared-error baseline (objective squared,
+    # dot) on the same split for this many sweeps and reports it beside the model; 0 = not measured
     compare_squared_sweeps: int = 5
     # ALS row solver: cg (a few conjugate-gradient steps per row, warm-started; the default,
     # several times faster a sweep) | cholesky (exact; cosine rows are always exact)
@@ -151,9 +152,10 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.store.data_dir)
 
-    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
-        """Return a copy with ``section={key: value}`` overrides applied (validated)."""
-        return _validate(_apply(self, {k: dict(v) for k, v in sections.items()}, origin="override"))
+    def with_overrides(self, *, origin: str = "override", **sections: Mapping[str, Any]) -> "Config":
+        """Return a copy with ``section={key: value}`` overrides applied (validated); ``origin``
+        names their source in error messages (``(from <origin>)``)."""
+        return _validate(_apply(self, {k: dict(v) for k, v in sections.items()}, origin=origin))
 
 
 _SECTION_TYPES = {

@@ -34,7 +34,8 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objective", default="implicit", choices=["implicit", "squared", "bce"],
                    help="objective of the published versions (default implicit: recall is a ranking "
-                        "task); the seed's squared objective is always trained alongside for comparison")
+                        "task); the squared-error baseline (the original matrix-completion objective) is "
+                        "always trained alongside for comparison")
 
 
 class Report:
@@ -175,8 +176,9 @@ def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
     metas = [reg.metadata(v) for v in (v1, v2) if v is not None and v in reg.versions()]
     rep.say(_versions_table(metas + [m for ms in comparisons.values() for m in ms]))
     rep.say("    (RMSE is meaningless for the ranking objectives, which predict a preference, not a score;\n"
-            "     the seed's squared objective fits scores yet ranks below 'most popular' - the seed's own\n"
-            "     critique - while the implicit objective, negatives from all items, ranks far above it)")
+            "     the squared-error baseline (squared error on observed scores only) fits scores yet\n"
+            "     ranks below 'most popular', having never seen what users do not choose - while the\n"
+            "     implicit objective, negatives from all items, ranks far above it; docs/design.md §9)")
     rep.step(f"dead-letter topic {topic}.dlq:")
     for reason, n in _dlq_reasons(broker.bootstrap_servers, f"{topic}.dlq", len(bad), security=security).most_common():
         rep.say(f"    {n} x {reason}")
@@ -364,7 +366,7 @@ def _store_copy(store, out: Path, version: int) -> Path:
 
 def _fits_comparison(cfg) -> bool:
     """Whether :func:`_compare_objectives` trains a model of its own (needs a store copy): the
-    trainer measures the seed's squared objective itself unless it is the objective or disabled."""
+    trainer measures the squared-error baseline itself unless it is the objective or disabled."""
     squared_measured = cfg.train.objective != "squared" and cfg.train.compare_squared_sweeps > 0
     return cfg.train.objective != "implicit" or not squared_measured
 
@@ -382,9 +384,9 @@ def _compare_objectives(cfg, source: Path | None, rep, version) -> dict[str, lis
             continue
         seed_row = (published.get("evaluation") or {}).get("squared")
         if objective == "squared" and seed_row:
-            # the trainer already fitted the seed's objective on the same split: don't fit it twice
+            # the trainer already fitted the squared-error baseline on the same split: don't fit it twice
             metas.setdefault(objective, []).append(_seed_comparison(published, seed_row, version))
-            rep.step(f"  for comparison, the seed's squared objective on the same split: "
+            rep.step(f"  for comparison, the squared-error baseline on the same split: "
                      f"RMSE {seed_row['rmse']:.4f}, Recall@10 {seed_row['recall@10']:.4f}")
             continue
         if source is None:

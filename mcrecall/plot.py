@@ -19,7 +19,7 @@ from typing import Sequence
 
 # the objective's name in titles: what it minimises and how (docs/notation.md)
 OBJECTIVE_NAMES = {
-    "squared": "squared loss on observed scores (the seed's objective, ALS)",
+    "squared": "squared loss on observed scores (the original matrix-completion objective, ALS)",
     "implicit": "confidence-weighted squared loss over all cells (weighted ALS)",
     "bce": "binary cross-entropy, sampled negatives (sparse Adagrad)",
 }
@@ -147,12 +147,12 @@ def report_panels(metas: Sequence[dict], comparisons: dict[str, Sequence[dict]] 
                          {"linestyle": "--", "marker": "s"})]
         for objective, cms in sorted(comparisons.items()):
             by_version = {c.get("compared_with"): c for c in cms}
-            who = "the seed's squared objective" if objective == "squared" else f"{objective} objective"
+            who = "the squared-error baseline" if objective == "squared" else f"{objective} objective"
             series.append(Series(f"{who}, same triples (not served)", versions,
                                  [_metric(by_version[v], "model", metric) if v in by_version
                                   else None for v in versions],
                                  {"linestyle": ":", "marker": "^"}))
-        against = ", ".join("the seed's squared objective" if c == "squared" else f"the {c} objective"
+        against = ", ".join("the squared-error baseline" if c == "squared" else f"the {c} objective"
                             for c in sorted(comparisons))
         panels.append(Panel(f"held-out {label} per version\n{'/'.join(objectives)} objective vs "
                             "most popular" + (f"\nand {against}" if against else ""),

@@ -32,24 +32,17 @@ from __future__ import annotations
 import abc
 import json
 import logging
-import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mcrecall.plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
-
 from mcrecall.core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
 from mcrecall.core.ids import check_k as _check_k  # noqa: E402  (the one k rule)
+from mcrecall.plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 
 log = logging.getLogger("mcrecall.plugins")
-
-#: ``MCR_TRAIN_CRASH_AT=<step>`` kills the process with SIGKILL at that step (crash tests only;
-#: no ``MCRECALL_`` prefix because the config loader owns those).
-CRASH_ENV = "MCR_TRAIN_CRASH_AT"
 
 DEFAULT_PARAMS = {
     "hnsw_m": 16,
@@ -60,12 +53,6 @@ DEFAULT_PARAMS = {
     "flat_max_items": 10_000,
     "timeout_s": 10.0,
 }
-
-
-def crash_point(name: str) -> None:
-    """SIGKILL this process if the crash-test hook names this step (no cleanup runs)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class VersionNotFoundError(LookupError):

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcrecall.plugins.base import VectorStore, VersionNotFoundError, VersionSpec, crash_point
+from mcrecall.core.crashpoints import crash_point
+from mcrecall.plugins.base import VectorStore, VersionNotFoundError, VersionSpec
 from mcrecall.plugins.metric import exact_top_k
 
 _VERSION_DIR = re.compile(r"v(\d+)")

@@ -348,3 +348,69 @@ def exact_top_k(metric: str, queries: np.ndarray, stored: np.ndarray, k: int):
                - 2.0 * (q @ x.T))
         labels, kind = top_k(raw, k, largest=False), "sqeuclidean"
     return labels.astype(np.int64), np.take_along_axis(raw, labels, axis=1), kind
+
+
+# -- recall from scores and from popularity (the one top-k rule: serve, models, prequential) ---
+def ranked(scores, k: int, excluded=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k of every row of a score matrix, best first, leaving out excluded columns.
+
+    The in-process form of a vector store's ``search_batch`` (what the ``exact`` backend
+    answers): each row gets exactly ``min(k, columns not excluded)`` columns.
+
+    Parameters
+    ----------
+    scores : array_like, shape (q, n) or (n,)
+        Model scores (higher is better), e.g. from :func:`cross_scores`.
+    k : int
+        How many columns per row (>= 1).
+    excluded : array_like of bool, shape (q, n) or (n,), optional
+        True where a column may not be returned for that row (seen items, items without a
+        vector).
+
+    Returns
+    -------
+    list of (columns, values), one per row: int64 column numbers and their scores.
+    """
+    s = np.array(scores, dtype=np.float64, ndmin=2)
+    if excluded is not None:
+        s[np.broadcast_to(np.asarray(excluded, dtype=bool).reshape((-1, s.shape[1])), s.shape)] = -np.inf
+    labels = top_k(s, k, largest=True)
+    out = []
+    for row, lab in zip(s, labels, strict=True):
+        v = row[lab]
+        keep = v > -np.inf
+        out.append((lab[keep].astype(np.int64), v[keep]))
+    return out
+
+
+def usable_vector(x):
+    """``x`` if it can rank items (not None, finite, not all zero), else None: a user without
+    one is served the popular items (DESIGN §8)."""
+    if x is None or not np.all(np.isfinite(x)) or not np.any(x):
+        return None
+    return x
+
+
+def popular_fallback(popular, k: int, seen=(), key=None) -> list:
+    """The first ``k`` entries of ``popular`` (best first) that are not in ``seen``: what a user
+    without a vector is recalled (DESIGN §8's ``popular`` source).
+
+    Parameters
+    ----------
+    popular : iterable
+        Items (ids, indices, or (id, score) pairs), most popular first.
+    k : int
+    seen : container
+        Items to leave out (``key(entry)`` is looked up in it).
+    key : callable, optional
+        What of an entry ``seen`` holds (default: the entry itself).
+    """
+    out = []
+    if k <= 0:
+        return out
+    for entry in popular:
+        if (entry if key is None else key(entry)) not in seen:
+            out.append(entry)
+            if len(out) == k:
+                break
+    return out

@@ -24,6 +24,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from mcrecall.core.config import Config, load_config
 from mcrecall.plugins import VersionNotFoundError, vector_store_from_config
-from mcrecall.plugins.metric import pair_scores
+from mcrecall.plugins.metric import pair_scores, popular_fallback, usable_vector
 from mcrecall.serve.cache import LRUCache
 from mcrecall.serve.types import (
     SOURCE_FOLD_IN,
@@ -51,6 +52,7 @@ from mcrecall.train.versions import ModelRegistry
 log = logging.getLogger("mcrecall.serve")
 
 T = TypeVar("T")
+_first = itemgetter(0)  # an (item id, score) pair's id
 _VERSION_RETRIES = 4  # each retry needs another publication inside one recall
 _KEEP_VERSION_STATES = 4
 
@@ -410,10 +412,8 @@ class RecallClient:
         known = ~np.isnan(V).any(axis=1)  # items newer than the version carry no vector
         if not known.any():
             return None
-        x = fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta)
-        if x is None or not np.all(np.isfinite(x)) or not np.any(x):
-            return None
-        return np.asarray(x, dtype=np.float32)
+        x = usable_vector(fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta))
+        return None if x is None else np.asarray(x, dtype=np.float32)
 
     def _item_vectors(self, number: int, ids: list[str]) -> np.ndarray:
         """(len(ids), dim) model-space vectors of version ``number``; NaN rows for unknown ids."""
@@ -435,7 +435,8 @@ class RecallClient:
         vec, source, seen_list = self._user_vector(st, uid, exclude_seen)
         seen = frozenset(seen_list) if exclude_seen and seen_list else frozenset()
         if vec is None:
-            items = [Recalled(i, s, SOURCE_POPULAR) for i, s in st.popular if i not in seen][:k]
+            items = [Recalled(i, s, SOURCE_POPULAR)
+                     for i, s in popular_fallback(st.popular, k, seen, key=_first)]
             return RecallResult(st.number, items, SOURCE_POPULAR)
         hits = self._search(st, vec, k, seen)
         scale, new = st.scale, tuple.__new__  # tuple.__new__: a third of Recalled()'s cost

@@ -7,6 +7,8 @@ The folders read in data-flow order with the ground below and the shell on top::
     plugins   -> core                      (vector stores know nothing of training)
     train     -> core, ingest, plugins     (reads triples, publishes into a vector store)
     serve     -> core, ingest, train, plugins
+    models    -> core, train, plugins      (mcrecall/models.py, the model as a library: no
+                                            ingest, so no Kafka or LMDB; no serve)
     mcrecall  the application shell (CLI, demo, status, plots): may import anything;
               nothing else may import it
     tests/, benchmarks/: free
@@ -31,8 +33,11 @@ ALLOWED: dict[str, set[str]] = {
     "plugins": {"core"},
     "train": {"core", "ingest", "plugins"},
     "serve": {"core", "ingest", "train", "plugins"},
-    "mcrecall": {"core", "ingest", "train", "plugins", "serve"},
+    "models": {"core", "train", "plugins"},
+    "mcrecall": {"core", "ingest", "train", "plugins", "serve", "models"},
 }
+# Parts that live inside the shell's folder, not a folder of their own: their modules.
+IN_SHELL = {"models": "mcrecall/models.py"}
 
 
 def imported_modules(tree: ast.AST, module: str, is_package: bool):
@@ -65,11 +70,19 @@ def part_of(name: str) -> str | None:
     return "mcrecall"
 
 
+def files_of(part: str, root: Path = ROOT) -> list[Path]:
+    """The source files of ``part``: its folder, or (:data:`IN_SHELL`) its module in the shell's."""
+    if part in IN_SHELL:
+        return [p for p in [root / IN_SHELL[part]] if p.is_file()]
+    skip = {root / f for f in IN_SHELL.values()} if part == "mcrecall" else set()
+    return [p for p in sorted((root / part).rglob("*.py")) if p not in skip]
+
+
 def forbidden_edges(root: Path = ROOT) -> list[str]:
     """All imports from one of our packages into a package it may not import."""
     found = []
     for part, allowed in ALLOWED.items():
-        for path in sorted((root / part).rglob("*.py")):
+        for path in files_of(part, root):
             rel = path.relative_to(root)
             is_package = path.name == "__init__.py"
             parts = rel.with_suffix("").parts[:-1] if is_package else rel.with_suffix("").parts
@@ -87,7 +100,23 @@ def forbidden_edges(root: Path = ROOT) -> list[str]:
 
 def test_every_part_exists():
     for part in ALLOWED:
-        assert (ROOT / part / "__init__.py").is_file(), f"{part}/ is not a package"
+        if part in IN_SHELL:
+            assert (ROOT / IN_SHELL[part]).is_file(), IN_SHELL[part]
+        else:
+            assert (ROOT / part / "__init__.py").is_file(), f"{part}/ is not a package"
+
+
+def test_the_library_model_is_its_own_layer(tmp_path):
+    """mcrecall.models may not import ingest or serve; train may not import models."""
+    assert part_of("mcrecall.models") == "models"
+    for part, src in [("models", "from mcrecall.serve import recall\n"),
+                      ("models", "import mcrecall.ingest.store\n"),
+                      ("train", "from mcrecall.models import MatrixFactorization\n")]:
+        root = tmp_path / part
+        target = root / (IN_SHELL.get(part) or f"{part}/x.py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(src)
+        assert forbidden_edges(root), (part, src)
 
 
 def test_no_forbidden_import_edges():
@@ -113,5 +142,6 @@ def test_the_checker_sees_every_kind_of_import(source, module, expected):
 def test_part_of_reads_the_namespace():
     assert part_of("mcrecall.train.als") == "train"
     assert part_of("mcrecall.cli") == "mcrecall" and part_of("mcrecall.demo") == "mcrecall"
+    assert part_of("mcrecall.models") == "models"
     assert part_of("mcrecall") is None
     assert part_of("train.als") is None  # a user's own top-level `train` is not ours

@@ -306,8 +306,8 @@ def test_recall_gate_refuses_a_worse_ranking_model_unless_forced(tmp_path, data,
     reg.close()
 
 
-def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, data):
-    """The default is the best-ranking objective; the seed's squared objective, fitted on the
+def test_default_objective_ranks_and_the_squared_baseline_is_reported_beside_it(tmp_path, data):
+    """The default is the best-ranking objective; the squared-error baseline, fitted on the
     same split, is in the evaluation table (trainer log and `mcrecall status`)."""
     from mcrecall.core.config import TrainConfig
     from mcrecall.train.report import format_table
@@ -321,14 +321,14 @@ def test_default_objective_ranks_and_the_seed_is_reported_beside_it(tmp_path, da
     reg.close()
     ev = meta["evaluation"]
     assert meta["objective"] == "implicit"
-    seed = ev["squared"]
-    assert seed["sweeps"] == TrainConfig().compare_squared_sweeps
-    assert seed["rmse"] < ev["popular"]["rmse"]  # a real squared fit
-    assert ev["model"]["recall@10"] > seed["recall@10"]  # the reason for the default
+    baseline = ev["squared"]
+    assert baseline["sweeps"] == TrainConfig().compare_squared_sweeps
+    assert baseline["rmse"] < ev["popular"]["rmse"]  # a real squared fit
+    assert ev["model"]["recall@10"] > baseline["recall@10"]  # the reason for the default
     table = format_table(ev)
-    assert "squared (seed)" in table and "squared (seed)" in "\n".join(lines)
-    # the seed objective itself carries no comparison row
-    assert "squared (seed)" not in format_table({"model": ev["model"], "n_test": 1})
+    assert "squared baseline" in table and "squared baseline" in "\n".join(lines)
+    # the squared objective itself carries no comparison row
+    assert "squared baseline" not in format_table({"model": ev["model"], "n_test": 1})
 def test_constructor_defaults_are_the_configs():
     import inspect
 

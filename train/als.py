@@ -1,8 +1,9 @@
-r"""Alternating least squares for the ``squared`` (seed) and ``implicit`` objectives.
+r"""Alternating least squares for the ``squared`` and ``implicit`` objectives.
 
 Objectives
 ----------
-``squared`` (the seed's matrix completion, with biases folded into the vectors), dot similarity:
+``squared`` (the original matrix-completion objective: squared error on observed scores,
+docs/design.md §9; biases folded into the vectors), dot similarity:
 
 .. math::
 

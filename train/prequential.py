@@ -17,8 +17,11 @@ version is trained on all triples so far with the configured objective (the trai
   so new items become recallable before the next version; fold-in then sees them too.
 * ``most popular``: the items with the most positive pairs so far (updated every event).
 
-Search is exact (numpy, in process — the ``exact`` backend's answer) so that the comparison
-measures the model, not an index. Hits are counted from the first version on (before it every
+Search is exact (in process, the ``exact`` backend's answer:
+:func:`mcrecall.plugins.metric.ranked` on :func:`~mcrecall.plugins.metric.cross_scores`, and
+:func:`~mcrecall.plugins.metric.popular_fallback` for users without a vector, the functions the
+client and :class:`mcrecall.models.MatrixFactorization` use) so that the comparison measures
+the model, not an index. Hits are counted from the first version on (before it every
 strategy is "most popular").
 """
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcrecall.ingest.events import ACTION_BITS, POSITIVE_BITS, BadEvent, parse_event, score_of
+from mcrecall.plugins.metric import cross_scores, popular_fallback, ranked, usable_vector
 from mcrecall.train.foldin import fold_in, fold_in_item
 
 STRATEGIES = ("periodic retrain only", "+ user fold-in", "+ item refresh", "most popular")
@@ -118,8 +122,8 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
     """
     import torch
 
+    from mcrecall.train.fit import fit_model
     from mcrecall.train.objectives import objective_spec, rows_with_data
-    from mcrecall.train.trainer import fit_model
 
     if not objective_spec(tc.objective).item_step:
         raise ValueError(f"prequential evaluation needs an ALS objective (squared or implicit), "
@@ -168,25 +172,17 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
         return _Version(U, I, uh, ih, meta, np.array(user_ctr), order[pop[order] > 0], gram)
 
     def topk(M, avail, vec, seen) -> set:
-        s = M @ vec
-        s[~avail] = -np.inf
-        seen = [j for j in seen if j < len(s)]
-        s[seen] = -np.inf
-        kk = min(k, len(s))
-        top = np.argpartition(-s, kk - 1)[:kk]
-        return {int(j) for j in top if np.isfinite(s[j])}
+        # the exact backend's answer: the k best available, unseen items by the model's score
+        excluded = ~avail
+        excluded[[j for j in seen if j < len(excluded)]] = True
+        cols, _ = ranked(cross_scores(np.asarray(vec)[None, :], M, tc.similarity), k, excluded)[0]
+        return set(cols.tolist())
 
     def popular_top(order, seen) -> set:
-        out = set()
-        for j in order:
-            if j not in seen:
-                out.add(int(j))
-                if len(out) == k:
-                    break
-        return out
+        return {int(j) for j in popular_fallback(order, k, seen)}
 
     def user_vec(v: _Version, u: int, fold: bool, M: np.ndarray, avail: np.ndarray, gen: int):
-        stored = v.U[u] if u < len(v.U) and v.user_has[u] and v.U[u].any() else None
+        stored = usable_vector(v.U[u]) if u < len(v.U) and v.user_has[u] else None
         if not fold or (u < len(v.user_ctr) and user_ctr[u] == v.user_ctr[u]):
             return stored
         key = (u, user_ctr[u], gen)
@@ -198,9 +194,7 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
         x = None
         if len(its):
             sc = np.array([score_of(hist[i]) for i in its], dtype=np.float64)
-            x = fold_in(M[its], sc, v.meta)
-            if x is not None and (not np.isfinite(x).all() or not x.any()):
-                x = None
+            x = usable_vector(fold_in(M[its], sc, v.meta))
         foldin_cache[key] = x
         return stored if x is None else x
 

@@ -20,7 +20,8 @@ users.lmdb):
 6. vector store ``make_current(N)`` (Milvus alias) -> reconciled by the next run if missed
 7. drop every version except N and C (C is kept for recalls in flight), and leftovers
 
-``MCR_TRAIN_CRASH_AT=<step name>`` SIGKILLs the process right after that step (crash tests).
+``MCR_TRAIN_CRASH_AT=<step name>`` SIGKILLs the process right after that step (crash tests;
+:mod:`mcrecall.core.crashpoints`).
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ from typing import Callable
 
 import numpy as np
 
-from mcrecall.plugins.base import CRASH_ENV, crash_point  # noqa: F401  (CRASH_ENV re-exported for tests)
+from mcrecall.core.crashpoints import TRAIN as CRASH_HOOK
+from mcrecall.core.crashpoints import crash_point
 
 from .lock import publisher_lock
 from .versions import ModelRegistry
 
 CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "current", "alias",
                 "dropped")
-CRASH_EXIT_CODE = -9  # SIGKILL, as subprocess reports it
+CRASH_ENV = CRASH_HOOK.env  # MCR_TRAIN_CRASH_AT (core/crashpoints.py)
+CRASH_EXIT_CODE = CRASH_HOOK.exit_code  # -9: SIGKILL, as subprocess reports it
 # M of the dot -> L2/COSINE reduction is the largest item norm times this: item refresh
 # (train/refresh.py) may add longer vectors later, and any M >= every norm keeps search exact.
 NORM_HEADROOM = 1.25

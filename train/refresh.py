@@ -26,28 +26,28 @@ A cycle with no changed items writes nothing.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 
+from mcrecall.core.crashpoints import REFRESH as CRASH_HOOK
+from mcrecall.core.crashpoints import crash_point as _crash_point
 from mcrecall.train.foldin import fold_in_item
-from mcrecall.train.objectives import OBJECTIVES
 from mcrecall.train.lock import PublisherBusyError, publisher_lock
+from mcrecall.train.objectives import OBJECTIVES
 from mcrecall.train.versions import ModelRegistry
 
-CRASH_ENV = "MCR_REFRESH_CRASH_AT"
+CRASH_ENV = CRASH_HOOK.env  # MCR_REFRESH_CRASH_AT (core/crashpoints.py)
 CRASH_POINTS = ("locked", "solved", "items", "recorded")
-CRASH_EXIT_CODE = 87
+CRASH_EXIT_CODE = CRASH_HOOK.exit_code  # 87
 _CLIP = 1.0 - 1e-6  # stay just inside M (the reduction checks ‖b‖ ≤ M with float slack)
 
 
 def crash_point(name: str) -> None:
-    """Exit abruptly if the crash-test hook names this step (tests only)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(CRASH_EXIT_CODE)
+    """Exit at once (status 87) if ``MCR_REFRESH_CRASH_AT`` names this step (tests only)."""
+    _crash_point(name, CRASH_HOOK)
 
 
 @dataclass

@@ -8,17 +8,18 @@ from typing import Callable
 
 def format_table(ev: dict) -> str:
     """A small fixed-width table of the figures."""
-    # "squared (seed)": the seed's objective fitted on the same split, when it was measured
-    rows = [("model", ev.get("model")), ("squared (seed)", ev.get("squared")),
+    # "squared baseline": the original matrix-completion objective (squared error on observed
+    # scores, docs/design.md §9) fitted on the same split, when it was measured
+    rows = [("model", ev.get("model")), ("squared baseline", ev.get("squared")),
             ("global mean", ev.get("global_mean")), ("most popular", ev.get("popular"))]
     cols = ["rmse", "mae", "recall@10", "ndcg@10"]
-    lines = [f"  {'':<14}" + "".join(f"{c:>11}" for c in cols)]
+    lines = [f"  {'':<16}" + "".join(f"{c:>11}" for c in cols)]
     for name, fig in rows:
         if fig is None:
             continue
         cells = "".join(f"{'—' if fig.get(c) is None else format(fig[c], '.4f'):>11}"
                         for c in cols)
-        lines.append(f"  {name:<14}{cells}")
+        lines.append(f"  {name:<16}{cells}")
     lines.append(f"  held-out triples {ev.get('n_test')}, ranked users {ev.get('n_eval_users')}")
     return "\n".join(lines)
 

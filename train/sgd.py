@@ -3,8 +3,8 @@ r"""The ``bce`` objective: classification of "score > 0" with negatives sampled 
 Objective
 ---------
 Positives P = training triples with y > 0; for each positive (u, i), ``negatives`` items j are
-drawn uniformly from ALL items (the seed's critique: exposed-but-not-clicked pairs are the wrong
-negatives), labelled 0:
+drawn uniformly from ALL items (exposed-but-not-clicked pairs alone are the wrong negatives:
+docs/design.md §9), labelled 0:
 
 .. math::
 

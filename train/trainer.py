@@ -21,54 +21,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .evaluate import evaluate, popularity  # noqa: E402
+from .fit import _log_default, fit_model, resolve_device  # noqa: E402,F401  (re-exported)
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
-from .objectives import OBJECTIVES, model_from_config, objective_spec, rows_with_data  # noqa: E402
+from .objectives import OBJECTIVES, objective_spec, rows_with_data  # noqa: E402
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
 from .report import format_table  # noqa: E402
 from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
 from .versions import ModelRegistry  # noqa: E402
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"[train] device = {name!r} but no CUDA device is available")
-    return name
-
-
-def _log_default(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
-              log=_log_default, test_mask: np.ndarray | None = None,
-              scale: float | None = None):
-    """Train ``[train] objective``'s model on the training part of ``snap``.
-
-    Returns (model, history, seconds). ``warm`` = (user_published, item_published, ...) or
-    None; NaN rows start at random. ``scale``: a learnt score scale to continue from (a bce
-    model's; the ALS objectives recompute theirs).
-    """
-    u, i, y = snap.user_idx, snap.item_idx, snap.score
-    model = model_from_config(tc, (u[train_mask], i[train_mask], y[train_mask]),
-                              len(snap.user_ids), len(snap.item_ids), device=device)
-    model.warm_start(tc.seed, *(warm[:2] if warm else (None, None)), scale=scale)
-    on_sweep = None
-    if test_mask is not None and test_mask.any():
-        dev = torch.device(device)
-        eu = torch.from_numpy(u[test_mask].astype(np.int64)).to(dev)
-        ei = torch.from_numpy(i[test_mask].astype(np.int64)).to(dev)
-        ey = torch.from_numpy(y[test_mask]).to(dev)
-
-        def on_sweep(ep, m):
-            with torch.no_grad():
-                p = m.predict(eu, ei).clamp(0, 4)
-                return {"test_rmse": float(((p - ey) ** 2).mean().sqrt())}
-    t0 = time.perf_counter()
-    history = model.fit(tc.epochs, log=log, on_sweep=on_sweep)
-    return model, history, time.perf_counter() - t0
-
 
 # objective -> (figure, direction, tolerance key): "lower" = smaller is better
 GATE_METRIC = {name: spec.gate for name, spec in OBJECTIVES.items()}
@@ -104,7 +63,8 @@ def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
 
 def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: str,
                        log=_log_default) -> dict | None:
-    """Held-out figures of the seed's ``squared`` objective (dot) on the same split.
+    """Held-out figures of the squared-error baseline on the same split: the ``squared``
+    objective (dot), the original matrix-completion objective (docs/design.md §9).
 
     Reported beside a ranking objective's figures in every evaluation table, so that the
     default's advantage (or its absence) is measured on the deployment's own data each run.
@@ -125,7 +85,7 @@ def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: st
                   item_has=rows_with_data(ti, ty, len(snap.item_ids), "squared"))
     fig = ev["model"]
     fig.update(sweeps=n, seconds=time.perf_counter() - t0)
-    log(f"  seed comparison: squared objective, {n} sweeps on the same split, "
+    log(f"  squared-error baseline: squared objective, {n} sweeps on the same split, "
         f"{fig['seconds']:.2f} s")
     return fig
 
@@ -279,7 +239,8 @@ def fit_step(run: _Run, registry, vs, cur, cur_meta):
 
 
 def evaluate_step(run: _Run, model) -> dict:
-    """Step 4: held-out figures of ``model`` beside the baselines and the seed's objective."""
+    """Step 4: held-out figures of ``model`` beside the baselines (most popular, global mean,
+    the squared-error baseline)."""
     s, tr, te = run.snap, run.train, run.test
     user_has, item_has = run.rows_with_data()
     user_pub, item_pub = model.published()
@@ -289,10 +250,10 @@ def evaluate_step(run: _Run, model) -> dict:
                   max_users=run.tc.eval_users, device=run.device, user_has=user_has,
                   item_has=item_has)
     ev["seconds"] = time.perf_counter() - t0
-    seed_fig = squared_comparison(s, run.tc, tr, te, user_hash=run.user_hash, device=run.device,
+    baseline = squared_comparison(s, run.tc, tr, te, user_hash=run.user_hash, device=run.device,
                                   log=run.log)
-    if seed_fig is not None:
-        ev["squared"] = seed_fig
+    if baseline is not None:
+        ev["squared"] = baseline
     ev["split"] = split_metadata(run.tc.holdout_fraction)
     return ev
 
