@@ -1,6 +1,6 @@
 """Vector-store plugins: one small interface, backends resolved by name.
 
->>> from plugins import open_vector_store
+>>> from mcrecall.plugins import open_vector_store
 >>> vs = open_vector_store("faiss", data_dir="mcrecall-data")        # doctest: +SKIP
 >>> vs.create_version(1, dim=32, metric="IP", index_type="HNSW")      # doctest: +SKIP
 

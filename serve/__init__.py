@@ -1,6 +1,6 @@
 """serve: the recall client (DESIGN §8).
 
->>> from serve import RecallClient, recall
+>>> from mcrecall.serve import RecallClient, recall
 >>> client = RecallClient.from_config()              # doctest: +SKIP
 >>> client.recall("u42", k=10)                       # doctest: +SKIP
 [Recalled(item_id='i7', score=3.21, source='model'), ...]
