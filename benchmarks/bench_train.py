@@ -363,7 +363,7 @@ def main(argv=None) -> int:
     print(f"synthetic: {len(data)} triples, {n_users} users, {n_items} items, rank 8 planted "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     b = Bench(data, a.dim, a.eval_users)
-    m_sq, ev = b.ours("ours squared (ALS, seed objective)", "squared", reg=0.1)
+    m_sq, ev = b.ours("ours squared (ALS, squared error on observed scores)", "squared", reg=0.1)
     b.baselines(ev)
     b.ours("ours squared, exact Cholesky", "squared", reg=0.1, solver="cholesky")
     m_im, _ = b.ours("ours implicit (weighted ALS)", "implicit", reg=0.1, alpha=3.0)
@@ -495,7 +495,7 @@ def render(path: Path, runs: list[str] | None = None) -> str:
 
 
 def summary(runs: list[str]) -> str:
-    """The latest run's table and what it says (seed objective vs Surprise, ranking objectives vs
+    """The latest run's table and what it says (the squared-error objective vs Surprise, ranking objectives vs
     the implicit library and the baselines), computed from the table."""
     if not runs:
         return ""
@@ -510,7 +510,7 @@ def summary(runs: list[str]) -> str:
     sq_rmse, sq_t = get("ours squared (", "RMSE"), get("ours squared (", "train time (s)")
     svd_rmse, svd_t = get("surprise SVD", "RMSE"), get("surprise SVD", "train time (s)")
     if None not in (sq_rmse, svd_rmse, sq_t, svd_t):
-        said.append(f"- The seed's squared objective reaches held-out RMSE {sq_rmse:.3f} against "
+        said.append(f"- The squared-error objective (squared) reaches held-out RMSE {sq_rmse:.3f} against "
                     f"scikit-surprise SVD's {svd_rmse:.3f}, in {sq_t / svd_t:.2f}× its time.")
     rank = {k: num(v["Recall@10"]) for k, v in rows.items()  # the default solver's rows
             if k.startswith("ours") and "exact Cholesky" not in k
@@ -543,7 +543,7 @@ def summary(runs: list[str]) -> str:
     pop = get("most popular", "Recall@10")
     sq_rec = get("ours squared (", "Recall@10")
     if pop is not None and sq_rec is not None and rank:
-        said.append(f"- Rating-prediction MF (the seed's objective) ranks at Recall@10 {sq_rec:.3f}: "
+        said.append(f"- Rating-prediction MF (the squared-error objective) ranks at Recall@10 {sq_rec:.3f}: "
                     f"most popular {pop:.3f}, the best ranking objective {max(rank.values()):.3f}.")
     said.append("- RMSE/MAE of the ranking objectives (implicit, bce) are of a preference or logit, "
                 "not a score estimate: shown, not meaningful. Global mean has no ranking.")
