@@ -355,7 +355,8 @@ def test_dockerfile_and_dockerignore_match_the_project():
     ignore = [ln.strip() for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
               if ln.strip() and not ln.lstrip().startswith("#")]
     assert ignore[0] == "*", "an allowlist .dockerignore: everything out, then what the build needs"
-    for pkg in project["tool"]["setuptools"]["packages"]:
-        assert f"!{pkg}/" in ignore, f".dockerignore leaves out package {pkg}"
+    # every package's folder (package-dir maps mcrecall.core to core/, ...) is in the build context
+    for pkg, folder in project["tool"]["setuptools"]["package-dir"].items():
+        assert f"!{folder}/" in ignore, f".dockerignore leaves out package {pkg} ({folder}/)"
     for f in ("pyproject.toml", "README.md"):
         assert f"!{f}" in ignore
