@@ -15,6 +15,7 @@ from mcrecall.serve.client import RecallClient
 from mcrecall.serve.types import (
     NoModelError,
     Recalled,
+    RecallBatch,
     RecallResult,
     UserVector,
     VectorStoreUnavailableError,
@@ -23,6 +24,7 @@ from mcrecall.serve.types import (
 
 __all__ = [
     "NoModelError",
+    "RecallBatch",
     "RecallClient",
     "RecallResult",
     "Recalled",
