@@ -14,8 +14,8 @@ import threading
 from mcrecall.serve.client import RecallClient
 from mcrecall.serve.types import (
     NoModelError,
-    Recalled,
     RecallBatch,
+    Recalled,
     RecallResult,
     UserVector,
     VectorStoreUnavailableError,
