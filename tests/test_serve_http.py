@@ -361,7 +361,6 @@ def test_metrics_parse_and_count_recalls_by_source(env, served):
 
 
 # ------------------------------------------------------------------------------- swap under load
-@pytest.mark.slow
 def test_a_version_swap_under_load_gives_no_error_and_no_mixed_answer(env, served):
     k = 5
     first = env.publish()
@@ -459,7 +458,6 @@ def _wait_ready(url: str, timeout: float = 120) -> httpx.Response:
         time.sleep(0.3)
 
 
-@pytest.mark.slow
 def test_serve_with_two_workers_sums_the_metrics_of_both(env, tmp_path):
     v = env.publish()
     expected = {u: as_json(env.client.recall_result(u, 6)) for u in USERS[:10]}
@@ -507,3 +505,74 @@ def test_serve_on_a_taken_port_is_one_line(tmp_path):
     assert "Traceback" not in p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("mcrecall serve:")]
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], p.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------- ingest --metrics-port
+@pytest.mark.kafka
+@pytest.mark.usefixtures("kafka_client")
+def test_ingest_metrics_port_serves_counters_matching_the_events(kafka_bootstrap, kafka_topic, tmp_path):
+    from eventlib import random_events
+
+    from mcrecall.ingest.produce import produce_lines
+
+    good = random_events(400, 30, 40, seed=3)
+    bad = [b"not json", b'{"user_id": "u1"}', b'{"user_id": "u1", "item_id": "i1", "action": "buy"}']
+    cfg = load_config(environ={}).with_overrides(
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic": kafka_topic, "group_id": f"g-{kafka_topic}"},
+        store={"data_dir": str(tmp_path / "data")})
+    produce_lines(good + bad, cfg, validate=False)
+    run_env = {k: x for k, x in os.environ.items() if not k.startswith("MCRECALL_") or k == "MCRECALL_KAFKA_CLIENT"}
+    run_env.update(PYTHONPATH=str(ROOT), MCRECALL_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+                   MCRECALL_KAFKA_TOPIC=kafka_topic, MCRECALL_KAFKA_GROUP_ID=f"g-{kafka_topic}",
+                   MCRECALL_STORE_DATA_DIR=str(tmp_path / "data"))
+    log = open(tmp_path / "ingest.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mcrecall", "ingest", "--metrics-port", "0"],
+                            env=run_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        url = None
+        while url is None:
+            m = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", (tmp_path / "ingest.log").read_text())
+            url = m and m.group(1)
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ingest.log").read_text()
+            time.sleep(0.1)
+        total = len(good) + len(bad)
+        while True:
+            m = metric_samples(httpx.get(url, timeout=10).text)
+            done = m[("mcrecall_ingest_events_total",)] + m[("mcrecall_ingest_bad_events_total",)]
+            lag = m[("mcrecall_ingest_lag_events",)]
+            if done >= total and lag == 0:
+                break
+            assert time.monotonic() < deadline, (m, (tmp_path / "ingest.log").read_text()[-2000:])
+            time.sleep(0.3)
+        assert m[("mcrecall_ingest_events_total",)] == len(good)
+        assert m[("mcrecall_ingest_bad_events_total",)] == len(bad)
+        assert m[("mcrecall_ingest_dlq_failed_total",)] == 0
+        assert m[("mcrecall_ingest_batches_total",)] >= 1
+        assert m[("mcrecall_ingest_last_batch_timestamp_seconds",)] > time.time() - 300
+        store = TripleStore(cfg.data_dir, readonly=True)
+        counts = store.counts()
+        assert counts["events"] == len(good) and counts["bad_events"] == len(bad), counts
+        assert 0 < m[("mcrecall_ingest_changed_pairs_total",)] <= len(good)
+        store.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        log.close()
+    assert rc == 0, (tmp_path / "ingest.log").read_text()[-3000:]
+
+
+def test_ingest_metrics_port_errors_are_one_line(tmp_path):
+    from mcrecall.ingest.metrics import start_worker_metrics
+
+    with pytest.raises(ValueError, match="metrics-port"):
+        start_worker_metrics(70000)
+    server = start_worker_metrics(0)
+    try:
+        with pytest.raises(OSError, match=f"127.0.0.1:{server.port}"):
+            start_worker_metrics(server.port)
+        m = metric_samples(httpx.get(server.url, timeout=10).text)
+        assert m[("mcrecall_ingest_events_total",)] == 0
+        assert np.isnan(m[("mcrecall_ingest_lag_events",)])
+    finally:
+        server.close()
