@@ -415,7 +415,9 @@ HTTP_INTRO = ("Written whole by `benchmarks/bench_serve.py --http` (`--render` r
               "generator in the bench process) are measured on the same version, the same users "
               "and the same machine. The load generator shares the CPUs with the server, as a "
               "client on the same host would; `HTTP overhead` is HTTP p50 minus the in-process "
-              "p50 at the same concurrency. One row per server uses httpx (async) as the "
+              "p50 at the same concurrency; `server CPU µs/recall` is the CPU time (user + system) "
+              "of the serving process(es) per request, or of the in-process client per call, "
+              "which a busy shared machine disturbs far less than latency. One row per server uses httpx (async) as the "
               "client instead, at 1 client: the client library's own cost, against the same server.")
 HTTP_OVERHEAD_TARGET_MS = 1.0  # at 1 client
 HTTP_P99_TARGET_MS = 10.0  # at 8 clients
@@ -498,6 +500,27 @@ def http_load(url: str, users: list[str], k: int, clients: int, seconds: float,
     return asyncio.run(run_aiohttp() if library == "aiohttp" else run_httpx())
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, total = [pid], 0.0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # ppid
+                pids.append(int(p))
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def _start_server(cfg, workers: int, tmp: Path):
     """``mcrecall serve`` on a free port in its own process; (process, url)."""
     import json
@@ -551,9 +574,13 @@ def main_http(args) -> int:
     rows: dict[tuple, dict] = {}
     for _rep in range(args.repeats):
         for c in args.http_clients:
+            cpu0 = time.process_time()
             rps, lat = thread_load(lambda u: client.recall(u, args.k), uids, c, args.seconds)
-            rows.setdefault(("in-process client", c), {"rps": [], "p50": [], "p99": [], "fail": 0})
+            cpu = (time.process_time() - cpu0) / len(lat)
+            rows.setdefault(("in-process client", c), {"rps": [], "p50": [], "p99": [], "fail": 0,
+                                                       "cpu": []})
             r = rows[("in-process client", c)]
+            r["cpu"].append(cpu)
             r["rps"].append(rps)
             r["p50"].append(np.percentile(lat, 50))
             r["p99"].append(np.percentile(lat, 99))
@@ -572,17 +599,23 @@ def main_http(args) -> int:
             assert [it["item_id"] for it in got["items"]] == want, (got, want)
             for _rep in range(args.repeats):
                 for c in args.http_clients:
+                    cpu0 = _cpu_s(proc.pid)
                     rps, lat, fail = http_load(url, uids, args.k, c, args.seconds)
+                    cpu = (_cpu_s(proc.pid) - cpu0) / len(lat)
                     key = (f"HTTP, {workers} worker{'s' if workers > 1 else ''}", c)
-                    r = rows.setdefault(key, {"rps": [], "p50": [], "p99": [], "fail": 0})
+                    r = rows.setdefault(key, {"rps": [], "p50": [], "p99": [], "fail": 0, "cpu": []})
+                    r["cpu"].append(cpu)
                     r["rps"].append(rps)
                     r["p50"].append(np.percentile(lat, 50))
                     r["p99"].append(np.percentile(lat, 99))
                     r["fail"] += fail
                 if workers == args.http_workers[0]:  # the client library's share, same server
+                    cpu0 = _cpu_s(proc.pid)
                     rps, lat, fail = http_load(url, uids, args.k, 1, args.seconds, "httpx")
+                    cpu = (_cpu_s(proc.pid) - cpu0) / len(lat)
                     key = (f"HTTP, {workers} worker{'s' if workers > 1 else ''}, httpx client", 1)
-                    r = rows.setdefault(key, {"rps": [], "p50": [], "p99": [], "fail": 0})
+                    r = rows.setdefault(key, {"rps": [], "p50": [], "p99": [], "fail": 0, "cpu": []})
+                    r["cpu"].append(cpu)
                     r["rps"].append(rps)
                     r["p50"].append(np.percentile(lat, 50))
                     r["p99"].append(np.percentile(lat, 99))
@@ -594,14 +627,20 @@ def main_http(args) -> int:
     registry.close()
     ms = lambda s: f"{s * 1e3:.3f}"  # noqa: E731
     base = {c: statistics.median(rows[("in-process client", c)]["p50"]) for c in args.http_clients}
+    base_cpu = {c: statistics.median(rows[("in-process client", c)]["cpu"]) for c in args.http_clients}
     table_rows = []
     for (what, c), r in rows.items():
         p50 = statistics.median(r["p50"])
-        over = "—" if what.startswith("in-process") else f"{(p50 - base[c]) * 1e3:.3f}"
+        cpu = statistics.median(r["cpu"])
+        inproc = what.startswith("in-process")
+        over = "—" if inproc else f"{(p50 - base[c]) * 1e3:.3f}"
+        over_cpu = "—" if inproc else f"{(cpu - base_cpu[c]) * 1e6:.0f}"
         table_rows.append([what, str(c), f"{statistics.median(r['rps']):,.0f}", ms(p50),
-                           ms(statistics.median(r["p99"])), over, str(r["fail"])])
+                           ms(statistics.median(r["p99"])), over, f"{cpu * 1e6:.0f}", over_cpu,
+                           str(r["fail"])])
     text = table_md(["serving", "concurrent clients", "recalls/s", "p50 ms", "p99 ms",
-                     "HTTP overhead p50 ms", "failures"], table_rows, "llrrrrr")
+                     "HTTP overhead p50 ms", "server CPU µs/recall", "HTTP overhead CPU µs",
+                     "failures"], table_rows, "llrrrrrrr")
     elapsed = time.perf_counter() - t_start
     section = (f"## faiss HNSW, {n_items:,} items, dim {args.dim}, k {args.k}, {args.users:,} users\n\n"
                f"{machine_note()}; HNSW M {args.hnsw_m}, efConstruction {args.ef_construction}, "
@@ -634,8 +673,14 @@ def summary_http(runs: list[str]) -> str:
                     + ("met" if worst < HTTP_P99_TARGET_MS else "NOT met") + ").")
     fails = sum(int(num(r["failures"]) or 0) for r in rows)
     said.append(f"- Failed requests over all runs: {fails}.")
-    head = ["serving", "concurrent clients", "recalls/s", "p50 ms", "p99 ms", "HTTP overhead p50 ms"]
-    table = table_md(head, [[r[h] for h in head] for r in rows], "llrrrr")
+    cpu = [num(r["HTTP overhead CPU µs"]) for r in rows if num(r.get("HTTP overhead CPU µs", "—")) is not None
+           and "httpx" not in r["serving"]]
+    if cpu:
+        said.append(f"- CPU the HTTP layer adds to a recall in the server process (server CPU per "
+                    f"request minus the in-process client's CPU per call): {span(cpu, '{:.0f}')} µs.")
+    head = ["serving", "concurrent clients", "recalls/s", "p50 ms", "p99 ms", "HTTP overhead p50 ms",
+            "HTTP overhead CPU µs"]
+    table = table_md(head, [[r.get(h, "—") for h in head] for r in rows], "llrrrrr")
     return marked("serve_http", table + "\n\n" + "\n".join(said))
 
 
