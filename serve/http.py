@@ -411,6 +411,10 @@ def create_app(cfg: Config, client: RecallClient | None = None, *,
         except (VectorStoreUnavailableError, VersionChurnError) as e:
             state.metrics.errors.labels("unavailable").inc()
             return _error(503, str(e))
+        except OSError as e:  # the data dir unreadable (permissions, a missing mount...)
+            state.metrics.errors.labels("unavailable").inc()
+            log.warning("recall_unavailable", extra={"error": str(e)[:300]})
+            return _error(503, f"cannot read the data directory {cfg.data_dir}: {e}")
         except Exception as e:  # a bug or a broken store, never bad input (checked before)
             state.metrics.errors.labels("internal").inc()
             log.exception("recall_failed", extra={"error": str(e)[:300]})

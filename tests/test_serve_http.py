@@ -423,6 +423,9 @@ def test_a_version_swap_under_load_gives_no_error_and_no_mixed_answer(env, serve
         for t in threads:
             t.join(30)
     assert not failures, failures[:5]
+    m = metric_samples(served.http.get("/metrics").text)
+    assert sum(m[("mcrecall_recall_errors_total", ("reason", r))]
+               for r in ("bad_request", "no_model", "unavailable", "internal")) == 0
     assert len(seen_versions) >= 4 and answers[0] > 100, (seen_versions, answers)
     assert env.registry.versions()[-1] == first + len(drawn)
 
@@ -483,7 +486,8 @@ def test_serve_with_two_workers_sums_the_metrics_of_both(env, tmp_path):
                 assert m[("mcrecall_recall_requests_total", ("source", "model"))] == n
                 assert m[("mcrecall_recall_seconds_count", ("method", "GET"))] == n
                 assert m[("mcrecall_model_version",)] == v
-        assert list(tmp_path.glob("mcrecall-serve-metrics-*")), "the multiprocess directory"
+        (mdir,) = tmp_path.glob("mcrecall-serve-metrics-*")  # the multiprocess directory
+        assert len(list(mdir.glob("counter_*.db"))) == 2, "one file per worker process"
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
