@@ -83,6 +83,9 @@ def run_ingest(args, cfg) -> int:
     from mcrecall.ingest.store import StoreFullError, TripleStore
 
     if args.from_file:
+        if getattr(args, "metrics_port", None) is not None:
+            raise ValueError("--metrics-port serves the Kafka worker's counters; a --from-file "
+                             "backfill prints its own at the end")
         from mcrecall.ingest.backfill import backfill_file
 
         stats = backfill_file(args.from_file, TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb))

@@ -580,3 +580,14 @@ def test_ingest_metrics_port_errors_are_one_line(tmp_path):
         assert np.isnan(m[("mcrecall_ingest_lag_events",)])
     finally:
         server.close()
+
+
+def test_ingest_metrics_port_with_a_backfill_is_one_line(tmp_path):
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"user_id": "u1", "item_id": "i1", "action": "click"}\n')
+    e = dict(os.environ, PYTHONPATH=str(ROOT), MCRECALL_STORE_DATA_DIR=str(tmp_path / "d"))
+    p = subprocess.run([sys.executable, "-m", "mcrecall", "ingest", "--from-file", str(events),
+                        "--metrics-port", "0"], env=e, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("mcrecall ingest:")]
+    assert len(lines) == 1 and "--metrics-port" in lines[0], p.stderr
