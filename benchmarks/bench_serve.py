@@ -25,8 +25,8 @@ table (``--render`` rewrites the summary without measuring).
 the in-process client (1, 8 and 64 threads calling ``RecallClient.recall``) and ``mcrecall
 serve`` in its own process (``--http-workers``, default 1 and 2 worker processes) under 1, 8
 and 64 concurrent HTTP clients (one asyncio load generator, a keep-alive connection per
-client, aiohttp; one httpx row for comparison). It writes ``benchmarks/results/serve_http.md`` whole (``--render`` with ``--http``
-rewrites its summary).
+client, aiohttp; one httpx row for comparison). It writes ``benchmarks/results/serve_http.md``
+whole (``--render`` with ``--http`` rewrites its summary).
 """
 
 from __future__ import annotations
@@ -417,7 +417,8 @@ HTTP_INTRO = ("Written whole by `benchmarks/bench_serve.py --http` (`--render` r
               "client on the same host would; `HTTP overhead` is HTTP p50 minus the in-process "
               "p50 at the same concurrency; `server CPU µs/recall` is the CPU time (user + system) "
               "of the serving process(es) per request, or of the in-process client per call, "
-              "which a busy shared machine disturbs far less than latency. One row per server uses httpx (async) as the "
+              "which a busy shared machine disturbs far less than latency. One row per server uses "
+              "httpx (async) as the "
               "client instead, at 1 client: the client library's own cost, against the same server.")
 HTTP_OVERHEAD_TARGET_MS = 1.0  # at 1 client
 HTTP_P99_TARGET_MS = 10.0  # at 8 clients
