@@ -470,7 +470,7 @@ def create_app(cfg: Config, client: RecallClient | None = None, *,
             rs, err = state.replica.get()
             ready, reason = state.readiness(version, rs, err)
             body = {"status": "ready" if ready else "not ready", "version": version,
-                    "role": (rs or {}).get("role", "primary") if not err else "replica?"}
+                    "role": (rs or {}).get("role", "primary") if not err else "unknown"}
             if rs:
                 body.update({key: rs.get(key) for key in ("current_version", "newest_version",
                                                           "lag_versions", "lag_events", "lag_s")})
