@@ -19,6 +19,14 @@ table (``--render`` rewrites the summary without measuring).
 
     python benchmarks/bench_serve.py --items 100000 --backends exact faiss hnswlib milvus
     python benchmarks/bench_serve.py --items 1000000 --backends faiss hnswlib exact --append
+    python benchmarks/bench_serve.py --http        # recall over HTTP next to the in-process client
+
+``--http`` measures, in one run on one published faiss version (``--items``, default 100,000):
+the in-process client (1, 8 and 64 threads calling ``RecallClient.recall``) and ``mcrecall
+serve`` in its own process (``--http-workers``, default 1 and 2 worker processes) under 1, 8
+and 64 concurrent HTTP clients (one asyncio load generator, a keep-alive connection per
+client, aiohttp; one httpx row for comparison). It writes ``benchmarks/results/serve_http.md``
+whole (``--render`` with ``--http`` rewrites its summary).
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mcrecall.ingest.store import TripleStore  # noqa: E402
 from mcrecall.core.config import load_config  # noqa: E402
+from mcrecall.ingest.store import TripleStore  # noqa: E402
 from mcrecall.plugins import vector_store_from_config  # noqa: E402
 from mcrecall.plugins.testing import clustered_vectors, queries_like  # noqa: E402
 from mcrecall.serve import RecallClient  # noqa: E402
@@ -50,6 +58,7 @@ from mcrecall.train.foldin import fold_in  # noqa: E402
 from mcrecall.train.versions import ModelRegistry  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
+HTTP_RESULTS = RESULTS.with_name("serve_http.md")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, span, table_md, write_file  # noqa: E402,E501
@@ -250,7 +259,18 @@ def main(argv=None) -> int:
     ap.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     ap.add_argument("--render", action="store_true",
                     help="rewrite --out's summary from its run sections, measure nothing")
+    ap.add_argument("--http", action="store_true",
+                    help="recall over HTTP (mcrecall serve) next to the in-process client; "
+                         "writes benchmarks/results/serve_http.md")
+    ap.add_argument("--http-clients", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--http-workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--http-out", type=Path, default=HTTP_RESULTS)
     args = ap.parse_args(argv)
+    if args.http:
+        if args.render:
+            print(render_http(args.http_out))
+            return 0
+        return main_http(args)
     if args.render:
         print(render(args.out))
         return 0
@@ -384,6 +404,290 @@ def summary(runs: list[str]) -> str:
 def render(path: Path, runs: list[str] | None = None) -> str:
     runs = run_sections(path) if runs is None else runs
     return write_file(path, TITLE, INTRO, summary(runs), runs)
+
+
+# --- recall over HTTP (--http) ---------------------------------------------------------------
+HTTP_TITLE = "serve over HTTP: `mcrecall serve` next to the in-process client"
+HTTP_INTRO = ("Written whole by `benchmarks/bench_serve.py --http` (`--render` rewrites the summary). "
+              "One published faiss version; in each run the in-process client "
+              "(`RecallClient.recall` from 1, 8 and 64 threads) and `mcrecall serve` (its own "
+              "process; GET /recall over keep-alive connections from one asyncio aiohttp load "
+              "generator in the bench process) are measured on the same version, the same users "
+              "and the same machine. The load generator shares the CPUs with the server, as a "
+              "client on the same host would; `HTTP overhead` is HTTP p50 minus the in-process "
+              "p50 at the same concurrency; `server CPU µs/recall` is the CPU time (user + system) "
+              "of the serving process(es) per request, or of the in-process client per call, "
+              "which a busy shared machine disturbs far less than latency. One row per server uses "
+              "httpx (async) as the "
+              "client instead, at 1 client: the client library's own cost, against the same server.")
+HTTP_OVERHEAD_TARGET_MS = 1.0  # at 1 client
+HTTP_P99_TARGET_MS = 10.0  # at 8 clients
+
+
+def thread_load(fn, args: list, threads: int, seconds: float) -> tuple[float, np.ndarray]:
+    """(calls/s, per-call latencies) of ``threads`` threads calling fn in a loop."""
+    stop = threading.Event()
+    lats: list[list[float]] = [[] for _ in range(threads)]
+
+    def work(j):
+        i, mine, clock = j, lats[j], time.perf_counter
+        while not stop.is_set():
+            t0 = clock()
+            fn(args[i % len(args)])
+            mine.append(clock() - t0)
+            i += threads
+
+    ts = [threading.Thread(target=work, args=(j,)) for j in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    all_lats = np.concatenate([np.asarray(x) for x in lats])
+    return len(all_lats) / wall, all_lats
+
+
+def http_load(url: str, users: list[str], k: int, clients: int, seconds: float,
+              library: str = "aiohttp") -> tuple[float, np.ndarray, int]:
+    """(requests/s, per-request latencies, failures) of ``clients`` concurrent keep-alive
+    clients (one asyncio load generator; ``library`` aiohttp or httpx)."""
+    import asyncio
+
+    async def run_aiohttp():
+        import aiohttp
+
+        conn = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(url, connector=conn) as http:
+            async def get(path, params=None):
+                async with http.get(path, params=params) as r:
+                    await r.read()
+                    return r.status
+
+            return await drive(get)
+
+    async def run_httpx():
+        import httpx
+
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+            async def get(path, params=None):
+                return (await http.get(path, params=params)).status_code
+
+            return await drive(get)
+
+    async def drive(get):
+        lats: list[float] = []
+        failures = [0]
+        # warm: one connection per client opened before the clock starts
+        await asyncio.gather(*(get("/healthz") for _ in range(clients)))
+        stop_at = time.perf_counter() + seconds
+
+        async def one(j):
+            i = j
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                status = await get("/recall", {"user_id": users[i % len(users)], "k": str(k)})
+                lats.append(time.perf_counter() - t0)
+                failures[0] += status != 200
+                i += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(j) for j in range(clients)))
+        return len(lats) / (time.perf_counter() - t0), np.asarray(lats), failures[0]
+
+    return asyncio.run(run_aiohttp() if library == "aiohttp" else run_httpx())
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, total = [pid], 0.0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # ppid
+                pids.append(int(p))
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _start_server(cfg, workers: int, tmp: Path):
+    """``mcrecall serve`` on a free port in its own process; (process, url)."""
+    import json
+    import re
+    import subprocess
+
+    i = cfg.index
+    conf = tmp / f"serve-{workers}.toml"
+    conf.write_text(
+        f"[store]\ndata_dir = {json.dumps(str(cfg.data_dir))}\n"
+        f"[index]\nbackend = {json.dumps(i.backend)}\nmetric = {json.dumps(i.metric)}\n"
+        f"index_type = {json.dumps(i.index_type)}\ncollection = {json.dumps(i.collection)}\n"
+        f"hnsw_m = {i.hnsw_m}\nef_construction = {i.ef_construction}\nef_search = {i.ef_search}\n"
+        f"timeout_s = {i.timeout_s}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCRECALL_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    log = open(tmp / f"serve-{workers}.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mcrecall", "--config", str(conf), "serve",
+                             "--port", "0", "--workers", str(workers)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    import httpx
+
+    while True:
+        m = re.search(r"mcrecall serve: (http://\S+:\d+)", (tmp / f"serve-{workers}.log").read_text())
+        if m:
+            try:
+                if httpx.get(m.group(1) + "/readyz", timeout=5).status_code == 200:
+                    return proc, m.group(1)
+            except httpx.HTTPError:
+                pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("mcrecall serve did not start: "
+                             + (tmp / f"serve-{workers}.log").read_text()[-2000:])
+        time.sleep(0.2)
+
+
+def main_http(args) -> int:
+    import signal
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-http-"))
+    n_items = args.items[0]
+    t_start = time.perf_counter()
+    cfg, registry, vs, version, user_ids, U, item_ids, build_s, ts = build("faiss", n_items, args, tmp, "")
+    client = RecallClient(cfg, registry=registry, vector_store=vs)
+    rng = np.random.default_rng(4)
+    uids = [user_ids[j] for j in rng.choice(len(user_ids), 512, replace=False)]
+    for u in uids[:64]:
+        client.recall(u, args.k)  # warm: index loaded, code paths hot
+    rows: dict[tuple, dict] = {}
+    for _rep in range(args.repeats):
+        for c in args.http_clients:
+            cpu0 = time.process_time()
+            rps, lat = thread_load(lambda u: client.recall(u, args.k), uids, c, args.seconds)
+            cpu = (time.process_time() - cpu0) / len(lat)
+            rows.setdefault(("in-process client", c), {"rps": [], "p50": [], "p99": [], "fail": 0,
+                                                       "cpu": []})
+            r = rows[("in-process client", c)]
+            r["cpu"].append(cpu)
+            r["rps"].append(rps)
+            r["p50"].append(np.percentile(lat, 50))
+            r["p99"].append(np.percentile(lat, 99))
+    client.close()
+    for workers in args.http_workers:
+        proc, url = _start_server(cfg, workers, tmp)
+        try:
+            http_load(url, uids, args.k, 8, 1.0)  # warm every worker
+            # the answer over HTTP is the in-process client's
+            import httpx
+
+            got = httpx.get(url + "/recall", params={"user_id": uids[0], "k": args.k}).json()
+            c2 = RecallClient(cfg, registry=registry, vector_store=vs)
+            want = [it.item_id for it in c2.recall(uids[0], args.k)]
+            c2.close()
+            assert [it["item_id"] for it in got["items"]] == want, (got, want)
+            for _rep in range(args.repeats):
+                for c in args.http_clients:
+                    cpu0 = _cpu_s(proc.pid)
+                    rps, lat, fail = http_load(url, uids, args.k, c, args.seconds)
+                    cpu = (_cpu_s(proc.pid) - cpu0) / len(lat)
+                    key = (f"HTTP, {workers} worker{'s' if workers > 1 else ''}", c)
+                    r = rows.setdefault(key, {"rps": [], "p50": [], "p99": [], "fail": 0, "cpu": []})
+                    r["cpu"].append(cpu)
+                    r["rps"].append(rps)
+                    r["p50"].append(np.percentile(lat, 50))
+                    r["p99"].append(np.percentile(lat, 99))
+                    r["fail"] += fail
+                if workers == args.http_workers[0]:  # the client library's share, same server
+                    cpu0 = _cpu_s(proc.pid)
+                    rps, lat, fail = http_load(url, uids, args.k, 1, args.seconds, "httpx")
+                    cpu = (_cpu_s(proc.pid) - cpu0) / len(lat)
+                    key = (f"HTTP, {workers} worker{'s' if workers > 1 else ''}, httpx client", 1)
+                    r = rows.setdefault(key, {"rps": [], "p50": [], "p99": [], "fail": 0, "cpu": []})
+                    r["cpu"].append(cpu)
+                    r["rps"].append(rps)
+                    r["p50"].append(np.percentile(lat, 50))
+                    r["p99"].append(np.percentile(lat, 99))
+                    r["fail"] += fail
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    vs.close()
+    registry.close()
+    ms = lambda s: f"{s * 1e3:.3f}"  # noqa: E731
+    base = {c: statistics.median(rows[("in-process client", c)]["p50"]) for c in args.http_clients}
+    base_cpu = {c: statistics.median(rows[("in-process client", c)]["cpu"]) for c in args.http_clients}
+    table_rows = []
+    for (what, c), r in rows.items():
+        p50 = statistics.median(r["p50"])
+        cpu = statistics.median(r["cpu"])
+        inproc = what.startswith("in-process")
+        over = "—" if inproc else f"{(p50 - base[c]) * 1e3:.3f}"
+        over_cpu = "—" if inproc else f"{(cpu - base_cpu[c]) * 1e6:.0f}"
+        table_rows.append([what, str(c), f"{statistics.median(r['rps']):,.0f}", ms(p50),
+                           ms(statistics.median(r["p99"])), over, f"{cpu * 1e6:.0f}", over_cpu,
+                           str(r["fail"])])
+    text = table_md(["serving", "concurrent clients", "recalls/s", "p50 ms", "p99 ms",
+                     "HTTP overhead p50 ms", "server CPU µs/recall", "HTTP overhead CPU µs",
+                     "failures"], table_rows, "llrrrrrrr")
+    elapsed = time.perf_counter() - t_start
+    section = (f"## faiss HNSW, {n_items:,} items, dim {args.dim}, k {args.k}, {args.users:,} users\n\n"
+               f"{machine_note()}; HNSW M {args.hnsw_m}, efConstruction {args.ef_construction}, "
+               f"efSearch {args.ef_search}; medians of {args.repeats} repeats of {args.seconds:g} s "
+               f"per figure; the whole run took {elapsed:.0f} s (build {build_s:.0f} s).\n\n{text}\n")
+    print(section)
+    render_http(args.http_out, add_run(args.http_out, section, append=args.append))
+    return 0
+
+
+def summary_http(runs: list[str]) -> str:
+    rows = _tables(runs, "HTTP overhead p50 ms")
+    if not rows:
+        return ""
+    said = []
+    one = [r for r in rows if r["concurrent clients"] == "1" and num(r["HTTP overhead p50 ms"]) is not None
+           and "httpx" not in r["serving"]]
+    eight = [r for r in rows if r["concurrent clients"] == "8" and r["serving"].startswith("HTTP")]
+    if one:
+        worst = max(num(r["HTTP overhead p50 ms"]) for r in one)
+        said.append("- HTTP overhead at 1 client (HTTP p50 − in-process p50): "
+                    + ", ".join(f"{r['serving']} {r['HTTP overhead p50 ms']} ms" for r in one)
+                    + f" (target ≤ {HTTP_OVERHEAD_TARGET_MS:g} ms: "
+                    + ("met" if worst <= HTTP_OVERHEAD_TARGET_MS else "NOT met") + ").")
+    if eight:
+        worst = max(num(r["p99 ms"]) for r in eight)
+        said.append("- p99 at 8 concurrent HTTP clients: "
+                    + ", ".join(f"{r['serving']} {r['p99 ms']} ms" for r in eight)
+                    + f" (target < {HTTP_P99_TARGET_MS:g} ms: "
+                    + ("met" if worst < HTTP_P99_TARGET_MS else "NOT met") + ").")
+    fails = sum(int(num(r["failures"]) or 0) for r in rows)
+    said.append(f"- Failed requests over all runs: {fails}.")
+    cpu = [num(r["HTTP overhead CPU µs"]) for r in rows if num(r.get("HTTP overhead CPU µs", "—")) is not None
+           and "httpx" not in r["serving"]]
+    if cpu:
+        said.append(f"- CPU the HTTP layer adds to a recall in the server process (server CPU per "
+                    f"request minus the in-process client's CPU per call): {span(cpu, '{:.0f}')} µs.")
+    head = ["serving", "concurrent clients", "recalls/s", "p50 ms", "p99 ms", "HTTP overhead p50 ms",
+            "HTTP overhead CPU µs"]
+    table = table_md(head, [[r.get(h, "—") for h in head] for r in rows], "llrrrrr")
+    return marked("serve_http", table + "\n\n" + "\n".join(said))
+
+
+def render_http(path: Path, runs: list[str] | None = None) -> str:
+    runs = run_sections(path) if runs is None else runs
+    return write_file(path, HTTP_TITLE, HTTP_INTRO, summary_http(runs), runs)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,10 @@ class ServeConfig:
     exclude_direct_max: int = 256
     item_cache_size: int = 100_000  # item vectors kept per client (fold-in, score), all versions
     foldin_cache_size: int = 50_000  # fold-in vectors keyed by (version, user, user_seq)
+    # `mcrecall serve`: a replica whose lag (replica_status()["lag_s"]) exceeds this is not
+    # ready (GET /readyz answers 503); inf = never
+    max_lag_s: float = 60.0
+    max_batch_users: int = 1000  # POST /recall: at most this many user_ids in one request
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,8 @@ RANGES: dict[tuple[str, str], Range] = {
     ("serve", "exclude_direct_max"): Range(0, 1_000_000),
     ("serve", "item_cache_size"): Range(0, _I32),
     ("serve", "foldin_cache_size"): Range(0, _I32),
+    ("serve", "max_lag_s"): Range(0.0, math.inf, lo_open=True),
+    ("serve", "max_batch_users"): Range(1, 1_000_000),
 }
 
 # Enumerated string keys (values compared case-insensitively, stored as written here).

@@ -56,12 +56,36 @@ def add_ingest_arguments(p) -> None:
     p.add_argument("--until-idle", metavar="SECONDS", type=float, default=None,
                    help="exit after this many seconds without new events")
     p.add_argument("--max-events", type=int, default=None, help=argparse.SUPPRESS)
+    add_metrics_arguments(p)
+
+
+def add_metrics_arguments(p) -> None:
+    """``--metrics-port P`` / ``--metrics-host H`` (ingest; the replica command reuses it)."""
+    p.add_argument("--metrics-port", metavar="P", type=int, default=None,
+                   help="serve the worker's counters (events, bad events, lag, batches) as "
+                        "Prometheus text on http://HOST:P/metrics (0: a free port, printed)")
+    p.add_argument("--metrics-host", metavar="HOST", default="127.0.0.1",
+                   help="address of --metrics-port (default 127.0.0.1)")
+
+
+def start_metrics_from_args(args):
+    """The worker's metrics server of ``--metrics-port`` (None without it); prints its URL."""
+    if getattr(args, "metrics_port", None) is None:
+        return None
+    from mcrecall.ingest.metrics import start_worker_metrics
+
+    server = start_worker_metrics(args.metrics_port, args.metrics_host)
+    print(f"metrics on {server.url}", flush=True)
+    return server
 
 
 def run_ingest(args, cfg) -> int:
     from mcrecall.ingest.store import StoreFullError, TripleStore
 
     if args.from_file:
+        if getattr(args, "metrics_port", None) is not None:
+            raise ValueError("--metrics-port serves the Kafka worker's counters; a --from-file "
+                             "backfill prints its own at the end")
         from mcrecall.ingest.backfill import backfill_file
 
         stats = backfill_file(args.from_file, TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb))
@@ -72,7 +96,8 @@ def run_ingest(args, cfg) -> int:
     from mcrecall.ingest.offset_range import OffsetOutOfRangeError
     from mcrecall.ingest.worker import IngestWorker
 
-    worker = IngestWorker(cfg)
+    metrics_server = start_metrics_from_args(args)
+    worker = IngestWorker(cfg, metrics=metrics_server.metrics if metrics_server else None)
     worker.install_signal_handlers()
     try:
         worker.run(until_idle=args.until_idle, max_events=args.max_events)
@@ -85,6 +110,9 @@ def run_ingest(args, cfg) -> int:
     except OffsetOutOfRangeError as e:  # [kafka] offset_reset = "fail"
         print(f"mcrecall ingest: {e}", file=sys.stderr)
         return 5
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 

@@ -122,9 +122,12 @@ class IngestWorker:
     progress_every_s : seconds between progress log lines.
     dlq_timeout_s : the wait for the dead-letter topic to take a poll's bad events, per attempt
         (:data:`mcrecall.ingest.dead_letters.ATTEMPTS`); then they are counted as ``dlq_failed``.
+    metrics : mcrecall.ingest.metrics.WorkerMetrics, optional
+        Counters to move as each batch commits, and the lag gauge (``--metrics-port``).
     """
 
-    def __init__(self, cfg, *, progress_every_s: float = 5.0, dlq_timeout_s: float = 30.0):
+    def __init__(self, cfg, *, progress_every_s: float = 5.0, dlq_timeout_s: float = 30.0,
+                 metrics=None):
         self.cfg = cfg
         self.topic = cfg.kafka.topic
         self.store = TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb)
@@ -143,6 +146,8 @@ class IngestWorker:
         self._fatal: Exception | None = None  # raised by run() once it has shut down cleanly
         self._unchecked: set = set()  # assigned partitions whose stored offset awaits its range check
         self._reach_at = -1e9  # when the broker's reachability was last asked
+        self.metrics = metrics
+        self._lag_at = -1e9  # when the lag gauge was last set
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_args) -> None:
@@ -330,6 +335,9 @@ class IngestWorker:
                     if last_data is None and self.consumer.assignment():
                         last_data = now
                     outage.check(now, self._broker_reachable())
+                if self.metrics is not None and now - self._lag_at >= 1.0:
+                    self._lag_at = now
+                    self._update_lag_gauge()
                 if now - last_progress >= self.progress_every_s:
                     self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
                     progress_events = self.stats.events + self.stats.bad_events
@@ -439,6 +447,9 @@ class IngestWorker:
         self.stats.batches += 1
         self.stats.changed_pairs += result["changed"]
         self.stats.last_batch_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.batch_committed(events=info["good"], bad_events=info["bad"],
+                                         dlq_failed=info["dlq_failed"], changed_pairs=result["changed"])
         try:  # for monitoring only (the store's offsets are the truth), so async: no round trip
             self.consumer.commit_async(info["offsets"])
         except (*KAFKA_ERRORS, AssertionError) as e:
@@ -458,6 +469,13 @@ class IngestWorker:
 
     def _lag(self) -> int | None:
         return self.consumer.lag()
+
+    def _update_lag_gauge(self) -> None:
+        try:  # the consumer's cached watermarks (no round trip), from the worker's own thread
+            lag = self._lag() if self.consumer is not None else None
+        except Exception:
+            lag = None
+        self.metrics.set_lag(lag)
 
     def _log_progress(self, window_s, window_events, final=False) -> None:
         s = self.stats

@@ -35,6 +35,8 @@ COMMANDS = {
     "evaluate": ("mcrecall.evaluate", "add_evaluate_arguments", "run_evaluate",
                  "prequential (streaming) evaluation of a time-ordered event file"),
     "recall": ("mcrecall.serve.cli", "add_recall_arguments", "run_recall", "print a user's top-k items"),
+    "serve": ("mcrecall.serve.cli", "add_serve_arguments", "run_serve",
+              "serve recall over HTTP (GET/POST /recall, /healthz, /readyz, /metrics)"),
     "triples": ("mcrecall.ingest.cli", "add_triples_arguments", "run_triples",
                 "write all triples as CSV user_id,item_id,score"),
     "status": ("mcrecall.status", "add_status_arguments", "run_status",

@@ -14,6 +14,7 @@ import threading
 from mcrecall.serve.client import RecallClient
 from mcrecall.serve.types import (
     NoModelError,
+    RecallBatch,
     Recalled,
     RecallResult,
     UserVector,
@@ -23,6 +24,7 @@ from mcrecall.serve.types import (
 
 __all__ = [
     "NoModelError",
+    "RecallBatch",
     "RecallClient",
     "RecallResult",
     "Recalled",

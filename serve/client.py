@@ -39,6 +39,7 @@ from mcrecall.serve.types import (
     SOURCE_MODEL,
     SOURCE_POPULAR,
     NoModelError,
+    RecallBatch,
     Recalled,
     RecallResult,
     UserVector,
@@ -192,6 +193,41 @@ class RecallClient:
         k = check_k(k, self.cfg.serve.max_k)
         exclude_seen = check_flag(exclude_seen, "exclude_seen")
         return self._with_version(lambda st: self._recall_at(st, uid, k, exclude_seen))
+
+    def recall_many(self, user_ids: Iterable, k: int = 10, exclude_seen: bool = False) -> RecallBatch:
+        """:meth:`recall_result` for several users, every one from the same version.
+
+        The current version is read once for the whole batch; should it be dropped before the
+        batch is done (two publications meanwhile), the whole batch starts over on the new
+        current version, so the answers never mix versions.
+
+        Parameters
+        ----------
+        user_ids : iterable of str or int
+            The users, in the order their results come back (a lone string is refused).
+        k, exclude_seen
+            As for :meth:`recall`, the same for every user.
+
+        Returns
+        -------
+        RecallBatch(version, results)
+            ``results[j]`` is the ``RecallResult`` of ``user_ids[j]`` (each with ``version``).
+
+        Raises
+        ------
+        TypeError, ValueError
+            A bad id (the message names ``user_ids[j]``), ``k`` or ``exclude_seen``.
+        NoModelError, VectorStoreUnavailableError, VersionChurnError
+            As for :meth:`recall`.
+        """
+        uids = check_ids(user_ids, "user_ids")
+        k = check_k(k, self.cfg.serve.max_k)
+        exclude_seen = check_flag(exclude_seen, "exclude_seen")
+
+        def at(st: _Version) -> RecallBatch:
+            return RecallBatch(st.number, [self._recall_at(st, u, k, exclude_seen) for u in uids])
+
+        return self._with_version(at)
 
     def score(self, user_id, item_ids: Iterable) -> list[float | None]:
         """The model's predicted interest of the user for each item (same user vector as

@@ -41,6 +41,14 @@ class RecallResult(NamedTuple):
     source: str
 
 
+class RecallBatch(NamedTuple):
+    """Recalls of several users, all answered by ONE model version (``results`` in the order
+    the users were asked)."""
+
+    version: int
+    results: list[RecallResult]
+
+
 class UserVector(NamedTuple):
     """The vector a recall would use for a user now (``vector`` is None for ``popular``)."""
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
 
 # services that run for good (the rest: one-shot kafka-init, the `tools` profile)
-LONG_RUNNING = {"kafka", "etcd", "minio", "milvus", "ingest", "trainer", "refresher"}
+LONG_RUNNING = {"kafka", "etcd", "minio", "milvus", "ingest", "trainer", "refresher", "recall"}
 ONE_SHOT = {"kafka-init"}
 CREDENTIALS = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MILVUS_ROOT_PASSWORD"}  # .env.example
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -254,9 +254,33 @@ def test_refresher_runs_refresh_every_few_seconds(compose):
     assert "build" in svcs["refresher"] and svcs["refresher"].get("pull_policy") == "build"
 
 
+def test_recall_service_serves_http_on_the_primarys_volume(compose):
+    svcs = compose["services"]
+    recall = svcs["recall"]
+    cmd = _command(recall)
+    assert cmd[:1] == ["serve"], cmd
+    port = cmd[cmd.index("--port") + 1]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"  # inside the container: the published port
+    assert int(cmd[cmd.index("--workers") + 1]) >= 1
+    assert [p.rsplit(":", 1)[1] for p in recall["ports"]] == [port]
+    assert recall["ports"][0].startswith("127.0.0.1:")
+    assert _mounts(recall) == _mounts(svcs["trainer"]), "the primary's data volume"
+    assert recall.get("pid") == "host" and "build" in recall
+    hc = " ".join(recall["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/readyz" in hc
+    assert _depends(recall).get("milvus") == "service_healthy"
+    # the ingest workers expose their counters on the compose network
+    ingest = _command(svcs["ingest"])
+    assert "--metrics-port" in ingest and "ports" not in svcs["ingest"]
+    # every python -c health check imports the installed package (mcrecall.*), nothing stale
+    for name, s in svcs.items():
+        code = " ".join(map(str, (s.get("healthcheck") or {}).get("test") or [])) + " ".join(_command(s))
+        assert not re.search(r"\bfrom (core|ingest|plugins|serve|train)[ .]", code), name
+
+
 def test_lmdb_data_dir_is_one_shared_volume_in_one_pid_namespace(compose):
     users = _lmdb_users(compose)
-    assert {"ingest", "trainer", "kafka-init", "refresher"} <= set(users)
+    assert {"ingest", "trainer", "kafka-init", "refresher", "recall"} <= set(users)
     sources = set()
     for name, s in users.items():
         data_dir = _env(s)["MCRECALL_STORE_DATA_DIR"]
