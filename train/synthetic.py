@@ -27,6 +27,8 @@ class Synthetic:
     seq: int = 1
     user_factors: np.ndarray | None = None
     item_factors: np.ndarray | None = None
+    item_tokens: dict | None = None  # {item index: tokens} (make_synthetic_attributes)
+    user_tokens: dict | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -36,6 +38,7 @@ class Synthetic:
         return Synthetic(
             self.user_idx[mask], self.item_idx[mask], self.score[mask], self.user_ids,
             self.item_ids, self.seq if seq is None else seq, self.user_factors, self.item_factors,
+            self.item_tokens, self.user_tokens,
         )
 
 
@@ -48,6 +51,8 @@ def make_synthetic(
     alpha: float = 0.7,
     beta: float = 1.5,
     seed: int = 0,
+    user_factors: np.ndarray | None = None,
+    item_factors: np.ndarray | None = None,
 ) -> Synthetic:
     """Generate a planted-structure data set.
 
@@ -60,6 +65,8 @@ def make_synthetic(
     alpha : exposure weight of log item popularity (Zipf-like popularity).
     beta : exposure weight of the user's affinity for the item (user-dependent exposure).
     seed : RNG seed; the output is a deterministic function of all arguments.
+    user_factors, item_factors : planted (n, rank) factors to use instead of the drawn ones
+        (:func:`make_synthetic_attributes` plants them from attributes).
 
     Notes
     -----
@@ -71,6 +78,10 @@ def make_synthetic(
     rng = np.random.default_rng(seed)
     p = rng.standard_normal((n_users, rank)).astype(np.float32)
     q = rng.standard_normal((n_items, rank)).astype(np.float32)
+    if user_factors is not None:
+        p = np.asarray(user_factors, np.float32)
+    if item_factors is not None:
+        q = np.asarray(item_factors, np.float32)
     scale = 1.0 / np.sqrt(rank)
     pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
     rng.shuffle(pop)
@@ -109,6 +120,51 @@ def make_synthetic(
         [f"u{i}" for i in range(n_users)], [f"i{j}" for j in range(n_items)],
         1, p, q,
     )
+
+
+def make_synthetic_attributes(
+    n_users: int = 2000,
+    n_items: int = 1500,
+    n_triples: int = 100_000,
+    rank: int = 8,
+    attribute_share: float = 0.8,
+    fields: tuple[tuple[str, int, int], ...] = (("genre", 24, 2), ("maker", 60, 1), ("year", 12, 1)),
+    user_fields: tuple[tuple[str, int, int], ...] = (("region", 8, 1), ("age", 6, 1)),
+    seed: int = 0,
+    **kw,
+) -> Synthetic:
+    """:func:`make_synthetic` with attribute structure planted in the factors.
+
+    Each item draws, per field ``(name, n_values, per_item)``, ``per_item`` values; each value
+    has a latent vector, and the item's planted factor is
+    ``sqrt(share) * normalised mean of its values' vectors + sqrt(1 - share) * own noise``
+    (``attribute_share`` of the affinity is predictable from the attributes). Users get tokens
+    the same way (``user_fields``, with the same share). Tokens are ``name=value`` strings as
+    ingest makes them; ``year`` values are integers (``year=2003``).
+    """
+    rng = np.random.default_rng(seed + 7919)
+
+    def planted(n, flds, prefix):
+        parts = np.zeros((n, rank))
+        tokens = [[] for _ in range(n)]
+        for name, n_values, per in flds:
+            centers = rng.standard_normal((n_values, rank))
+            for r in range(n):
+                vals = rng.choice(n_values, size=per, replace=False)
+                parts[r] += centers[vals].mean(0) * np.sqrt(per)
+                for v in vals:
+                    tokens[r].append(f"{name}={2000 + v if name == 'year' else f'{prefix}{v}'}")
+        parts /= np.sqrt(len(flds))
+        own = rng.standard_normal((n, rank))
+        fac = np.sqrt(attribute_share) * parts + np.sqrt(1 - attribute_share) * own
+        return fac.astype(np.float32), {r: tuple(sorted(t)) for r, t in enumerate(tokens)}
+
+    q, item_tokens = planted(n_items, fields, "v")
+    p, user_tokens = planted(n_users, user_fields, "g") if user_fields else (None, None)
+    syn = make_synthetic(n_users, n_items, n_triples, rank, seed=seed, user_factors=p,
+                         item_factors=q, **kw)
+    syn.item_tokens, syn.user_tokens = item_tokens, user_tokens
+    return syn
 
 
 def make_stream(
