@@ -36,6 +36,7 @@ from mcrecall.serve.cache import LRUCache
 from mcrecall.serve.types import (
     SOURCE_FOLD_IN,
     SOURCE_MODEL,
+    SOURCE_ATTRIBUTES,
     SOURCE_POPULAR,
     NoModelError,
     Recalled,
@@ -137,6 +138,7 @@ class RecallClient:
         self._items = LRUCache(cfg.serve.item_cache_size)
         self._foldins = LRUCache(cfg.serve.foldin_cache_size)
         self._fold_in_on = bool(cfg.serve.fold_in)
+        self._user_tokens: dict = {}  # version -> (vocab, user token embeddings) or ()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike | Config | None = None, **kwargs) -> "RecallClient":
@@ -400,8 +402,27 @@ class RecallClient:
         if vec is None or not vec.any():  # a zero vector ranks nothing
             if vec is None and not self._alive(st.number):
                 raise _VersionGone(st.number)
+            avec = self._attribute_vector(st, uid)  # the hybrid model: what the user is
+            if avec is not None:
+                return avec, SOURCE_ATTRIBUTES, seen
             return None, SOURCE_POPULAR, seen
         return vec, SOURCE_MODEL, seen
+
+    def _attribute_vector(self, st: _Version, uid: str) -> np.ndarray | None:
+        """The user's attribute part (current tokens x the version's user token embeddings,
+        train/attributes.py), or None (no tokens known to the version, or no triple store)."""
+        tables = self._user_tokens.get(st.number)
+        if tables is None:
+            tables = self._registry.tokens(st.number, "user") or ()
+            self._user_tokens[st.number] = tables
+        ts = self._triples() if tables else None
+        if ts is None:
+            return None
+        from mcrecall.train.attributes import build_tokens
+
+        tm = build_tokens(1, ts.entity_attributes("user", [uid]), vocab=tables[0])
+        vec = tm.parts(tables[1])[0]
+        return vec if vec.any() else None
 
     def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray) -> np.ndarray | None:
         if not items:

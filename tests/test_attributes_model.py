@@ -113,3 +113,56 @@ def test_train_publishes_attribute_only_items_and_serves_them(tmp_path):
         got = client.score(syn.user_ids[0], ["brand-new", syn.item_ids[0]])
         assert all(isinstance(v, float) for v in got), got
         assert client._registry.tokens(version, "item") is not None
+
+
+def test_refresh_and_attribute_users_within_one_cycle(tmp_path):
+    """A brand-new item (attributes only, then + first interactions) and an item whose
+    attributes changed get their vectors from one `mcrecall refresh` cycle; a user with
+    attributes and no interactions is served from them (source `attributes`)."""
+    from mcrecall.ingest.attributes import validate_attributes, version_key
+    from mcrecall.ingest.store import TripleStore
+    from mcrecall.serve.client import RecallClient
+    from mcrecall.train.refresh import refresh_once
+
+    syn = make_synthetic_attributes(n_users=200, n_items=120, n_triples=3000, seed=3)
+
+    def attrs_of(toks):
+        out: dict = {}
+        for t in toks:
+            name, _, value = t.partition("=")
+            out.setdefault(name, []).append(value)
+        return out
+
+    store = TripleStore(tmp_path)
+    ups = [(validate_attributes({"item_id": syn.item_ids[j], "attributes": attrs_of(t), "ts": 1}),
+            version_key(1, 0, j)) for j, t in syn.item_tokens.items()]
+    ups += [(validate_attributes({"user_id": syn.user_ids[j], "attributes": attrs_of(t), "ts": 1}),
+             version_key(1, 1, j)) for j, t in syn.user_tokens.items()]
+    store.apply_events([syn.user_ids[k] for k in syn.user_idx], [syn.item_ids[k] for k in syn.item_idx],
+                       [0x11 if s >= 1 else 0x10 for s in syn.score], attributes=ups)
+    cfg = small_config(tmp_path, dim=8, epochs=3, device="cpu", compare_squared_sweeps=0)
+    version = T.train_once(cfg, log=lambda s: None)
+    changed = syn.item_ids[5]
+    new_attrs = {"genre": ["v3", "v4"], "year": 2001}
+    store.apply_events(["u0"], ["fresh-b"], [0x11], attributes=[
+        (validate_attributes({"item_id": "fresh-a", "attributes": new_attrs, "ts": 2}), version_key(2, 0, 1)),
+        (validate_attributes({"item_id": "fresh-b", "attributes": new_attrs, "ts": 2}), version_key(2, 0, 2)),
+        (validate_attributes({"item_id": changed, "attributes": {"genre": "v7", "year": 2009}, "ts": 2}),
+         version_key(2, 0, 3)),
+        (validate_attributes({"user_id": "newcomer", "attributes": {"region": "g1", "age": "g2"}, "ts": 2}),
+         version_key(2, 0, 4))])
+    store.close()
+    with RecallClient(cfg) as client:
+        before = client._item_vectors(version, [changed, "fresh-a"])
+        assert np.isnan(before[1]).all()
+        res = refresh_once(cfg)
+        assert res.status == "refreshed" and res.updated >= 3, res
+        client._items = type(client._items)(100)  # read the refreshed rows
+        after = client._item_vectors(version, [changed, "fresh-a", "fresh-b"])
+        assert np.isfinite(after).all() and not np.allclose(after[0], before[0])
+        assert not np.allclose(after[1], after[2])  # fresh-b: attribute part + its first click
+        uv = client.user_vector("newcomer")
+        assert uv.source == "attributes" and uv.vector.any()
+        got = client.recall("newcomer", 5)
+        assert got and got[0].source == "attributes"
+        assert client.user_vector("nobody").source == "popular"

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,8 @@ class TokenMatrix:
 
     def torch_matrix(self, device) -> torch.Tensor:
         """The row-normalised (n_rows, n_tokens) matrix A (sparse CSR, float32)."""
+        import torch  # lazy: refresh and serve read token tables without torch
+
         c = self.counts
         vals = np.repeat(1.0 / np.maximum(c, 1), c).astype(np.float32)
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
@@ -118,8 +119,7 @@ def build_tokens(n_rows: int, tokens: Mapping[int, Sequence[str]] | Sequence[Seq
     return TokenMatrix(indptr, np.asarray(cols, np.int64), vocab)
 
 
-def token_step(A: torch.Tensor, Q: torch.Tensor, lam: torch.Tensor, lam_e: float, E: torch.Tensor,
-               steps: int = 30) -> torch.Tensor:
+def token_step(A, Q, lam, lam_e: float, E, steps: int = 30):
     """E = argmin Σ_r λ_r ‖q_r − A_r E‖² + λ_E ‖E‖² by conjugate gradients from ``E``.
 
     Rows with λ_r = 0 (no interactions) do not enter. The k columns are k independent systems
@@ -127,6 +127,8 @@ def token_step(A: torch.Tensor, Q: torch.Tensor, lam: torch.Tensor, lam_e: float
     """
     if E.shape[0] == 0:
         return E
+    import torch
+
     At = A.to_sparse_coo().t().coalesce()
     lam = lam.to(Q.dtype)
 

@@ -198,13 +198,16 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndar
         H = G + (V.T * a) @ V
         g = V.T @ (1.0 + a)
         if sim == "dot":
-            x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
+            lam_r = lam * (a.sum() + 1.0)
+            if prior is not None:
+                g = g + lam_r * np.asarray(prior, np.float64)
+            x = np.linalg.solve(H + lam_r * np.eye(k), g)
             return x.astype(np.float32)
     return sphere_solve(H * (s * s), g * s).astype(np.float32)
 
 
 def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
-                 user_gram: np.ndarray | None = None) -> np.ndarray | None:
+                 user_gram: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray | None:
     r"""The item vector (published form, float32) for these triples under version ``meta``.
 
     The item-side half-sweep of the version's ALS objective (:mod:`mcrecall.train.als`) for one item,
@@ -223,6 +226,8 @@ def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
     scores : (n,) the item's scores 0..4 from those users.
     meta : the version's metadata or its ``"foldin"`` part.
     user_gram : (k, k) Σ a aᵀ over the version's published user vectors (``implicit`` only).
+    prior : (k,) the item's attribute part (the hybrid model, train/attributes.py; implicit/dot):
+        the ID embedding x − prior is what λ penalises, so the right-hand side gains λ_r prior.
 
     Returns
     -------
@@ -263,6 +268,9 @@ def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
         H = np.asarray(user_gram, dtype=np.float64) + (U.T * a) @ U
         g = U.T @ (1.0 + a)
         if sim == "dot":
-            x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
+            lam_r = lam * (a.sum() + 1.0)
+            if prior is not None:
+                g = g + lam_r * np.asarray(prior, np.float64)
+            x = np.linalg.solve(H + lam_r * np.eye(k), g)
             return x.astype(np.float32)
     return sphere_solve(H * (s * s), g * s).astype(np.float32)

@@ -439,6 +439,9 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         user_pub, item_pub = served.published()
         user_has, item_has = run.rows_with_data(None if served is model
                                                 else np.ones(len(snap), bool))
+        if run.user_tokens is not None:  # attribute-only users are served from their tokens
+            user_has = replace(run, user_tokens=None).rows_with_data(  # (serve/client.py), now
+                None if served is model else np.ones(len(snap), bool))[0]
         version = next_version(registry, vs)
         cleanup_stale(registry, vs, log)
         meta = version_metadata(run, version, served, served_info, user_has, item_has, item_pub,
