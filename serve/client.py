@@ -390,7 +390,7 @@ class RecallClient:
                     # only costs one recomputation, never a stale vector.
                     items, scores = ts.user_history(uid)
                     seen = items
-                    vec = self._fold_in(st, items, scores)
+                    vec = self._fold_in(st, items, scores, self._attribute_vector(st, uid))
                     self._foldins.put(key, (useq, vec))
                 if vec is not None:
                     if want_seen and seen is None:
@@ -424,14 +424,16 @@ class RecallClient:
         vec = tm.parts(tables[1])[0]
         return vec if vec.any() else None
 
-    def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray) -> np.ndarray | None:
+    def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray,
+                 prior: np.ndarray | None = None) -> np.ndarray | None:
         if not items:
             return None
         V = self._item_vectors(st.number, items)
         known = ~np.isnan(V).any(axis=1)  # items newer than the version carry no vector
         if not known.any():
             return None
-        x = fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta)
+        x = fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta,
+                    **({"prior": prior} if prior is not None else {}))
         if x is None or not np.all(np.isfinite(x)) or not np.any(x):
             return None
         return np.asarray(x, dtype=np.float32)

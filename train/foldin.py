@@ -141,7 +141,8 @@ def _bce_newton(F: np.ndarray, pool: np.ndarray, n_neg: float, lam: float, x0=No
     return x
 
 
-def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndarray:
+def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict,
+            prior: np.ndarray | None = None) -> np.ndarray:
     """The user vector (published form, float32) for these triples under version ``meta``.
 
     Parameters
@@ -150,6 +151,8 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndar
         (``vs.get_vectors(version, item_ids)``).
     scores : (n,) the user's scores 0..4 for those items.
     meta : the version's metadata (``ModelRegistry.metadata(version)``) or its ``"foldin"`` part.
+    prior : (dim,) the user's attribute part (the hybrid model, train/attributes.py; used by
+        implicit/dot): λ penalises the ID embedding x − prior, as in training.
 
     Returns
     -------
