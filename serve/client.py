@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
-
 from mcrecall.core.config import Config, load_config
 from mcrecall.plugins import VersionNotFoundError, vector_store_from_config
 from mcrecall.plugins.metric import pair_scores
 from mcrecall.serve.cache import LRUCache
 from mcrecall.serve.types import (
+    SOURCE_ATTRIBUTES,
     SOURCE_FOLD_IN,
     SOURCE_MODEL,
-    SOURCE_ATTRIBUTES,
     SOURCE_POPULAR,
     NoModelError,
     Recalled,

@@ -10,8 +10,13 @@ import time
 
 import pytest
 
-from mcrecall.ingest.attributes import (BadAttributes, parse_attribute_message, split_attributes,
-                                        validate_attributes, version_key)
+from mcrecall.ingest.attributes import (
+    BadAttributes,
+    parse_attribute_message,
+    split_attributes,
+    validate_attributes,
+    version_key,
+)
 from mcrecall.ingest.backfill import backfill_file
 from mcrecall.ingest.events import parse_scored_many
 from mcrecall.ingest.produce import attribute_line, message_key

@@ -3,8 +3,6 @@ cold-item evaluation against its two baselines, on synthetic data with planted a
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 

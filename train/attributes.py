@@ -67,7 +67,7 @@ class TokenMatrix:
     def rows_of(self, r: int) -> np.ndarray:
         return self.indices[self.indptr[r]:self.indptr[r + 1]]
 
-    def torch_matrix(self, device) -> torch.Tensor:
+    def torch_matrix(self, device):
         """The row-normalised (n_rows, n_tokens) matrix A (sparse CSR, float32)."""
         import torch  # lazy: refresh and serve read token tables without torch
 
