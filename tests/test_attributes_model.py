@@ -164,3 +164,22 @@ def test_refresh_and_attribute_users_within_one_cycle(tmp_path):
         got = client.recall("newcomer", 5)
         assert got and got[0].source == "attributes"
         assert client.user_vector("nobody").source == "popular"
+
+
+def test_bce_learns_attribute_parts_in_its_sgd(tmp_path):
+    syn = make_synthetic_attributes(n_users=400, n_items=300, n_triples=8000, seed=4)
+    cfg = small_config(tmp_path, objective="bce", epochs=4, dim=8, device="cpu", compare_squared_sweeps=0)
+    run = T.split_snapshot(cfg, syn, log=lambda s: None)
+    model, _, _ = T.fit_model(syn, cfg.train, device="cpu", train_mask=run.train, log=lambda s: None)
+    tables = model.token_tables()
+    assert set(tables) == {"item", "user"} and np.abs(tables["item"][1]).sum() > 0
+    _, V = model.published()
+    cold = np.flatnonzero(run.cold_item)
+    np.testing.assert_allclose(V[cold], run.item_tokens.parts(tables["item"][1])[cold], rtol=1e-4, atol=1e-5)
+    served, info = T.refit_all(syn, cfg.train, model, run.train, device="cpu", log=lambda s: None)
+    assert info["kind"] == "refit_all"
+    _, V2 = served.published()
+    assert np.isfinite(V2).all()
+    # a warm row keeps its total vector at the start of the refit (no attribute part counted twice)
+    warm = np.flatnonzero(~run.cold_item & run.item_tokens.has)[:5]
+    assert np.corrcoef(V[warm].ravel(), V2[warm].ravel())[0, 1] > 0.5

@@ -179,3 +179,36 @@ def ridge_map(X_tokens: TokenMatrix, rows: np.ndarray, targets: np.ndarray, reg:
             A[k, t] = 1.0 / len(t)
     M = A.T @ A + reg * np.eye(n_t)
     return np.linalg.solve(M, A.T @ targets.astype(np.float64)).astype(np.float32)
+
+
+class PaddedTokens:
+    """A :class:`TokenMatrix` as padded (n_rows, L) token indices and weights 1/|T_r| on a
+    device, for gathering attribute parts of a mini-batch and scattering their gradients
+    (the ``bce`` SGD). The padding index is ``n_tokens``: token tables carry one extra zero
+    row there, and the padding's weight is 0, so it never moves."""
+
+    def __init__(self, tm: TokenMatrix, device):
+        import torch
+
+        c = tm.counts
+        L = max(1, int(c.max()) if len(c) else 1)
+        tok = np.full((tm.n_rows, L), tm.n_tokens, np.int64)
+        w = np.zeros((tm.n_rows, L), np.float32)
+        for r in np.flatnonzero(c).tolist():
+            t = tm.rows_of(r)
+            tok[r, :len(t)] = t
+            w[r, :len(t)] = 1.0 / len(t)
+        self.n_tokens = tm.n_tokens
+        self.tok = torch.from_numpy(tok).to(device)
+        self.w = torch.from_numpy(w).to(device)
+
+    def parts(self, rows, E):
+        """(len(rows), k) attribute parts of ``rows`` (any index shape: (…, k) out)."""
+        t, w = self.tok[rows], self.w[rows]
+        return (E[t] * w.unsqueeze(-1)).sum(-2)
+
+    def scatter(self, rows, grads):
+        """(token indices, per-token gradients) of the attribute parts given the gradients
+        ``grads`` (len(rows), k) of the rows' total vectors."""
+        t, w = self.tok[rows], self.w[rows]
+        return t.reshape(-1), (w.unsqueeze(-1) * grads.unsqueeze(-2)).reshape(-1, grads.shape[-1])

@@ -60,8 +60,14 @@ class BCE(FactorModel):
 
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *,
                  similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg_bce, lr=_TC.lr,
-                 negatives=_TC.negatives, batch_size=_TC.batch_size, device="cpu"):
-        """Defaults are ``[train]``'s defaults in core/config.py (one place)."""
+                 negatives=_TC.negatives, batch_size=_TC.batch_size, device="cpu",
+                 item_tokens=None, user_tokens=None):
+        """Defaults are ``[train]``'s defaults in core/config.py (one place).
+
+        ``item_tokens`` / ``user_tokens`` (:class:`mcrecall.train.attributes.TokenMatrix`):
+        the hybrid model, dot similarity: a row's vector = its ID embedding (rows with
+        positives only) + the mean of its tokens' embeddings, the token embeddings stepped by
+        the same sparse Adagrad from the gradients of the rows' vectors."""
         self.similarity, self.dim = similarity, dim
         self.reg, self.lr = float(reg), float(lr)
         self.negatives, self.batch = int(negatives), int(batch_size)
@@ -76,15 +82,28 @@ class BCE(FactorModel):
         self.scale = 5.0
         self.mu = 0.0
         self._loss = float("nan")
+        self._pad: dict = {}
+        self.tokens: dict = {}
+        if similarity == "dot":
+            from .attributes import PaddedTokens
+
+            for side, tm, rows, n in (("item", item_tokens, item_idx[pos], n_items),
+                                      ("user", user_tokens, user_idx[pos], n_users)):
+                if tm is not None and tm.n_tokens:
+                    self.tokens[side] = tm
+                    self._pad[side] = PaddedTokens(tm, self.device)
+                    has = np.bincount(rows, minlength=n) > 0
+                    self._pad[side].has = torch.from_numpy(has).to(self.device)
 
     @classmethod
-    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None):
+    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None,
+                    item_tokens=None, user_tokens=None):
         if (objective or "bce") != "bce":
             raise ValueError(f"BCE trains the bce objective, not {objective!r}")
         u, i, y = triples
         return cls(u, i, y, n_users, n_items, similarity=tc.similarity, dim=tc.dim,
                    reg=tc.reg_bce, lr=tc.lr, negatives=tc.negatives, batch_size=tc.batch_size,
-                   device=device)
+                   device=device, item_tokens=item_tokens, user_tokens=user_tokens)
 
     def warm_start(self, seed, user_published=None, item_published=None, scale=None):
         """Published rows are the internal ones (cosine rows are renormalised anyway); the
@@ -117,6 +136,15 @@ class BCE(FactorModel):
         overlay_known_rows(U, user_init)
         overlay_known_rows(V, item_init)
         self.U, self.V = U.to(self.device), V.to(self.device)
+        self.E, self.GE = {}, {}
+        for side, pad in self._pad.items():  # the hybrid model: ID rows only where data is
+            X = self.V if side == "item" else self.U
+            if side == "item" or not self.biased:
+                X[~pad.has] = 0.0
+            else:
+                X[~pad.has, :-1] = 0.0
+            self.E[side] = torch.zeros(pad.n_tokens + 1, self.k, device=self.device)  # + padding row
+            self.GE[side] = torch.zeros_like(self.E[side])
         self.GU = torch.zeros_like(self.U)
         self.GV = torch.zeros_like(self.V)
         self.gs = 0.0
@@ -168,7 +196,7 @@ class BCE(FactorModel):
 
     def _scratch(self, table):
         """A zero table-shaped buffer (kept zero between steps: only touched rows are reset)."""
-        key = "U" if table is self.U else "V"
+        key = "U" if table is self.U else ("V" if table is self.V else id(table))
         buf = self._bufs.get(key)
         if buf is None or buf.shape != table.shape:
             buf = self._bufs[key] = torch.zeros_like(table)
@@ -212,13 +240,19 @@ class BCE(FactorModel):
                 a = self.U.index_select(0, u)
                 bp = self.V.index_select(0, i)
                 bn = self.V.index_select(0, j).view(B, self.negatives, self.k)
+                if self._pad:
+                    a, bp, bn = self._with_parts(u, i, j, a, bp, bn)
                 if self.similarity == "cosine":
                     data, ga, gbp, gbn = self._autograd_grads(a, bp, bn)
                 else:
                     data, ga, gbp, gbn = self._dot_grads(a, bp, bn)
                 with torch.no_grad():
+                    gbn = gbn.reshape(-1, self.k)
+                    if self._pad:
+                        self._step_tokens(u, i, j, ga, gbp, gbn)
+                        ga, gbp, gbn = self._id_grads(u, i, j, ga, gbp, gbn)
                     self._step(self.U, self.GU, [(u, ga)])
-                    self._step(self.V, self.GV, [(i, gbp), (j, gbn.reshape(-1, self.k))])
+                    self._step(self.V, self.GV, [(i, gbp), (j, gbn)])
                 total += float(data)
                 seen += B
             dt = time.perf_counter() - t0
@@ -227,6 +261,71 @@ class BCE(FactorModel):
             end_epoch(history, {"epoch": ep, "seconds": dt, "loss": self._loss},
                       self, epochs, on_sweep, log, "epoch", examples, "examples")
         return history
+
+    def _with_parts(self, u, i, j, a, bp, bn):
+        """The batch's total vectors: ID rows + attribute parts (train/attributes.py)."""
+        if "user" in self._pad:
+            a = a + self._pad["user"].parts(u, self.E["user"])
+        if "item" in self._pad:
+            p = self._pad["item"]
+            bp = bp + p.parts(i, self.E["item"])
+            bn = bn + p.parts(j, self.E["item"]).view(bn.shape)
+        return a, bp, bn
+
+    def _step_tokens(self, u, i, j, ga, gbp, gbn):
+        """Adagrad on the token embeddings from the gradients of the rows' total vectors."""
+        if "user" in self._pad:
+            t, g = self._pad["user"].scatter(u, ga)
+            if self.biased:
+                g = g.clone()
+                g[:, -1] = 0.0  # the user's constant 1 stays the ID part's
+            self._step(self.E["user"], self.GE["user"], [(t, g)])
+        if "item" in self._pad:
+            p = self._pad["item"]
+            tp, g1 = p.scatter(i, gbp)
+            tn, g2 = p.scatter(j, gbn)
+            self._step(self.E["item"], self.GE["item"], [(tp, g1), (tn, g2)])
+
+    def _id_grads(self, u, i, j, ga, gbp, gbn):
+        """Rows without positives have no ID embedding: their rows' gradients are dropped."""
+        if "user" in self._pad:
+            ga = ga * self._pad["user"].has[u].unsqueeze(1)
+        if "item" in self._pad:
+            has = self._pad["item"].has
+            gbp = gbp * has[i].unsqueeze(1)
+            gbn = gbn * has[j].unsqueeze(1)
+        return ga, gbp, gbn
+
+    def warm_tokens(self, tables: dict, known: dict | None = None) -> None:
+        """Continue from ``tables`` (:meth:`token_tables` of the model warm-started from): its
+        token embeddings, and the warm rows' ID parts = their totals − the attribute parts
+        (``known[side]``: bool rows that were warm-started; default all)."""
+        for side, pad in self._pad.items():
+            if side not in tables:
+                continue
+            vocab, emb = tables[side]
+            at = {t: r for r, t in enumerate(vocab)}
+            E = torch.zeros_like(self.E[side])
+            for r, t in enumerate(self.tokens[side].vocab):
+                if t in at:
+                    E[r] = torch.from_numpy(np.ascontiguousarray(emb[at[t]])).to(E)
+            self.E[side] = E
+            X = self.V if side == "item" else self.U
+            rows = torch.arange(X.shape[0], device=self.device)
+            k = None if known is None else known.get(side)
+            if k is None:
+                X -= pad.parts(rows, E)
+            else:
+                kr = torch.from_numpy(np.flatnonzero(k)).to(self.device)
+                X[kr] -= pad.parts(kr, E)
+            if side == "item" or not self.biased:
+                X[~pad.has] = 0.0
+            else:
+                X[~pad.has, :-1] = 0.0
+
+    def token_tables(self) -> dict:
+        """``{side: (vocab, E)}`` in the published space (dot: the internal one)."""
+        return {side: (tm.vocab, self.E[side][:-1].float().cpu().numpy()) for side, tm in self.tokens.items()}
 
     def _autograd_grads(self, a, bp, bn):
         """Data loss and gradients by autograd (cosine logits); also steps the scale s."""
@@ -245,13 +344,23 @@ class BCE(FactorModel):
         return data.detach(), a.grad, bp.grad, bn.grad
 
     def predict(self, u, i):
+        if self._pad:
+            a, b, _ = self._with_parts(u, i, i[:0], self.U[u], self.V[i], self.V[i[:0]].view(0, 1, self.k))
+            return self._pub_dot(a, b)
         return self._pub_dot(self.U[u], self.V[i])
 
     def _pub_dot(self, a, b):
         return pair_scores(a, b, self.similarity, self.scale if self.similarity == "cosine" else 1.0)
 
     def published(self) -> tuple[np.ndarray, np.ndarray]:
-        U, V = self.U.float().cpu().numpy(), self.V.float().cpu().numpy()
+        U, V = self.U, self.V
+        for side, pad in self._pad.items():  # total vectors: ID rows + attribute parts
+            rows = torch.arange(pad.tok.shape[0], device=self.device)
+            if side == "item":
+                V = V + pad.parts(rows, self.E["item"])
+            else:
+                U = U + pad.parts(rows, self.E["user"])
+        U, V = U.float().cpu().numpy(), V.float().cpu().numpy()
         if self.similarity == "cosine":
             U = U / np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
             V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)

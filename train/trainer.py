@@ -60,6 +60,10 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
                               item_tokens=snapshot_tokens(snap, tc, "item"),
                               user_tokens=snapshot_tokens(snap, tc, "user"))
     model.warm_start(tc.seed, *(warm[:2] if warm else (None, None)), scale=scale)
+    if warm and len(warm) > 2 and hasattr(model, "warm_tokens"):  # the hybrid model's tokens
+        known = {side: ~np.isnan(w).any(1) for side, w in (("user", warm[0]), ("item", warm[1]))
+                 if w is not None}
+        model.warm_tokens(warm[2], known)
     on_sweep = None
     if test_mask is not None and test_mask.any():
         dev = torch.device(device)
@@ -161,7 +165,8 @@ def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_
     log(f"  refit on all {len(snap)} triples: {tc.refit_sweeps} "
         f"{objective_spec(tc.objective).step}s from the evaluated model")
     served, history, secs = fit_model(snap, rtc, device=device,
-                                      train_mask=np.ones(len(snap), bool), warm=(uw, iw),
+                                      train_mask=np.ones(len(snap), bool),
+                                      warm=(uw, iw, model.token_tables()),
                                       log=log, scale=model.scale)
     return served, {"kind": "refit_all", "sweeps": tc.refit_sweeps, "n_triples": int(len(snap)),
                     "seconds": secs, "history": history}
