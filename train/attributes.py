@@ -119,7 +119,7 @@ def build_tokens(n_rows: int, tokens: Mapping[int, Sequence[str]] | Sequence[Seq
     return TokenMatrix(indptr, np.asarray(cols, np.int64), vocab)
 
 
-def token_step(A, Q, lam, lam_e: float, E, steps: int = 30):
+def token_step(A, Q, lam, lam_e: float, E, steps: int = 30, At=None):
     """E = argmin Σ_r λ_r ‖q_r − A_r E‖² + λ_E ‖E‖² by conjugate gradients from ``E``.
 
     Rows with λ_r = 0 (no interactions) do not enter. The k columns are k independent systems
@@ -129,7 +129,8 @@ def token_step(A, Q, lam, lam_e: float, E, steps: int = 30):
         return E
     import torch
 
-    At = A.to_sparse_coo().t().coalesce()
+    if At is None:
+        At = A.to_sparse_coo().t().coalesce()
     lam = lam.to(Q.dtype)
 
     def apply(X):
@@ -212,3 +213,39 @@ class PaddedTokens:
         ``grads`` (len(rows), k) of the rows' total vectors."""
         t, w = self.tok[rows], self.w[rows]
         return t.reshape(-1), (w.unsqueeze(-1) * grads.unsqueeze(-2)).reshape(-1, grads.shape[-1])
+
+
+DENSE_MAX_TOKENS = 4096  # up to this many tokens the token step is one exact Cholesky solve
+
+
+class TokenSolver:
+    """The token step (:func:`token_step`) for a FIXED A, Λ and λ_E, as ALS repeats it every
+    sweep: up to :data:`DENSE_MAX_TOKENS` tokens, AᵀΛA + λ_E I is built and factored once and
+    each step is one sparse product and one Cholesky solve (exact); beyond, ``steps`` CG steps
+    warm-started from the previous E."""
+
+    def __init__(self, A, lam, lam_e: float, steps: int = 30):
+        import torch
+
+        self.A, self.lam, self.lam_e, self.steps = A, lam, float(lam_e), steps
+        self.At = A.to_sparse_coo().t().coalesce()
+        n_t = A.shape[1]
+        self.L = None
+        if n_t <= DENSE_MAX_TOKENS:
+            coo = A.to_sparse_coo().coalesce()
+            rows = coo.indices()[0]
+            # AᵀΛA: a sparse-sparse product, (n_tokens, n_tokens) dense afterwards
+            Ad = torch.sparse_coo_tensor(coo.indices(), coo.values() * lam[rows], coo.shape).coalesce()
+            M = (self.At @ Ad).to_dense()
+            M = M + self.lam_e * torch.eye(n_t, dtype=M.dtype, device=M.device)
+            L, info = torch.linalg.cholesky_ex(M.double())
+            if int(info) == 0:
+                self.L = L
+
+    def __call__(self, Q, E):
+        import torch
+
+        if self.L is None:
+            return token_step(self.A, Q, self.lam, self.lam_e, E, self.steps, At=self.At)
+        b = self.At @ (self.lam[:, None] * Q)
+        return torch.cholesky_solve(b.double(), self.L).to(Q.dtype)

@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .attributes import TokenMatrix, token_step
+from .attributes import TokenMatrix, TokenSolver
 from .evaluate import RELEVANT_MIN_SCORE
 from .split import _splitmix64
 
@@ -133,8 +133,8 @@ def cold_evaluation(snap, tc, item_tokens: TokenMatrix, cold_item: np.ndarray, t
     A_all = item_tokens.torch_matrix("cpu")
     lam = torch.zeros(item_tokens.n_rows)
     lam[torch.from_numpy(warm_rows)] = 1.0
-    W = token_step(A_all, torch.from_numpy(ip0.astype(np.float32)), lam, MAPPING_REG,
-                   torch.zeros(n_tok, ip0.shape[1]), steps=200).numpy()
+    W = TokenSolver(A_all, lam, MAPPING_REG, steps=200)(torch.from_numpy(ip0.astype(np.float32)),
+                                                        torch.zeros(n_tok, ip0.shape[1])).numpy()
     mapped = A_cold @ W
     mapping = cold_recall(lambda ub: up0[ub] @ mapped.T, users, rel_u, rel_i, cold_items)
     out = {"recall@20": model, "attribute_popularity": {"recall@20": popularity},
