@@ -178,6 +178,8 @@ def make_stream(
     beta: float = 2.0,
     seed: int = 0,
     ts0: int = 1_764_000_000_000,
+    attributes: bool = False,
+    attribute_share: float = 0.8,
 ) -> list[dict]:
     """A time-ordered event stream where new items keep arriving and popularity drifts.
 
@@ -190,10 +192,15 @@ def make_stream(
         (fresh items draw the traffic: the drift that retraining alone lags behind).
     alpha, beta : exposure log-odds weights of log popularity and of the user's affinity.
     seed : RNG seed; the output is a deterministic function of all arguments.
+    attributes : plant the item factors in attribute tokens (``genre`` 2 of 24 values,
+        ``maker`` 1 of 60; ``attribute_share`` of the affinity predictable from them, as in
+        :func:`make_synthetic_attributes`) and send each item's attribute message
+        ``{"item_id", "attributes", "ts"}`` (DESIGN §1a) at its birth, before its first exposure.
 
     Returns
     -------
-    list of event dicts ``{"user_id", "item_id", "action", "ts"}`` in time order (DESIGN §1).
+    list of event dicts ``{"user_id", "item_id", "action", "ts"}`` in time order (DESIGN §1),
+    with the attribute messages among them when ``attributes``.
 
     Notes
     -----
@@ -205,6 +212,15 @@ def make_stream(
     rng = np.random.default_rng(seed)
     p = rng.standard_normal((n_users, rank))
     q = rng.standard_normal((n_items, rank))
+    item_attrs = None
+    if attributes:
+        arng = np.random.default_rng(seed + 104729)
+        g_c, m_c = arng.standard_normal((24, rank)), arng.standard_normal((60, rank))
+        genres = np.stack([arng.choice(24, 2, replace=False) for _ in range(n_items)])
+        makers = arng.integers(0, 60, n_items)
+        part = (g_c[genres].mean(1) * np.sqrt(2) + m_c[makers]) / np.sqrt(2)
+        q = np.sqrt(attribute_share) * part + np.sqrt(1 - attribute_share) * arng.standard_normal((n_items, rank))
+        item_attrs = [{"genre": [f"g{g}" for g in genres[j]], "maker": f"m{makers[j]}"} for j in range(n_items)]
     n_old = int(round(n_items * (1 - new_item_fraction)))
     birth = np.zeros(n_items)
     birth[n_old:] = np.sort(rng.uniform(0.0, 1.0, n_items - n_old))
@@ -214,6 +230,9 @@ def make_stream(
     z_all = (p @ q.T) / np.sqrt(rank)
     sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
     events: list[dict] = []
+    if item_attrs is not None:  # the catalogue at the start
+        events += [{"item_id": f"i{j}", "attributes": item_attrs[j], "ts": ts0 - 1} for j in range(n_old)]
+        announced = n_old
     block = 200
     for s in range(0, n_exposures, block):
         m = min(block, n_exposures - s)
@@ -227,6 +246,11 @@ def make_stream(
         items = np.argmax(logits, axis=1)
         zz = z[np.arange(m), items]
         draws = rng.random((m, 4))
+        if item_attrs is not None:  # items born by the end of this block: their attributes first
+            while announced < n_items and birth[announced] <= t[-1]:
+                events.append({"item_id": f"i{announced}", "attributes": item_attrs[announced],
+                               "ts": ts0 + s * 10})
+                announced += 1
         for j in range(m):
             u, i = f"u{users[j]}", f"i{items[j]}"
             ts = ts0 + (s + j) * 10
