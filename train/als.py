@@ -64,7 +64,7 @@ import torch
 from mcrecall.core.config import TrainConfig
 from mcrecall.plugins.metric import pair_scores
 
-from .attributes import TokenMatrix, TokenSolver
+from .attributes import ID_REG_FACTOR, TokenMatrix, TokenSolver
 from .buckets import Chunk, build_chunks
 from .cg import CSRSide, cg_half_sweep
 from .foldin import foldin_section
@@ -193,6 +193,7 @@ class ALS(FactorModel):
         self.tokens: dict[str, TokenMatrix] = {}
         self._A, self.E, self._lam_rows, self._lam_e = {}, {}, {}, {}
         self._token_solver: dict = {}
+        self._lam_scale: dict = {}  # side -> (n_rows,) ID_REG_FACTOR on rows with tokens, else 1
         if self.similarity != "dot":
             return
         for side, tm, rows, n in (("item", item_tokens, item_idx, self.n_items),
@@ -210,6 +211,8 @@ class ALS(FactorModel):
             self._lam_rows[side] = torch.from_numpy(lam.astype(np.float32)).to(self.device)
             self._lam_e[side] = float(lam[cnt > 0].mean()) if (cnt > 0).any() else self.reg
             self.E[side] = torch.zeros(tm.n_tokens, self.k, device=self.device)
+            self._lam_scale[side] = torch.from_numpy(
+                np.where(tm.has, ID_REG_FACTOR, 1.0).astype(np.float32)).to(self.device)
             self._cold_rows = getattr(self, "_cold_rows", {})
             self._cold_rows[side] = torch.from_numpy((cnt == 0) & tm.has).to(self.device)
 
@@ -320,7 +323,8 @@ class ALS(FactorModel):
 
     # -- one half-sweep -------------------------------------------------------------------------
     def _solve_side(self, chunks: list[Chunk], X: torch.Tensor, F: torch.Tensor,
-                    other_idx: torch.Tensor, track: bool = False, prior: torch.Tensor | None = None):
+                    other_idx: torch.Tensor, track: bool = False, prior: torch.Tensor | None = None,
+                    lam_scale: torch.Tensor | None = None):
         """Solve all rows of X (in place) with the other side's factors F fixed.
 
         With ``track``, also record the data term of the objective at the solution, from the
@@ -357,6 +361,8 @@ class ALS(FactorModel):
                 x = _sphere_solve(H, g)
             else:
                 lam = self.reg * ((w.sum(1) + 1.0) if imp else ch.count)
+                if lam_scale is not None:
+                    lam = lam * lam_scale[ch.rows]
                 gp = g if prior is None else g + lam[:, None] * prior[ch.rows]
                 x = _ridge_solve(H, gp, lam)
             X[ch.rows] = x
@@ -380,6 +386,8 @@ class ALS(FactorModel):
         else:
             feat, offset = F, None
         y, w, lam = self._cg_fixed[side]
+        if side in self._lam_scale:
+            lam = lam * self._lam_scale[side]
         if imp:
             t = 1.0 + w
         else:
@@ -396,9 +404,11 @@ class ALS(FactorModel):
         if self.use_cg:
             self._cg_side(side, X, F, track=track, prior=prior)
         elif side == "user":
-            self._solve_side(self.user_chunks, X, F, self.i, track=track, prior=prior)
+            self._solve_side(self.user_chunks, X, F, self.i, track=track, prior=prior,
+                             lam_scale=self._lam_scale.get(side))
         else:
-            self._solve_side(self.item_chunks, X, F, self.u, track=track, prior=prior)
+            self._solve_side(self.item_chunks, X, F, self.u, track=track, prior=prior,
+                             lam_scale=self._lam_scale.get(side))
 
     def predict(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Model prediction for pairs (internal factors)."""

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attributes import ID_REG_FACTOR
+
 NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
 
 
@@ -202,7 +204,8 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict,
         g = V.T @ (1.0 + a)
         if sim == "dot":
             lam_r = lam * (a.sum() + 1.0)
-            if prior is not None:
+            if prior is not None:  # the ID embedding's penalty of a row with tokens (train/attributes.py)
+                lam_r *= ID_REG_FACTOR
                 g = g + lam_r * np.asarray(prior, np.float64)
             x = np.linalg.solve(H + lam_r * np.eye(k), g)
             return x.astype(np.float32)
@@ -272,7 +275,8 @@ def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
         g = U.T @ (1.0 + a)
         if sim == "dot":
             lam_r = lam * (a.sum() + 1.0)
-            if prior is not None:
+            if prior is not None:  # the ID embedding's penalty of a row with tokens (train/attributes.py)
+                lam_r *= ID_REG_FACTOR
                 g = g + lam_r * np.asarray(prior, np.float64)
             x = np.linalg.solve(H + lam_r * np.eye(k), g)
             return x.astype(np.float32)
