@@ -242,3 +242,20 @@ def test_attribute_churn_under_sigkill_gives_the_clean_store(kafka_bootstrap, ka
         assert store.counts()[k] == clean.counts()[k], k
     store.close()
     clean.close()
+
+
+def test_status_counts_entities_with_attributes_and_tokens(tmp_path):
+    from mcrecall.core.config import load_config
+    from mcrecall.status import collect_status, render
+
+    s = TripleStore(tmp_path)
+    s.apply_events([], [], [], attributes=[
+        _up({"item_id": "a", "attributes": {"g": ["x", "y"]}}, (1, 0, 0)),
+        _up({"item_id": "b", "attributes": {"g": "x"}}, (1, 0, 1)),
+        _up({"user_id": "u", "attributes": {"age": 3}}, (1, 0, 2))])
+    s.close()
+    st = collect_status(load_config(environ={}).with_overrides(store={"data_dir": str(tmp_path)}))
+    assert (st["store"]["items_with_attributes"], st["store"]["item_tokens"]) == (2, 2)
+    assert (st["store"]["users_with_attributes"], st["store"]["user_tokens"]) == (1, 1)
+    text = render(st)
+    assert "items with attributes" in text and "2 (2 distinct tokens)" in text
