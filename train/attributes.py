@@ -256,3 +256,23 @@ class TokenSolver:
             return token_step(self.A, Q, self.lam, self.lam_e, E, self.steps, At=self.At)
         b = self.At @ (self.lam[:, None] * Q)
         return torch.cholesky_solve(b.double(), self.L).to(Q.dtype)
+
+
+def tokens_from_attributes(ids, attributes, *, min_count: int = 1, vocab=None) -> TokenMatrix:
+    """A :class:`TokenMatrix` for entities ``ids`` (dense order) from ``{id: {NAME: VALUE}}``
+    (the event's ``attributes`` object, DESIGN §1a: same rules, a broken one is a ValueError
+    naming the id) — the one call that turns a library user's attribute dicts into the models'
+    ``item_tokens=`` / ``user_tokens=`` argument."""
+    from mcrecall.ingest.attributes import BadAttributes, tokens_of
+
+    index = {str(e): r for r, e in enumerate(ids)}
+    rows = {}
+    for e, attrs in (attributes or {}).items():
+        r = index.get(str(e))
+        if r is None:
+            continue  # an entity the model does not hold
+        try:
+            rows[r] = tokens_of(attrs)
+        except BadAttributes as err:
+            raise ValueError(f"attributes of {str(e)[:64]!r}: {err.reason}") from None
+    return build_tokens(len(index), rows, min_count=min_count, vocab=vocab)
