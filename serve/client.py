@@ -421,7 +421,12 @@ class RecallClient:
 
         tm = build_tokens(1, ts.entity_attributes("user", [uid]), vocab=tables[0])
         vec = tm.parts(tables[1])[0]
-        return vec if vec.any() else None
+        if not vec.any():
+            return None
+        fm = st.meta.get("foldin") or {}
+        if fm.get("objective") == "bce" and fm.get("layout") == "biased":
+            vec[-1] = 1.0  # bce/dot users are [a, 1]: the 1 picks up the item bias
+        return vec
 
     def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray,
                  prior: np.ndarray | None = None) -> np.ndarray | None:

@@ -84,7 +84,8 @@ def test_min_token_count_drops_rare_tokens():
         small_config("/x", min_token_count=0)
 
 
-def test_train_publishes_attribute_only_items_and_serves_them(tmp_path):
+@pytest.mark.parametrize("objective", ["implicit", "bce"])
+def test_train_publishes_attribute_only_items_and_serves_them(tmp_path, objective):
     from mcrecall.ingest.attributes import validate_attributes, version_key
     from mcrecall.ingest.store import TripleStore
     from mcrecall.serve.client import RecallClient
@@ -101,16 +102,26 @@ def test_train_publishes_attribute_only_items_and_serves_them(tmp_path):
         ups.append((validate_attributes({"item_id": syn.item_ids[j], "attributes": attrs, "ts": 1}),
                     version_key(1, 0, j)))
     ups.append((validate_attributes(new), version_key(1, 0, 10_000)))
+    for j, toks in syn.user_tokens.items():  # user profiles; "newcomer" has no interactions
+        uid = syn.user_ids[j] if j else "newcomer"
+        ups.append((validate_attributes({"user_id": uid, "attributes": {"region": toks[1].split("=")[1],
+                                                                        "age": toks[0].split("=")[1]}}),
+                    version_key(1, 1, j)))
     store.apply_events([syn.user_ids[k] for k in syn.user_idx], [syn.item_ids[k] for k in syn.item_idx],
                        [0x11 if s >= 1 else 0x10 for s in syn.score], attributes=ups)
     store.close()
-    cfg = small_config(tmp_path, dim=8, epochs=3, device="cpu", compare_squared_sweeps=0)
+    cfg = small_config(tmp_path, dim=8, epochs=3, device="cpu", compare_squared_sweeps=0, objective=objective)
     version = T.train_once(cfg, log=lambda s: None)
     assert version is not None
     with RecallClient(cfg) as client:
-        got = client.score(syn.user_ids[0], ["brand-new", syn.item_ids[0]])
+        got = client.score(syn.user_ids[1], ["brand-new", syn.item_ids[0]])
         assert all(isinstance(v, float) for v in got), got
         assert client._registry.tokens(version, "item") is not None
+        uv = client.user_vector("newcomer")
+        assert uv.source == "attributes", uv
+        if objective == "bce":
+            assert uv.vector[-1] == 1.0  # [a, 1]: the item bias counts
+        assert any(r.item_id == "brand-new" for r in client.recall("newcomer", 200))
 
 
 def test_refresh_and_attribute_users_within_one_cycle(tmp_path):
