@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
+
 from mcrecall.core.config import Config, load_config
 from mcrecall.plugins import VersionNotFoundError, vector_store_from_config
 from mcrecall.plugins.metric import pair_scores

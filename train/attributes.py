@@ -184,9 +184,9 @@ def ridge_map(X_tokens: TokenMatrix, rows: np.ndarray, targets: np.ndarray, reg:
 
 class PaddedTokens:
     """A :class:`TokenMatrix` as padded (n_rows, L) token indices and weights 1/|T_r| on a
-    device, for gathering attribute parts of a mini-batch and scattering their gradients
-    (the ``bce`` SGD). The padding index is ``n_tokens``: token tables carry one extra zero
-    row there, and the padding's weight is 0, so it never moves."""
+    device, for gathering the attribute parts of a mini-batch (the ``bce`` SGD). The padding
+    index is ``n_tokens``: token tables carry one extra zero row there, and the padding's
+    weight is 0, so it never moves."""
 
     def __init__(self, tm: TokenMatrix, device):
         import torch
@@ -207,12 +207,6 @@ class PaddedTokens:
         """(len(rows), k) attribute parts of ``rows`` (any index shape: (…, k) out)."""
         t, w = self.tok[rows], self.w[rows]
         return (E[t] * w.unsqueeze(-1)).sum(-2)
-
-    def scatter(self, rows, grads):
-        """(token indices, per-token gradients) of the attribute parts given the gradients
-        ``grads`` (len(rows), k) of the rows' total vectors."""
-        t, w = self.tok[rows], self.w[rows]
-        return t.reshape(-1), (w.unsqueeze(-1) * grads.unsqueeze(-2)).reshape(-1, grads.shape[-1])
 
 
 # The ID embedding of a row WITH tokens is penalised ID_REG_FACTOR x λ_r (x its weighted-λ):
