@@ -217,9 +217,11 @@ class ALS(FactorModel):
             self._cold_rows[side] = torch.from_numpy((cnt == 0) & tm.has).to(self.device)
 
     def _gram(self, feat: torch.Tensor, other: str) -> torch.Tensor:
-        """G = FᵀF of the implicit objective's all-cells term, over the other side's rows WITH
-        triples: a row that is its attribute part alone (no interactions) is no observed cell."""
-        cold = getattr(self, "_cold_rows", {}).get(other)
+        """G = FᵀF of the implicit objective's all-cells term. Users that are their attribute
+        part alone (no interactions) are left out: the version stores no vector for them, so
+        refresh's user Gram (train/refresh.py) has none either. Items of attributes alone stay
+        in (they are published: serve's fold-in Gram holds them)."""
+        cold = getattr(self, "_cold_rows", {}).get(other) if other == "user" else None
         if cold is None or not bool(cold.any()):
             return feat.T @ feat
         f = feat[~cold]
