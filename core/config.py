@@ -98,6 +98,10 @@ class TrainConfig:
     # several times faster a sweep) | cholesky (exact; cosine rows are always exact)
     solver: str = "cg"
     cg_steps: int = 3  # solver = cg: CG steps per row and half-sweep
+    # the hybrid model (train/attributes.py): a vector = its ID embedding + the mean of its
+    # attribute tokens' embeddings, whenever the store holds attributes; false = ID only
+    attributes: bool = True
+    min_token_count: int = 2  # tokens held by fewer entities than this are dropped
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "refit_sweeps"): Range(0, 1_000_000),
     ("train", "compare_squared_sweeps"): Range(0, 1_000_000),
     ("train", "cg_steps"): Range(1, 1000),
+    ("train", "min_token_count"): Range(1, _I32),
     ("train", "reg"): Range(0.0, 1e9),
     ("train", "seed"): Range(0, 2**32 - 1),  # numpy's seed range
     ("train", "holdout_fraction"): Range(0.0, 1.0, lo_open=True, hi_open=True),

@@ -27,6 +27,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
+from mcrecall.ingest.attributes import FILE_PARTITION, split_attributes, version_key
 from mcrecall.ingest.events import MAX_MESSAGE_BYTES, parse_scored_many
 from mcrecall.ingest.store import TripleStore
 
@@ -43,6 +44,7 @@ class BackfillStats:
     events: int = 0
     rejected: int = 0
     changed_pairs: int = 0
+    attribute_events: int = 0
     seconds: float = 0.0
     rejected_path: Path | None = None
 
@@ -73,6 +75,7 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
     users: list[str] = []
     items: list[str] = []
     bits: list[int] = []
+    attrs: list = []  # [(AttributeUpdate, version)]: version from the line number
     rejected = None
 
     def reject(record: dict) -> None:
@@ -102,6 +105,11 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                     linenos = [first + k for k, line in enumerate(lines) if line.strip()]
                     lines = [line for line in lines if line.strip()]
                 u, i, b, bad = parse_scored_many(lines)
+                if bad:  # attribute messages (no action) come back here: take them out
+                    updates, bad = split_attributes(lines, bad)
+                    for k, up in updates:
+                        line = first + k if linenos is None else linenos[k]
+                        attrs.append((up, version_key(up.ts, FILE_PARTITION, line)))
                 for k, reason in bad:
                     reject(_raw_record(first + k if linenos is None else linenos[k], reason, lines[k]))
                 users += u
@@ -118,10 +126,11 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                             "lines": stats.lines, "events": stats.events, "rejected": stats.rejected,
                             "events_per_s": round(stats.events / (now - t0))})
                         last = now
-        if users or stats.rejected:
-            stats.changed_pairs += store.apply_events(users, items, bits,
-                                                      bad_events=stats.rejected)["changed"]
+        if users or attrs or stats.rejected:
+            stats.changed_pairs += store.apply_events(users, items, bits, bad_events=stats.rejected,
+                                                      attributes=attrs)["changed"]
             stats.events += len(users)
+            stats.attribute_events += len(attrs)
     finally:
         if gc_was_enabled:
             gc.enable()

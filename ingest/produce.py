@@ -11,6 +11,7 @@ from typing import Iterable
 
 from kafka import KafkaProducer
 
+from mcrecall.ingest.attributes import BadAttributes, parse_attribute_message
 from mcrecall.ingest.broker import port_open
 from mcrecall.ingest.events import BadEvent, parse_event
 from mcrecall.ingest.kafka_io import KafkaUnavailable, ensure_topic, kafka_security_kwargs
@@ -75,9 +76,8 @@ def produce_lines(lines: Iterable[bytes], cfg, *, validate: bool = True,
                 continue
             key = None
             try:
-                ev = parse_event(raw)
-                key = ev.user_id.encode("utf-8")
-            except BadEvent as e:
+                key = message_key(raw)
+            except (BadEvent, BadAttributes) as e:
                 if validate:
                     stats.invalid += 1
                     log.warning("invalid_event", extra={"line": lineno, "reason": e.reason})
@@ -92,12 +92,29 @@ def produce_lines(lines: Iterable[bytes], cfg, *, validate: bool = True,
     return stats
 
 
+def message_key(raw: bytes) -> bytes:
+    """The Kafka key of a valid message (the user id; an item's attribute message: the item
+    id), or BadEvent / BadAttributes with the reason the worker would give."""
+    up = parse_attribute_message(raw)
+    if up is not None:
+        return up.entity_id.encode("utf-8")
+    return parse_event(raw).user_id.encode("utf-8")
+
+
 def produce_file(path: str | Path, cfg, *, validate: bool = True) -> ProduceStats:
     with open(path, "rb") as f:
         stats = produce_lines(f, cfg, validate=validate)
     log.info("produce_done", extra={"file": str(path), "sent": stats.sent, "invalid": stats.invalid,
                                     "events_per_s": round(stats.sent / max(stats.seconds, 1e-9))})
     return stats
+
+
+def attribute_line(kind: str, entity_id, attributes: dict, ts: int | None = None) -> bytes:
+    """One attribute message (``kind`` ``"item"`` or ``"user"``) as a JSONL line."""
+    obj = {f"{kind}_id": entity_id, "attributes": attributes}
+    if ts is not None:
+        obj["ts"] = ts
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def event_line(user_id, item_id, action: str, ts: int | None = None) -> bytes:

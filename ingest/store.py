@@ -14,6 +14,12 @@ Layout (LMDB named databases)::
     offset_notes "<topic>\\0<partition>"  -> JSON: the stored offset was found outside the
                                            partition's range (and what was done about it)
     meta      name                      -> >Q counter (seq, n_users, n_items, n_pairs, events, ...)
+    item_attrs >I item_idx              -> version (20 bytes, ingest.attributes.version_key) + the
+    user_attrs >I user_idx                 token set as a JSON array (an empty set is kept: its
+                                           version stops an older message from coming back)
+    attr_tokens b"i"|b"u" + token       -> >Q number of items | users holding the token
+An attribute change stamps the entity like a pair change (``item_seq`` and its ``item_log``
+entry, ``user_seq``), so refresh finds changed items through the same change log.
 
 A batch of events and the Kafka offsets that cover it are written in ONE write transaction, so a
 worker killed at any instant resumes from the stored offsets and ends exactly as if it had not
@@ -34,9 +40,10 @@ from typing import Iterable, Mapping, Sequence
 import lmdb
 import numpy as np
 
-from mcrecall.ingest.events import mask_for_score, score_of
 from mcrecall.core import lmdbenv
 from mcrecall.core.datadir import lmdb_env_writable
+from mcrecall.ingest.attributes import VERSION_BYTES, decode_tokens, encode_tokens
+from mcrecall.ingest.events import mask_for_score, score_of
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -51,7 +58,8 @@ def _be_keys(values: np.ndarray, width: int) -> list[bytes]:
     return np.frombuffer(values.astype(f">u{width}").tobytes(), dtype=f"V{width}").tolist()
 
 # dlq_failed: bad events the dead-letter topic would not take (counted and logged, then skipped)
-COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed")
+COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed",
+            "attr_events", "attr_items", "attr_users", "attr_item_tokens", "attr_user_tokens")
 
 
 class StoreFullError(RuntimeError):
@@ -68,12 +76,14 @@ class Snapshot:
     user_ids: list[str]  # dense user index -> external id
     item_ids: list[str]
     seq: int
+    item_tokens: dict | None = None  # {dense item index: tuple of tokens} (non-empty sets only)
+    user_tokens: dict | None = None
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
 
 
-def open_env(path: Path, map_size: int, max_dbs: int = 16, readonly: bool = False) -> lmdb.Environment:
+def open_env(path: Path, map_size: int, max_dbs: int = 32, readonly: bool = False) -> lmdb.Environment:
     """The process's shared environment at ``path`` (core/lmdbenv.py: reference-counted, the
     last :meth:`TripleStore.close` closes it; a writer asking for a larger map than the open
     one is refused). Each call must be matched by one ``lmdbenv.release(path)``."""
@@ -125,6 +135,8 @@ class TripleStore:
         self._offsets = e.open_db(b"offsets")
         self._meta = e.open_db(b"meta")
         self._offset_notes = self._optional_db(b"offset_notes")
+        self._attrs = {"item": self._optional_db(b"item_attrs"), "user": self._optional_db(b"user_attrs")}
+        self._attr_tokens = self._optional_db(b"attr_tokens")
         if not readonly:
             self._build_item_index()
         # id -> dense index, filled only from committed transactions (maps are append-only)
@@ -170,6 +182,7 @@ class TripleStore:
         events: int | None = None,
         bad_events: int = 0,
         dlq_failed: int = 0,
+        attributes: Sequence | None = None,
     ) -> dict:
         """OR each event's action bits into its (user, item) pair and record ``offsets``, in one
         write transaction.
@@ -191,6 +204,9 @@ class TripleStore:
         offsets : ``{(topic, partition): next_offset}``; a stored offset only moves forward.
         events : counter to add (default ``len(user_ids)``); bad_events and dlq_failed likewise
             (see :meth:`apply`).
+        attributes : ``[(AttributeUpdate, version)]`` (:mod:`mcrecall.ingest.attributes`,
+            ``version = version_key(ts, partition, offset)``): each entity keeps the set of its
+            largest (version, tokens); counted in ``attr_events``.
 
         Returns
         -------
@@ -215,6 +231,10 @@ class TripleStore:
                                     self._items_by_idx, counters, "n_items")
                     changed = self._merge_pairs(txn, u, i, np.asarray(bits, dtype=np.uint8),
                                                 _U64.pack(seq), counters)
+                changed_attrs = 0
+                if attributes:
+                    changed_attrs = self._merge_attributes(txn, attributes, _U64.pack(seq), counters,
+                                                           new_users, new_items)
                 for (topic, partition), offset in (offsets or {}).items():
                     k = _offset_key(topic, partition)
                     old = txn.get(k, db=self._offsets)
@@ -223,8 +243,9 @@ class TripleStore:
                     # so keeping the maximum never leaves a gap.
                     if old is None or _I64.unpack(old)[0] < offset:
                         txn.put(k, _I64.pack(int(offset)), db=self._offsets)
-                if changed:
+                if changed or changed_attrs:
                     counters["seq"] = seq
+                counters["attr_events"] += len(attributes or ())
                 counters["events"] += int(n if events is None else events)
                 counters["bad_events"] += int(bad_events)
                 counters["dlq_failed"] += int(dlq_failed)
@@ -245,7 +266,72 @@ class TripleStore:
         # committed: the new indices are now real
         self._user_cache.update(new_users)
         self._item_cache.update(new_items)
-        return {"changed": changed, "seq": counters["seq"]}
+        return {"changed": changed, "changed_attributes": changed_attrs, "seq": counters["seq"]}
+
+    def _merge_attributes(self, txn, updates, seq_bytes: bytes, counters: dict, new_users: dict,
+                          new_items: dict) -> int:
+        """Keep, per entity, the attribute set of the largest (version, tokens) among the batch's
+        updates and the stored one; stamp changed entities with ``seq_bytes``. Returns the
+        number of entities whose stored set changed."""
+        best: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        for up, version in updates:
+            cand = (bytes(version), encode_tokens(up.tokens))
+            key = (up.kind, up.entity_id)
+            if key not in best or cand > best[key]:
+                best[key] = cand
+        n_changed = 0
+        for kind in ("item", "user"):
+            ents = [e for (k, e) in best if k == kind]
+            if not ents:
+                continue
+            if kind == "item":
+                dense = self._dense(txn, ents, self._item_cache, new_items, self._item_ids,
+                                    self._items_by_idx, counters, "n_items")
+            else:
+                dense = self._dense(txn, ents, self._user_cache, new_users, self._user_ids,
+                                    self._users_by_idx, counters, "n_users")
+            db, prefix = self._attrs[kind], kind[0].encode()
+            stamped = []
+            for ent, idx in zip(ents, dense.tolist()):
+                version, enc = best[(kind, ent)]
+                ikey = _U32.pack(idx)
+                old = txn.get(ikey, db=db)
+                if old is not None and (bytes(old[:VERSION_BYTES]), bytes(old[VERSION_BYTES:])) >= (version, enc):
+                    continue  # the stored message is the later one (or this very one again)
+                txn.put(ikey, version + enc, db=db)
+                old_tokens = decode_tokens(old[VERSION_BYTES:]) if old is not None else ()
+                new_tokens = decode_tokens(enc)
+                if old_tokens == new_tokens:
+                    continue  # a newer message with the same set: nothing the model sees changed
+                counters[f"attr_{kind}s"] += (len(new_tokens) > 0) - (len(old_tokens) > 0)
+                for tok in set(old_tokens) - set(new_tokens):
+                    tkey = prefix + tok.encode("utf-8")
+                    c = _U64.unpack(txn.get(tkey, db=self._attr_tokens))[0] - 1
+                    if c:
+                        txn.put(tkey, _U64.pack(c), db=self._attr_tokens)
+                    else:
+                        txn.delete(tkey, db=self._attr_tokens)
+                        counters[f"attr_{kind}_tokens"] -= 1
+                for tok in set(new_tokens) - set(old_tokens):
+                    tkey = prefix + tok.encode("utf-8")
+                    raw = txn.get(tkey, db=self._attr_tokens)
+                    if raw is None:
+                        counters[f"attr_{kind}_tokens"] += 1
+                    txn.put(tkey, _U64.pack((_U64.unpack(raw)[0] if raw is not None else 0) + 1),
+                            db=self._attr_tokens)
+                stamped.append(ikey)
+            n_changed += len(stamped)
+            if not stamped:
+                continue
+            stamped.sort()
+            if kind == "user":
+                txn.cursor(db=self._user_seq).putmulti(zip(stamped, repeat(seq_bytes)))
+            else:
+                for ikey, old_seq in txn.cursor(db=self._item_seq).getmulti(stamped):
+                    txn.delete(bytes(old_seq) + bytes(ikey), db=self._item_log)
+                txn.cursor(db=self._item_seq).putmulti(zip(stamped, repeat(seq_bytes)))
+                txn.cursor(db=self._item_log).putmulti(zip([seq_bytes + k for k in stamped], repeat(b"")))
+        return n_changed
 
     def _dense(self, txn, ext_ids, cache, new, by_id_db, by_idx_db, counters, counter) -> np.ndarray:
         """Dense index of each id (uint64 array): committed cache, stored, or new (in ``new``).
@@ -407,7 +493,9 @@ class TripleStore:
             c = {name: self._get_counter(txn, name) for name in COUNTERS}
         return {"pairs": c["n_pairs"], "users": c["n_users"], "items": c["n_items"],
                 "events": c["events"], "bad_events": c["bad_events"], "dlq_failed": c["dlq_failed"],
-                "seq": c["seq"]}
+                "seq": c["seq"], "attribute_events": c["attr_events"],
+                "items_with_attributes": c["attr_items"], "users_with_attributes": c["attr_users"],
+                "item_tokens": c["attr_item_tokens"], "user_tokens": c["attr_user_tokens"]}
 
     def offsets(self, topic: str | None = None) -> dict[tuple[str, int], int]:
         """Stored next offsets ``{(topic, partition): offset}`` (optionally for one topic)."""
@@ -430,10 +518,57 @@ class TripleStore:
             masks = b"".join(cur.iternext(keys=False, values=True))
             user_ids = [v.decode("utf-8") for v in txn.cursor(db=self._users_by_idx).iternext(keys=False)]
             item_ids = [v.decode("utf-8") for v in txn.cursor(db=self._items_by_idx).iternext(keys=False)]
+            item_tokens, user_tokens = self._read_tokens(txn, "item"), self._read_tokens(txn, "user")
         idx = np.frombuffer(keys, dtype=">u4").reshape(-1, 2).astype(np.int32)
         score = _SCORE_TABLE[np.frombuffer(masks, dtype=np.uint8)]
         return Snapshot(np.ascontiguousarray(idx[:, 0]), np.ascontiguousarray(idx[:, 1]),
-                        score, user_ids, item_ids, seq)
+                        score, user_ids, item_ids, seq, item_tokens, user_tokens)
+
+    def _read_tokens(self, txn, kind: str) -> dict:
+        db = self._attrs[kind]
+        if db is None:
+            return {}
+        out = {}
+        for k, v in txn.cursor(db=db):
+            tokens = decode_tokens(bytes(v)[VERSION_BYTES:])
+            if tokens:
+                out[_U32.unpack(k)[0]] = tokens
+        return out
+
+    def attributes(self, kind: str) -> dict[str, tuple[str, ...]]:
+        """``{external id: tokens}`` of every ``"item"`` or ``"user"`` with a non-empty set."""
+        by_idx = self._items_by_idx if kind == "item" else self._users_by_idx
+        with self.env.begin() as txn:
+            return {bytes(txn.get(_U32.pack(j), db=by_idx)).decode("utf-8"): t
+                    for j, t in self._read_tokens(txn, kind).items()}
+
+    def entity_attributes(self, kind: str, ext_ids: Sequence[str]) -> list[tuple[str, ...]]:
+        """The token set of each id (``()`` for none), one transaction."""
+        ids_db = self._item_ids if kind == "item" else self._user_ids
+        db = self._attrs[kind]
+        out = []
+        with self.env.begin() as txn:
+            for e in ext_ids:
+                raw = txn.get(str(e).encode("utf-8"), db=ids_db)
+                v = txn.get(bytes(raw), db=db) if (raw is not None and db is not None) else None
+                out.append(decode_tokens(bytes(v)[VERSION_BYTES:]) if v is not None else ())
+        return out
+
+    def token_counts(self, kind: str) -> dict[str, int]:
+        """``{token: number of entities of this kind holding it}``."""
+        if self._attr_tokens is None:
+            return {}
+        prefix = kind[0].encode()
+        out = {}
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._attr_tokens)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    out[k[1:].decode("utf-8")] = _U64.unpack(v)[0]
+        return out
 
     def user_history(self, user_id: str) -> tuple[list[str], np.ndarray]:
         """One user's items and scores (``([], empty)`` for an unknown user)."""

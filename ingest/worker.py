@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mcrecall.ingest import dead_letters, offset_range
+from mcrecall.ingest.attributes import split_attributes, version_key
 from mcrecall.ingest.consumers import (KAFKA_ERRORS, EventConsumer, PolledBatch, fetched_high_watermarks,
                               open_consumer, open_dlq_producer)
 from mcrecall.ingest.events import parse_scored_many
@@ -92,18 +93,19 @@ class _OutageReport:
 class _Gathered:
     """The events of the polls gathered for the next write transaction, column-shaped."""
 
-    __slots__ = ("users", "items", "bits", "offsets", "bad", "dlq_failed", "since")
+    __slots__ = ("users", "items", "bits", "attrs", "offsets", "bad", "dlq_failed", "since")
 
     def __init__(self):
         self.users: list[str] = []
         self.items: list[str] = []
         self.bits: list[int] = []
+        self.attrs: list = []  # [(AttributeUpdate, version)] (ingest/attributes.py)
         self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self.bad = self.dlq_failed = 0
         self.since: float | None = None  # monotonic time of the first poll gathered
 
     def __len__(self) -> int:  # events handled (good and bad)
-        return len(self.bits) + self.bad
+        return len(self.bits) + len(self.attrs) + self.bad
 
     def empty(self) -> bool:
         return not self.offsets
@@ -382,6 +384,12 @@ class IngestWorker:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.monotonic()
         users, items, bits, bad = parse_scored_many(records.values)
+        attrs = []
+        if bad:  # attribute messages have no action: the event rules put them here
+            updates, bad = split_attributes(records.values, bad)
+            for k, up in updates:
+                tp, offset, _ = records.locate(k)
+                attrs.append((up, version_key(up.ts, tp.partition, offset)))
         dlq_failed = 0
         if bad:
             letters = []
@@ -397,6 +405,7 @@ class IngestWorker:
         g.users += users
         g.items += items
         g.bits += bits
+        g.attrs += attrs
         g.bad += len(bad)
         g.dlq_failed += dlq_failed
         # a later poll of a partition is further on (a seek back first writes what was gathered)
@@ -410,9 +419,10 @@ class IngestWorker:
         self._gathered = _Gathered()
         self._drain()
         offsets = g.offsets  # {Partition: next offset}; a Partition is a (topic, partition) tuple
-        good = len(g.bits)
+        good = len(g.bits) + len(g.attrs)
         fut = self._writer.submit(self.store.apply_events, g.users, g.items, g.bits, offsets,
-                                  events=good, bad_events=g.bad, dlq_failed=g.dlq_failed)
+                                  events=len(g.bits), bad_events=g.bad, dlq_failed=g.dlq_failed,
+                                  attributes=g.attrs)
         self._pending = (fut, {"offsets": offsets, "good": good, "bad": g.bad,
                                "dlq_failed": g.dlq_failed})
 

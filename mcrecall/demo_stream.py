@@ -92,6 +92,20 @@ class DemoWorld:
         self._sent.extend(out)
         return out
 
+    def attribute_lines(self, ts: int = 1_763_999_999_000) -> list[bytes]:
+        """The catalogue and the user profiles as attribute messages (DESIGN §1a): an item's
+        ``category`` is its cluster (plus a ``shelf`` that carries nothing), a user's
+        ``interests`` their clusters (for a third of the users: profiles are often missing)."""
+        out = [json.dumps({"item_id": self.item_id(i), "ts": ts,
+                           "attributes": {"category": f"c{int(c)}", "shelf": int(i % 7)}},
+                          separators=(",", ":")).encode()
+               for i, c in enumerate(self.item_cluster.tolist())]
+        out += [json.dumps({"user_id": self.user_id(u), "ts": ts,
+                            "attributes": {"interests": [f"c{int(c)}" for c in t]}},
+                           separators=(",", ":")).encode()
+                for u, t in enumerate(self.tastes) if u % 3 == 0]
+        return out
+
     def new_user_clicks(self, user_id: str, cluster: int, n: int = 6) -> list[bytes]:
         items = self.cluster_items[cluster]
         p = self.popularity[items] / self.popularity[items].sum()

@@ -92,6 +92,10 @@ def render(st: dict) -> str:
     s = st["store"]
     lines.append(_table([("pairs", s["pairs"]), ("users", s["users"]), ("items", s["items"]),
                          ("events stored", s["events"]), ("store seq", s["seq"]),
+                         ("items with attributes", f"{s.get('items_with_attributes', 0)} "
+                                                   f"({s.get('item_tokens', 0)} distinct tokens)"),
+                         ("users with attributes", f"{s.get('users_with_attributes', 0)} "
+                                                   f"({s.get('user_tokens', 0)} distinct tokens)"),
                          ("dead letters", _dead_letters(st["dead_letters"]))]))
     lines += ["", "offsets (next to consume, from the store):"]
     lines.append(_table(st["offsets"].items()) if st["offsets"] else "  none yet")

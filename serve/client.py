@@ -35,6 +35,7 @@ from mcrecall.plugins import VersionNotFoundError, vector_store_from_config
 from mcrecall.plugins.metric import pair_scores, popular_fallback, usable_vector
 from mcrecall.serve.cache import LRUCache
 from mcrecall.serve.types import (
+    SOURCE_ATTRIBUTES,
     SOURCE_FOLD_IN,
     SOURCE_MODEL,
     SOURCE_POPULAR,
@@ -140,6 +141,7 @@ class RecallClient:
         self._items = LRUCache(cfg.serve.item_cache_size)
         self._foldins = LRUCache(cfg.serve.foldin_cache_size)
         self._fold_in_on = bool(cfg.serve.fold_in)
+        self._user_tokens: dict = {}  # version -> (vocab, user token embeddings) or ()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike | Config | None = None, **kwargs) -> "RecallClient":
@@ -426,7 +428,7 @@ class RecallClient:
                     # only costs one recomputation, never a stale vector.
                     items, scores = ts.user_history(uid)
                     seen = items
-                    vec = self._fold_in(st, items, scores)
+                    vec = self._fold_in(st, items, scores, self._attribute_vector(st, uid))
                     self._foldins.put(key, (useq, vec))
                 if vec is not None:
                     if want_seen and seen is None:
@@ -438,17 +440,43 @@ class RecallClient:
         if vec is None or not vec.any():  # a zero vector ranks nothing
             if vec is None and not self._alive(st.number):
                 raise _VersionGone(st.number)
+            avec = self._attribute_vector(st, uid)  # the hybrid model: what the user is
+            if avec is not None:
+                return avec, SOURCE_ATTRIBUTES, seen
             return None, SOURCE_POPULAR, seen
         return vec, SOURCE_MODEL, seen
 
-    def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray) -> np.ndarray | None:
+    def _attribute_vector(self, st: _Version, uid: str) -> np.ndarray | None:
+        """The user's attribute part (current tokens x the version's user token embeddings,
+        train/attributes.py), or None (no tokens known to the version, or no triple store)."""
+        tables = self._user_tokens.get(st.number)
+        if tables is None:
+            tables = self._registry.tokens(st.number, "user") or ()
+            self._user_tokens[st.number] = tables
+        ts = self._triples() if tables else None
+        if ts is None:
+            return None
+        from mcrecall.train.attributes import build_tokens
+
+        tm = build_tokens(1, ts.entity_attributes("user", [uid]), vocab=tables[0])
+        vec = tm.parts(tables[1])[0]
+        if not vec.any():
+            return None
+        fm = st.meta.get("foldin") or {}
+        if fm.get("objective") == "bce" and fm.get("layout") == "biased":
+            vec[-1] = 1.0  # bce/dot users are [a, 1]: the 1 picks up the item bias
+        return vec
+
+    def _fold_in(self, st: _Version, items: list[str], scores: np.ndarray,
+                 prior: np.ndarray | None = None) -> np.ndarray | None:
         if not items:
             return None
         V = self._item_vectors(st.number, items)
         known = ~np.isnan(V).any(axis=1)  # items newer than the version carry no vector
         if not known.any():
             return None
-        x = usable_vector(fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta))
+        x = usable_vector(fold_in(V[known], np.asarray(scores, dtype=np.float64)[known], st.meta,
+                                  **({"prior": prior} if prior is not None else {})))
         return None if x is None else np.asarray(x, dtype=np.float32)
 
     def _item_vectors(self, number: int, ids: list[str]) -> np.ndarray:

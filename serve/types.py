@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 SOURCE_MODEL = "model"  # the user's vector stored with the version
 SOURCE_FOLD_IN = "fold_in"  # solved on the fly from triples newer than the version
 SOURCE_POPULAR = "popular"  # no vector: the version's most popular items
+SOURCE_ATTRIBUTES = "attributes"  # no interactions: the mean of its attribute tokens' embeddings
 
 
 class Recalled(NamedTuple):

@@ -57,6 +57,8 @@ def test_demo_prints_a_command_that_queries_its_data_after_it_stopped(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     report = (out / "report.txt").read_text()
     assert "2 (squared, not served)" in report  # the squared-error baseline beside every version
+    # the hybrid model (issue 21): an item with attributes only is recalled before any interaction
+    assert "'fresh-item-2'" in report and "before its first interaction" in report, report[-3000:]
     # ... measured once, by the trainer on the published split, not fitted again on a copy
     assert not list((out / "data").glob("compare-v*")), "the demo fitted the squared objective twice"
 

@@ -65,6 +65,7 @@ import torch
 from mcrecall.core.config import TrainConfig
 from mcrecall.plugins.metric import pair_scores
 
+from .attributes import ID_REG_FACTOR, TokenMatrix, TokenSolver
 from .buckets import Chunk, build_chunks
 from .cg import CSRSide, cg_half_sweep
 from .foldin import foldin_section
@@ -141,13 +142,18 @@ class ALS(FactorModel):
     solver : ``"cg"`` (``cg_steps`` warm-started conjugate-gradient steps per row and half-sweep)
         or ``"cholesky"`` (exact per-row solve); cosine rows are always solved exactly.
     device : torch device.
+    item_tokens, user_tokens : :class:`mcrecall.train.attributes.TokenMatrix` of the items /
+        users (or None): the hybrid model, a row = its ID embedding + the mean of its tokens'
+        embeddings, learned by alternating the row solves with the closed-form token step
+        (train/attributes.py). Dot similarity only (cosine rows live on the sphere: ignored).
 
     Defaults are ``[train]``'s defaults in core/config.py (one place); ``objective`` has none.
     """
 
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *, objective,
                  similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg, alpha=_TC.alpha,
-                 solver=_TC.solver, cg_steps=_TC.cg_steps, device="cpu", budget=None):
+                 solver=_TC.solver, cg_steps=_TC.cg_steps, device="cpu", budget=None,
+                 item_tokens: TokenMatrix | None = None, user_tokens: TokenMatrix | None = None):
         if solver not in ("cg", "cholesky"):
             raise ValueError(f"solver must be cg or cholesky, got {solver!r}")
         if int(cg_steps) < 1:
@@ -180,13 +186,87 @@ class ALS(FactorModel):
             for side in ("user", "item"):
                 self._cg_values(side)
         self.scale = 1.0
+        self._init_tokens(item_tokens, user_tokens, user_idx, item_idx, score)
+
+    def _init_tokens(self, item_tokens, user_tokens, user_idx, item_idx, score):
+        """The attribute part's fixed data: A (row-normalised tokens), λ_r per row (0 for rows
+        without triples: they do not enter the token step), λ_E, and E = 0."""
+        self.tokens: dict[str, TokenMatrix] = {}
+        self._A, self.E, self._lam_rows, self._lam_e = {}, {}, {}, {}
+        self._token_solver: dict = {}
+        self._lam_scale: dict = {}  # side -> (n_rows,) ID_REG_FACTOR on rows with tokens, else 1
+        if self.similarity != "dot":
+            return
+        for side, tm, rows, n in (("item", item_tokens, item_idx, self.n_items),
+                                  ("user", user_tokens, user_idx, self.n_users)):
+            if tm is None or tm.n_tokens == 0:
+                continue
+            if tm.n_rows != n:
+                raise ValueError(f"{side}_tokens has {tm.n_rows} rows, the model {n} {side}s")
+            w = (self.alpha * score) if self.objective == "implicit" else np.ones(len(score))
+            wsum = np.bincount(rows, weights=w, minlength=n)
+            cnt = np.bincount(rows, minlength=n)
+            lam = np.where(cnt > 0, self.reg * ((wsum + 1.0) if self.objective == "implicit" else cnt), 0.0)
+            self.tokens[side] = tm
+            self._A[side] = tm.torch_matrix(self.device)
+            self._lam_rows[side] = torch.from_numpy(lam.astype(np.float32)).to(self.device)
+            self._lam_e[side] = float(lam[cnt > 0].mean()) if (cnt > 0).any() else self.reg
+            self.E[side] = torch.zeros(tm.n_tokens, self.k, device=self.device)
+            self._lam_scale[side] = torch.from_numpy(
+                np.where(tm.has, ID_REG_FACTOR, 1.0).astype(np.float32)).to(self.device)
+            self._cold_rows = getattr(self, "_cold_rows", {})
+            self._cold_rows[side] = torch.from_numpy((cnt == 0) & tm.has).to(self.device)
+
+    def _gram(self, feat: torch.Tensor, other: str) -> torch.Tensor:
+        """G = FᵀF of the implicit objective's all-cells term. Users that are their attribute
+        part alone (no interactions) are left out: the version stores no vector for them, so
+        refresh's user Gram (train/refresh.py) has none either. Items of attributes alone stay
+        in (they are published: serve's fold-in Gram holds them)."""
+        cold = getattr(self, "_cold_rows", {}).get(other) if other == "user" else None
+        if cold is None or not bool(cold.any()):
+            return feat.T @ feat
+        f = feat[~cold]
+        return f.T @ f
+
+    def _prior(self, side: str):
+        """(n_rows, k) attribute parts A E of ``side`` (None without attributes)."""
+        if side not in self._A:
+            return None
+        return self._A[side] @ self.E[side]
+
+    def _token_step(self, side: str) -> None:
+        """Closed-form token embeddings for the rows just solved; rows without triples then take
+        their new attribute part."""
+        if side not in self._A:
+            return
+        X = self.V if side == "item" else self.U
+        # every row with triples weighs the same (λ̄ = the mean λ_r) in the token step: weighted
+        # by its confidence λ_r, the attribute parts fitted the popular items and cold-item
+        # Recall@20 fell (0.27 against 0.32 on the synthetic set of tests/test_attributes_model.py)
+        if side not in self._token_solver:
+            lam = (self._lam_rows[side] > 0).float() * self._lam_e[side]
+            self._token_solver[side] = TokenSolver(self._A[side], lam, self._lam_e[side])
+        self.E[side] = self._token_solver[side](X, self.E[side])
+        cold = self._cold_rows[side]
+        if bool(cold.any()):
+            X[cold] = self._prior(side)[cold]
+
+    def token_tables(self) -> dict:
+        """``{side: (vocab, E)}``: the learned token embeddings, in the published space, of each
+        side with attributes. ``squared`` (biases folded into extra columns) has none to
+        publish: its attribute parts live in the internal space (refresh cannot add them)."""
+        if self.biased:
+            return {}
+        return {side: (tm.vocab, self.E[side].float().cpu().numpy()) for side, tm in self.tokens.items()}
 
     @classmethod
-    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None):
+    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None,
+                    item_tokens=None, user_tokens=None):
         u, i, y = triples
         return cls(u, i, y, n_users, n_items, objective=objective or tc.objective,
                    similarity=tc.similarity, dim=tc.dim, reg=tc.reg, alpha=tc.alpha,
-                   solver=tc.solver, cg_steps=tc.cg_steps, device=device)
+                   solver=tc.solver, cg_steps=tc.cg_steps, device=device,
+                   item_tokens=item_tokens, user_tokens=user_tokens)
 
     def internal_rows(self, user, item):
         return self.internal_from_published(user, item, self.objective, self.similarity,
@@ -246,7 +326,8 @@ class ALS(FactorModel):
 
     # -- one half-sweep -------------------------------------------------------------------------
     def _solve_side(self, chunks: list[Chunk], X: torch.Tensor, F: torch.Tensor,
-                    other_idx: torch.Tensor, track: bool = False):
+                    other_idx: torch.Tensor, track: bool = False, prior: torch.Tensor | None = None,
+                    lam_scale: torch.Tensor | None = None):
         """Solve all rows of X (in place) with the other side's factors F fixed.
 
         With ``track``, also record the data term of the objective at the solution, from the
@@ -259,9 +340,11 @@ class ALS(FactorModel):
             offset = F[:, -1]
         else:
             feat, offset = F, None
-        gram = feat.T @ feat if imp else None
+        gram = self._gram(feat, "item" if F is self.V else "user") if imp else None
         s = self.scale
         X.zero_()  # rows without triples: the minimiser of the regulariser alone
+        if prior is not None:  # ... which is the attribute part (train/attributes.py)
+            X.copy_(prior)
         data = torch.zeros((), dtype=torch.float64, device=X.device)
         for ch in chunks:
             Xf = feat[ch.cols]  # (R, L, k)
@@ -281,7 +364,10 @@ class ALS(FactorModel):
                 x = _sphere_solve(H, g)
             else:
                 lam = self.reg * ((w.sum(1) + 1.0) if imp else ch.count)
-                x = _ridge_solve(H, g, lam)
+                if lam_scale is not None:
+                    lam = lam * lam_scale[ch.rows]
+                gp = g if prior is None else g + lam[:, None] * prior[ch.rows]
+                x = _ridge_solve(H, gp, lam)
             X[ch.rows] = x
             if track:
                 const = t.sum(1) if imp else (t * t).sum(1)  # t is 0 on padding
@@ -290,7 +376,8 @@ class ALS(FactorModel):
         if track:  # rows without triples have x = 0: they add nothing
             self._data = float(data)
 
-    def _cg_side(self, side: str, X: torch.Tensor, F: torch.Tensor, track: bool = False):
+    def _cg_side(self, side: str, X: torch.Tensor, F: torch.Tensor, track: bool = False,
+                 prior: torch.Tensor | None = None):
         """Like :meth:`_solve_side` (dot similarity), by ``cg_steps`` CG steps per row from the
         current X (train/cg.py) instead of the exact solve; X keeps its rows' values as the start.
         """
@@ -302,24 +389,29 @@ class ALS(FactorModel):
         else:
             feat, offset = F, None
         y, w, lam = self._cg_fixed[side]
+        if side in self._lam_scale:
+            lam = lam * self._lam_scale[side]
         if imp:
             t = 1.0 + w
         else:
             t = (y - (self.mu + offset[csr.col])) if self.biased else y
-        gram = feat.T @ feat if imp else None
-        data = cg_half_sweep(csr, X, feat, w, t, lam, gram, self.cg_steps, track=track)
+        gram = self._gram(feat, "item" if side == "user" else "user") if imp else None
+        data = cg_half_sweep(csr, X, feat, w, t, lam, gram, self.cg_steps, track=track, prior=prior)
         if track:
             self._data = data + float((t.sum() if imp else (t * t).sum()).double())
 
     def _half_sweep(self, side: str, track: bool = False):
         """Solve one side's rows with the other side fixed, by the configured solver."""
         X, F = (self.U, self.V) if side == "user" else (self.V, self.U)
+        prior = self._prior(side)
         if self.use_cg:
-            self._cg_side(side, X, F, track=track)
+            self._cg_side(side, X, F, track=track, prior=prior)
         elif side == "user":
-            self._solve_side(self.user_chunks, X, F, self.i, track=track)
+            self._solve_side(self.user_chunks, X, F, self.i, track=track, prior=prior,
+                             lam_scale=self._lam_scale.get(side))
         else:
-            self._solve_side(self.item_chunks, X, F, self.u, track=track)
+            self._solve_side(self.item_chunks, X, F, self.u, track=track, prior=prior,
+                             lam_scale=self._lam_scale.get(side))
 
     def predict(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Model prediction for pairs (internal factors)."""
@@ -367,9 +459,11 @@ class ALS(FactorModel):
         for ep in range(1, epochs + 1):
             t0 = time.perf_counter()
             self._half_sweep("item")
+            self._token_step("item")
             if self.similarity == "cosine":  # before the users: they are solved for the final s
                 self._refit_scale()
             self._half_sweep("user", track=True)
+            self._token_step("user")
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0

@@ -78,7 +78,7 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def cg_half_sweep(side: CSRSide, X: torch.Tensor, feat: torch.Tensor, w: torch.Tensor | None,
                   t: torch.Tensor, lam: torch.Tensor, gram: torch.Tensor | None, steps: int,
-                  track: bool = False) -> float | None:
+                  track: bool = False, prior: torch.Tensor | None = None) -> float | None:
     """Take ``steps`` CG steps on every row of ``X`` (in place), warm-started from ``X``.
 
     Parameters
@@ -87,6 +87,8 @@ def cg_half_sweep(side: CSRSide, X: torch.Tensor, feat: torch.Tensor, w: torch.T
     feat : (n_cols, k) fixed features f_j.
     w, t : (nnz,) entry weights (None = all 1) and targets, in ``side``'s entry order.
     lam : (n_rows,) λ_r.  gram : (k, k) G, or None.
+    prior : (n_rows, k) o_r or None: the regulariser is λ_r‖x_r − o_r‖² (the hybrid model's
+        attribute part, train/attributes.py); rows without entries are o_r.
     track : also return the data term Σ_r [xᵀ(A − λ_r I)x − 2xᵀb + Σ_j t_rj c_rj] without the
         constant part (the caller adds it), from the residual: xᵀAx = xᵀ(b − r).
 
@@ -101,6 +103,8 @@ def cg_half_sweep(side: CSRSide, X: torch.Tensor, feat: torch.Tensor, w: torch.T
     if pad:
         out, X = X, torch.nn.functional.pad(X, (0, pad))
         feat = torch.nn.functional.pad(feat, (0, pad))
+        if prior is not None:
+            prior = torch.nn.functional.pad(prior, (0, pad))
         if gram is not None:
             gram = torch.nn.functional.pad(gram, (0, pad, 0, pad))
     # scratch values, overwritten in place by every sampled_addmm (out = input: no copy)
@@ -119,14 +123,19 @@ def cg_half_sweep(side: CSRSide, X: torch.Tensor, feat: torch.Tensor, w: torch.T
         d = entry_dots(P)
         return dense_part(P).addmm_(side.matrix(d if w is None else d * w), feat)
 
-    X[side.count == 0] = 0.0
+    empty = side.count == 0
+    X[empty] = 0.0 if prior is None else prior[empty]
     d = entry_dots(X)
     wd = d if w is None else d * w
     if track:  # b is needed at the end
         b = side.matrix(t) @ feat
+        if prior is not None:
+            b = b + lam[:, None] * prior
         r = b - dense_part(X).addmm_(side.matrix(wd), feat)
     else:  # one sparse product: r = Σ_j (t − w fᵀx) f_j − (G + λ) x
         r = (side.matrix(t - wd) @ feat).sub_(dense_part(X))
+        if prior is not None:
+            r.add_(lam[:, None] * prior)
     p = r.clone()
     rs = _rowdot(r, r)
     for _ in range(steps):
@@ -139,10 +148,15 @@ def cg_half_sweep(side: CSRSide, X: torch.Tensor, feat: torch.Tensor, w: torch.T
         beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, 1.0), 0.0)
         p = r + beta[:, None] * p
         rs = rs_new
+    if prior is not None:  # empty rows have r = −G o ≠ 0: the steps moved them, put them back
+        X[empty] = prior[empty]
     if pad:
         out.copy_(X[:, :k])
     if not track:
         return None
     # xᵀHx − 2xᵀb with H = A − λI and A x = b − r
     x2 = _rowdot(X, X)
-    return float((-_rowdot(X, b + r) - lam * x2).double().sum())
+    data = -_rowdot(X, b + r) - lam * x2
+    if prior is not None:  # b held λ o: xᵀ(A − λ)x − 2xᵀ(b − λo)
+        data = data + 2 * lam * _rowdot(X, prior)
+    return float(data.double().sum())

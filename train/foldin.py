@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attributes import ID_REG_FACTOR
+
 NEG_POOL = 256  # items whose vectors represent "all items" for bce fold-in
 
 
@@ -141,7 +143,8 @@ def _bce_newton(F: np.ndarray, pool: np.ndarray, n_neg: float, lam: float, x0=No
     return x
 
 
-def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndarray:
+def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict,
+            prior: np.ndarray | None = None) -> np.ndarray:
     """The user vector (published form, float32) for these triples under version ``meta``.
 
     Parameters
@@ -150,6 +153,8 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndar
         (``vs.get_vectors(version, item_ids)``).
     scores : (n,) the user's scores 0..4 for those items.
     meta : the version's metadata (``ModelRegistry.metadata(version)``) or its ``"foldin"`` part.
+    prior : (dim,) the user's attribute part (the hybrid model, train/attributes.py; used by
+        implicit/dot): λ penalises the ID embedding x − prior, as in training.
 
     Returns
     -------
@@ -198,13 +203,17 @@ def fold_in(item_vectors: np.ndarray, scores: np.ndarray, meta: dict) -> np.ndar
         H = G + (V.T * a) @ V
         g = V.T @ (1.0 + a)
         if sim == "dot":
-            x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
+            lam_r = lam * (a.sum() + 1.0)
+            if prior is not None:  # the ID embedding's penalty of a row with tokens (train/attributes.py)
+                lam_r *= ID_REG_FACTOR
+                g = g + lam_r * np.asarray(prior, np.float64)
+            x = np.linalg.solve(H + lam_r * np.eye(k), g)
             return x.astype(np.float32)
     return sphere_solve(H * (s * s), g * s).astype(np.float32)
 
 
 def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
-                 user_gram: np.ndarray | None = None) -> np.ndarray | None:
+                 user_gram: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray | None:
     r"""The item vector (published form, float32) for these triples under version ``meta``.
 
     The item-side half-sweep of the version's ALS objective (:mod:`mcrecall.train.als`) for one item,
@@ -223,6 +232,8 @@ def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
     scores : (n,) the item's scores 0..4 from those users.
     meta : the version's metadata or its ``"foldin"`` part.
     user_gram : (k, k) Σ a aᵀ over the version's published user vectors (``implicit`` only).
+    prior : (k,) the item's attribute part (the hybrid model, train/attributes.py; implicit/dot):
+        the ID embedding x − prior is what λ penalises, so the right-hand side gains λ_r prior.
 
     Returns
     -------
@@ -263,6 +274,10 @@ def fold_in_item(user_vectors: np.ndarray, scores: np.ndarray, meta: dict,
         H = np.asarray(user_gram, dtype=np.float64) + (U.T * a) @ U
         g = U.T @ (1.0 + a)
         if sim == "dot":
-            x = np.linalg.solve(H + lam * (a.sum() + 1.0) * np.eye(k), g)
+            lam_r = lam * (a.sum() + 1.0)
+            if prior is not None:  # the ID embedding's penalty of a row with tokens (train/attributes.py)
+                lam_r *= ID_REG_FACTOR
+                g = g + lam_r * np.asarray(prior, np.float64)
+            x = np.linalg.solve(H + lam_r * np.eye(k), g)
             return x.astype(np.float32)
     return sphere_solve(H * (s * s), g * s).astype(np.float32)

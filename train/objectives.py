@@ -87,12 +87,18 @@ def model_class(objective: str) -> type[FactorModel]:
 
 
 def model_from_config(tc, triples, n_users: int, n_items: int, *, device: str = "cpu",
-                      objective: str | None = None) -> FactorModel:
+                      objective: str | None = None, item_tokens=None, user_tokens=None) -> FactorModel:
     """A new, uninitialised model of ``objective`` (default ``tc.objective``) on ``triples``
-    = (user_idx, item_idx, score), with its hyper-parameters from ``tc`` ([train])."""
+    = (user_idx, item_idx, score), with its hyper-parameters from ``tc`` ([train]).
+
+    ``item_tokens`` / ``user_tokens``: :class:`mcrecall.train.attributes.TokenMatrix` of the
+    items / users for the hybrid model (None: ID embeddings only)."""
     objective = objective or tc.objective
+    extra = {}
+    if item_tokens is not None or user_tokens is not None:
+        extra = {"item_tokens": item_tokens, "user_tokens": user_tokens}
     return model_class(objective).from_config(tc, triples, n_users, n_items, device=device,
-                                              objective=objective)
+                                              objective=objective, **extra)
 
 
 def rows_with_data(idx: np.ndarray, score: np.ndarray, n: int, objective: str) -> np.ndarray:
@@ -173,6 +179,11 @@ class FactorModel(ABC):
                        seed: int = 0) -> dict:
         """The version's ``foldin`` metadata for these published item vectors
         (:func:`mcrecall.train.foldin.foldin_section`, the one writer)."""
+
+    def token_tables(self) -> dict:
+        """``{"item" | "user": (vocab, embeddings)}`` of the hybrid model's token embeddings in
+        the published space (empty: ID embeddings only; train/attributes.py)."""
+        return {}
 
     @staticmethod
     def fold_in(item_vectors: np.ndarray, scores: np.ndarray, section: dict):

@@ -16,6 +16,11 @@ version is trained on all triples so far with the configured objective (the trai
   :func:`mcrecall.train.foldin.fold_in_item` vectors against the version's users (``mcrecall refresh``),
   so new items become recallable before the next version; fold-in then sees them too.
 * ``most popular``: the items with the most positive pairs so far (updated every event).
+* ``+ attributes`` (only when the stream holds attribute messages, DESIGN §1a, and ``[train]
+  attributes`` is on): ``+ item refresh`` on versions of the hybrid model (train/attributes.py),
+  trained on the same triples: an item with attributes is recallable from its attribute part
+  before its first interaction, a refreshed item is pulled towards it, and a user without
+  interactions is served from the user's attribute part.
 
 Search is exact (in process, the ``exact`` backend's answer:
 :func:`mcrecall.plugins.metric.ranked` on :func:`~mcrecall.plugins.metric.cross_scores`, and
@@ -28,7 +33,7 @@ strategy is "most popular").
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +42,7 @@ from mcrecall.plugins.metric import cross_scores, popular_fallback, ranked, usab
 from mcrecall.train.foldin import fold_in, fold_in_item
 
 STRATEGIES = ("periodic retrain only", "+ user fold-in", "+ item refresh", "most popular")
+ATTRIBUTES = "+ attributes"
 
 
 @dataclass
@@ -49,6 +55,7 @@ class _Version:
     user_ctr: np.ndarray  # per-user change counter when trained
     popular: np.ndarray  # item indices, best first
     gram: np.ndarray | None  # implicit: Σ a aᵀ over its users
+    tables: dict | None = None  # the hybrid model's token tables (the attributes strategy)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class PrequentialResult:
     def table(self) -> str:
         """A markdown table of Recall@k per strategy."""
         rows = [f"| strategy | Recall@{self.k} | hits |", "| --- | ---: | ---: |"]
-        for s in STRATEGIES:
+        for s in self.hits:  # STRATEGIES, then the attributes strategy when measured
             rows.append(f"| {s} | {self.recall(s):.4f} | {self.hits[s]:,} |")
         rows.append(f"\n{self.positives:,} positive events scored of {self.events:,} events, "
                     f"{self.versions} versions ({self.settings}), {self.seconds:.1f} s")
@@ -78,7 +85,7 @@ class PrequentialResult:
 
     def to_json(self) -> dict:
         return {"k": self.k, "events": self.events, "positives": self.positives,
-                "recall": {s: self.recall(s) for s in STRATEGIES}, "hits": self.hits,
+                "recall": {s: self.recall(s) for s in self.hits}, "hits": self.hits,
                 "versions": self.versions, "settings": self.settings, "seconds": self.seconds}
 
 
@@ -95,16 +102,24 @@ class _Ids:
         return j
 
 
-def read_events(path) -> list[tuple[str, str, int]]:
-    """(user_id, item_id, action bits) of every line; a bad line is a one-line ValueError."""
+def read_events(path) -> list[tuple]:
+    """(user_id, item_id, action bits) of every line; an attribute message (DESIGN §1a) is
+    ``(None, None, AttributeUpdate)``; a bad line is a one-line ValueError."""
+    from mcrecall.ingest.attributes import BadAttributes, parse_attribute_message
+
     out = []
     with open(path, "rb") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            raw = line.rstrip(b"\r\n")
             try:
-                e = parse_event(line.rstrip(b"\r\n"))
-            except BadEvent as err:
+                up = parse_attribute_message(raw)
+                if up is not None:
+                    out.append((None, None, up))
+                    continue
+                e = parse_event(raw)
+            except (BadEvent, BadAttributes) as err:
                 raise ValueError(f"{path}:{n}: bad event: {err.reason}") from None
             out.append((e.user_id, e.item_id, ACTION_BITS[e.action]))
     return out
@@ -138,8 +153,15 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
     user_ctr: list[int] = []
     pos_count: list[int] = []
     changed_items: set[int] = set()
+    # the attributes strategy (module docstring): tokens as the stream last set them
+    tokens: dict[str, dict[int, tuple]] = {"item": {}, "user": {}}
+    with_attrs = getattr(tc, "attributes", True) and any(e[0] is None for e in events)
+    strategies = STRATEGIES + ((ATTRIBUTES,) if with_attrs else ())
+    ver_a: _Version | None = None
+    I_ref_a = avail_ref_a = None
+    changed_a: set[int] = set()
     res = PrequentialResult(k=k, events=len(events), positives=0,
-                            hits={s: 0 for s in STRATEGIES},
+                            hits={s: 0 for s in strategies},
                             settings={"objective": tc.objective, "similarity": tc.similarity,
                                       "dim": tc.dim, "retrain_every": retrain_every,
                                       "refresh_every": refresh_every})
@@ -149,19 +171,24 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
     ref_gen = 0
     foldin_cache: dict[tuple, np.ndarray | None] = {}
 
-    def train() -> _Version:
+    def train(attributes: bool = False) -> _Version:
         keys = np.array(list(mask.keys()), dtype=np.int64).reshape(-1, 2)
         sc = np.array([score_of(m) for m in mask.values()], dtype=np.float32)
 
         class Snap:  # the shape fit_model reads
             user_idx, item_idx, score = keys[:, 0].astype(np.int32), keys[:, 1].astype(np.int32), sc
             user_ids, item_ids = list(users.ids), list(items.ids)
+            item_tokens = dict(tokens["item"]) if attributes else None
+            user_tokens = dict(tokens["user"]) if attributes else None
         snap = Snap()
-        model, _, _ = fit_model(snap, tc, device="cpu", train_mask=np.ones(len(sc), bool),
-                                log=lambda s: None)
+        model, _, _ = fit_model(snap, replace(tc, attributes=attributes), device="cpu",
+                                train_mask=np.ones(len(sc), bool), log=lambda s: None)
         U, I = model.published()
         uh = rows_with_data(snap.user_idx, sc, len(users.ids), tc.objective)
         ih = rows_with_data(snap.item_idx, sc, len(items.ids), tc.objective)
+        tables = model.token_tables() if attributes else None
+        if tables and "item" in tables:  # items with attributes have their attribute part
+            ih = ih | np.array([bool(tokens["item"].get(j)) for j in range(len(items.ids))], bool)
         meta = {"foldin": model.foldin_section(I, ih, tc.seed)}
         pop = np.bincount(snap.item_idx[sc > 0], minlength=len(items.ids))
         gram = None
@@ -169,7 +196,7 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
             Uh = U[uh].astype(np.float64)
             gram = Uh.T @ Uh
         order = np.argsort(-pop, kind="stable")[:200]
-        return _Version(U, I, uh, ih, meta, np.array(user_ctr), order[pop[order] > 0], gram)
+        return _Version(U, I, uh, ih, meta, np.array(user_ctr), order[pop[order] > 0], gram, tables)
 
     def topk(M, avail, vec, seen) -> set:
         # the exact backend's answer: the k best available, unseen items by the model's score
@@ -185,20 +212,63 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
         stored = usable_vector(v.U[u]) if u < len(v.U) and v.user_has[u] else None
         if not fold or (u < len(v.user_ctr) and user_ctr[u] == v.user_ctr[u]):
             return stored
-        key = (u, user_ctr[u], gen)
+        key = (id(v), u, user_ctr[u], gen)  # two versions live at once (the attributes strategy)
         if key in foldin_cache:
             x = foldin_cache[key]
             return stored if x is None else x
         hist = by_user.get(u, {})
         its = np.fromiter((i for i in hist if i < len(M) and avail[i]), dtype=np.int64)
         x = None
+        prior = _part(v, "user", tokens["user"].get(u))
         if len(its):
             sc = np.array([score_of(hist[i]) for i in its], dtype=np.float64)
-            x = usable_vector(fold_in(M[its], sc, v.meta))
+            x = usable_vector(fold_in(M[its], sc, v.meta, **({"prior": prior} if prior is not None else {})))
         foldin_cache[key] = x
         return stored if x is None else x
 
+    def _after(n: int) -> None:
+        """Retrain, refresh and the curve after event ``n`` (test-then-train's "then")."""
+        nonlocal ver, I_ref, avail_ref, ref_gen, ver_a, I_ref_a, avail_ref_a
+        if (n + 1) % retrain_every == 0:
+            ver = train()
+            res.versions += 1
+            I_ref, avail_ref = ver.I.copy(), ver.item_has.copy()
+            changed_items.clear()
+            if with_attrs:
+                ver_a = train(attributes=True)
+                I_ref_a, avail_ref_a = ver_a.I.copy(), ver_a.item_has.copy()
+                changed_a.clear()
+            foldin_cache.clear()
+            log(f"prequential: version {res.versions} after {n + 1:,} events "
+                f"({len(mask):,} triples)")
+        elif ver is not None and (n + 1) % refresh_every == 0 and (changed_items or changed_a):
+            if changed_items:
+                I_ref, avail_ref = _refresh(ver, I_ref, avail_ref, changed_items, by_item)
+                changed_items.clear()
+            if ver_a is not None and changed_a:
+                I_ref_a, avail_ref_a = _refresh(ver_a, I_ref_a, avail_ref_a, changed_a, by_item,
+                                                tokens["item"])
+                changed_a.clear()
+            ref_gen += 1
+        if (n + 1) % curve_every == 0 and res.positives:
+            for s in strategies:
+                res.curve.setdefault(s, []).append((n + 1, res.hits[s] / res.positives))
+
     for n, (uid, iid, bits) in enumerate(events):
+        if uid is None:  # an attribute message: the entity's whole set, as the store keeps it
+            ids = items if bits.kind == "item" else users
+            j = ids.get(bits.entity_id)
+            if bits.kind == "item" and j == len(pos_count):
+                pos_count.append(0)
+            if bits.kind == "user" and j == len(user_ctr):
+                user_ctr.append(0)
+            tokens[bits.kind][j] = bits.tokens
+            if bits.kind == "item":
+                changed_a.add(j)
+            else:
+                user_ctr[j] += 1  # fold-in sees the new attribute part
+            _after(n)
+            continue
         u, i = users.get(uid), items.get(iid)
         if u == len(user_ctr):
             user_ctr.append(0)
@@ -218,7 +288,13 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
             counts = np.array(pos_count)
             order = np.argsort(-counts, kind="stable")
             vmodes.append(popular_top(order[counts[order] > 0], seen))
-            for s, top in zip(STRATEGIES, vmodes):
+            if ver_a is not None:
+                vec = user_vec(ver_a, u, True, I_ref_a, avail_ref_a, ref_gen)
+                if vec is None:
+                    vec = _part(ver_a, "user", tokens["user"].get(u))
+                vmodes.append(popular_top(ver_a.popular, seen) if vec is None
+                              else topk(I_ref_a, avail_ref_a, vec, seen))
+            for s, top in zip(strategies, vmodes):
                 res.hits[s] += i in top
         new = old | bits  # ... then train
         if new != old:
@@ -227,29 +303,29 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
             by_item.setdefault(i, {})[u] = new
             user_ctr[u] += 1
             changed_items.add(i)
+            changed_a.add(i)
             if first_positive:
                 pos_count[i] += 1
-        if (n + 1) % retrain_every == 0:
-            ver = train()
-            res.versions += 1
-            I_ref, avail_ref = ver.I.copy(), ver.item_has.copy()
-            changed_items.clear()
-            foldin_cache.clear()
-            log(f"prequential: version {res.versions} after {n + 1:,} events "
-                f"({len(mask):,} triples)")
-        elif ver is not None and (n + 1) % refresh_every == 0 and changed_items:
-            I_ref, avail_ref = _refresh(ver, I_ref, avail_ref, changed_items, by_item)
-            changed_items.clear()
-            ref_gen += 1
-        if (n + 1) % curve_every == 0 and res.positives:
-            for s in STRATEGIES:
-                res.curve.setdefault(s, []).append((n + 1, res.hits[s] / res.positives))
+        _after(n)
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _refresh(v: _Version, I_ref, avail_ref, changed: set, by_item) -> tuple[np.ndarray, np.ndarray]:
-    """Item refresh against version ``v``'s users (as train/refresh.py does in the store)."""
+def _part(v: _Version, kind: str, toks) -> np.ndarray | None:
+    """The attribute part of ``toks`` under version ``v``'s token table (None: none)."""
+    if not toks or not v.tables or kind not in v.tables:
+        return None
+    from mcrecall.train.attributes import build_tokens
+
+    vocab, E = v.tables[kind]
+    x = build_tokens(1, [toks], vocab=vocab).parts(E)[0]
+    return x if x.any() else None
+
+
+def _refresh(v: _Version, I_ref, avail_ref, changed: set, by_item,
+             item_tokens: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Item refresh against version ``v``'s users (as train/refresh.py does in the store);
+    with ``item_tokens`` (the attributes strategy) pulled to, or made of, the attribute part."""
     n = max(len(I_ref), max(changed) + 1)
     if n > len(I_ref):
         I_ref = np.vstack([I_ref, np.zeros((n - len(I_ref), I_ref.shape[1]), I_ref.dtype)])
@@ -257,10 +333,15 @@ def _refresh(v: _Version, I_ref, avail_ref, changed: set, by_item) -> tuple[np.n
     for i in changed:
         hist = by_item.get(i, {})
         us = np.fromiter((u for u in hist if u < len(v.U) and v.user_has[u]), dtype=np.int64)
-        if not len(us):
-            continue
+        prior = _part(v, "item", (item_tokens or {}).get(i))
         sc = np.array([score_of(hist[u]) for u in us], dtype=np.float64)
-        x = fold_in_item(v.U[us], sc, v.meta, user_gram=v.gram)
+        if not len(us) or (v.gram is not None and not (sc > 0).any()):
+            if prior is not None:
+                I_ref[i] = prior
+                avail_ref[i] = True
+            continue
+        x = fold_in_item(v.U[us], sc, v.meta, user_gram=v.gram,
+                         **({"prior": prior} if prior is not None else {}))
         if x is not None and np.isfinite(x).all() and x.any():
             I_ref[i] = x
             avail_ref[i] = True

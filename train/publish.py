@@ -160,12 +160,14 @@ def drop_old(registry: ModelRegistry, vs, keep: set[int], log=print) -> list[int
 
 def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
             user_vectors: np.ndarray, item_ids: list[str], item_vectors: np.ndarray, meta: dict,
-            metric: str, index_type: str, log: Callable[[str], None] = print) -> int:
+            metric: str, index_type: str, log: Callable[[str], None] = print,
+            tokens: dict | None = None) -> int:
     """Write version ``version`` completely, make it current atomically, drop old versions.
 
     ``version`` comes from :func:`next_version`. Returns the version number. The item vectors
     are model-space; the plugin applies the metric reduction (``max_norm`` = the largest item
-    norm × NORM_HEADROOM, needed for dot through L2/COSINE).
+    norm × NORM_HEADROOM, needed for dot through L2/COSINE). ``tokens``: ``{kind: (vocab,
+    embeddings)}`` of the hybrid model (train/attributes.py), stored with the version.
 
     Raises
     ------
@@ -185,6 +187,8 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
         if version not in registry.inflight():
             registry.mark_inflight(version)  # a caller-chosen number
         try:
+            for kind, (vocab, emb) in (tokens or {}).items():
+                registry.write_tokens(version, kind, vocab, emb)
             _write_version(registry, vs, version, user_ids, user_vectors, item_ids,
                            item_vectors, meta, metric, index_type)
         except BaseException:

@@ -176,20 +176,26 @@ class Refresher:
         Returns the ids that got a vector and their (n, dim) published-form vectors.
         """
         hist = self.store.item_histories(items)
+        priors = item_priors(self.registry, self.store, version, items)  # the hybrid model's parts
         users = list(dict.fromkeys(u for us, _ in hist for u in us))
         U = self.registry.user_vectors(version, users) if users else None
         row = {u: j for j, u in enumerate(users)}
         gram = self._user_gram(version) if meta["foldin"]["objective"] == "implicit" else None
         ids, vecs = [], []
-        for item, (us, scores) in zip(items, hist):
-            if not us:
+        for k, (item, (us, scores)) in enumerate(zip(items, hist)):
+            prior = None if priors is None or not priors[k].any() else priors[k]
+            known = np.zeros(0, bool)
+            if us:
+                r = np.fromiter((row[u] for u in us), dtype=np.int64, count=len(us))
+                V = U[r]
+                known = ~np.isnan(V).any(axis=1)  # users without a vector in this version
+            if not known.any() or (gram is not None and not (scores[known] > 0).any()):
+                if prior is not None:  # no interactions (yet): its attribute part alone
+                    ids.append(item)
+                    vecs.append(prior.astype(np.float32))
                 continue
-            r = np.fromiter((row[u] for u in us), dtype=np.int64, count=len(us))
-            V = U[r]
-            known = ~np.isnan(V).any(axis=1)  # users without a vector in this version
-            if not known.any():
-                continue
-            x = fold_in_item(V[known], scores[known], meta, user_gram=gram)
+            x = fold_in_item(V[known], scores[known], meta, user_gram=gram,
+                             **({"prior": prior} if prior is not None else {}))
             if x is None or not np.isfinite(x).all() or not x.any():
                 continue
             ids.append(item)
@@ -203,6 +209,19 @@ class Refresher:
             U = self.registry.user_matrix(version).astype(np.float64)
             self._gram = (version, U.T @ U)
         return self._gram[1]
+
+
+def item_priors(registry, store, version: int, items: list[str]) -> np.ndarray | None:
+    """(len(items), dim) attribute parts of ``items`` (their current tokens x the version's
+    token embeddings, train/attributes.py), or None when the version has none."""
+    tables = registry.tokens(version, "item")
+    if tables is None:
+        return None
+    from .attributes import build_tokens
+
+    vocab, E = tables
+    tm = build_tokens(len(items), store.entity_attributes("item", items), vocab=vocab)
+    return tm.parts(E)
 
 
 def clip_norms(vectors: np.ndarray, max_norm: float) -> tuple[np.ndarray, int]:

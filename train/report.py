@@ -21,6 +21,15 @@ def format_table(ev: dict) -> str:
                         for c in cols)
         lines.append(f"  {name:<16}{cells}")
     lines.append(f"  held-out triples {ev.get('n_test')}, ranked users {ev.get('n_eval_users')}")
+    cold = ev.get("cold_items")
+    if cold:  # the hybrid model (train/cold.py): cold items ranked among themselves
+        def f(v):
+            return "—" if v is None else format(v, ".4f")
+        lines.append(f"  cold items (Recall@20 among {cold.get('n_cold_items')} held-out items, "
+                     f"{cold.get('n_eval_users')} users):")
+        lines.append(f"  {'model':<22}{f(cold.get('recall@20')):>11}")
+        lines.append(f"  {'attribute popularity':<22}{f(cold.get('attribute_popularity', {}).get('recall@20')):>11}")
+        lines.append(f"  {'two-stage mapping':<22}{f(cold.get('two_stage_mapping', {}).get('recall@20')):>11}")
     return "\n".join(lines)
 
 

@@ -50,6 +50,11 @@ from .report import end_epoch
 from .warm import overlay_known_rows
 
 _TC = TrainConfig()  # the constructor's defaults are the configuration's
+# the hybrid model: the ID embedding of a row with tokens is penalised this many times reg_bce.
+# Measured on the 3000-item synthetic set of benchmarks/bench_attributes.py (seed 0, 10
+# epochs): 1 (the totals' L2 only) cold-item Recall@20 0.197, warm Recall@10 0.093; 2: 0.271,
+# 0.110; 5: 0.274, 0.110; 11: 0.264, 0.109; 31: 0.255, 0.095 (two-stage mapping 0.232).
+BCE_ID_REG_FACTOR = 5.0
 
 
 class BCE(FactorModel):
@@ -60,8 +65,14 @@ class BCE(FactorModel):
 
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *,
                  similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg_bce, lr=_TC.lr,
-                 negatives=_TC.negatives, batch_size=_TC.batch_size, device="cpu"):
-        """Defaults are ``[train]``'s defaults in core/config.py (one place)."""
+                 negatives=_TC.negatives, batch_size=_TC.batch_size, device="cpu",
+                 item_tokens=None, user_tokens=None):
+        """Defaults are ``[train]``'s defaults in core/config.py (one place).
+
+        ``item_tokens`` / ``user_tokens`` (:class:`mcrecall.train.attributes.TokenMatrix`):
+        the hybrid model, dot similarity: a row's vector = its ID embedding (rows with
+        positives only) + the mean of its tokens' embeddings, the token embeddings stepped by
+        the same sparse Adagrad from the gradients of the rows' vectors."""
         self.similarity, self.dim = similarity, dim
         self.reg, self.lr = float(reg), float(lr)
         self.negatives, self.batch = int(negatives), int(batch_size)
@@ -76,15 +87,33 @@ class BCE(FactorModel):
         self.scale = 5.0
         self.mu = 0.0
         self._loss = float("nan")
+        self._pad: dict = {}
+        self.tokens: dict = {}
+        if similarity == "dot":
+            from .attributes import PaddedTokens
+
+            for side, tm, rows, n in (("item", item_tokens, item_idx[pos], n_items),
+                                      ("user", user_tokens, user_idx[pos], n_users)):
+                if tm is not None and tm.n_tokens:
+                    self.tokens[side] = tm
+                    self._pad[side] = PaddedTokens(tm, self.device)
+                    has = np.bincount(rows, minlength=n) > 0
+                    self._pad[side].has = torch.from_numpy(has).to(self.device)
+                    # (n, k) mask of the ID parameters that take BCE_ID_REG_FACTOR
+                    tokened = np.repeat(tm.has.astype(np.float32)[:, None], self.k, 1)
+                    if side == "user" and self.biased:
+                        tokened[:, -1] = 0.0  # the user's constant 1 is no parameter
+                    self._pad[side].tokened = torch.from_numpy(tokened).to(self.device)
 
     @classmethod
-    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None):
+    def from_config(cls, tc, triples, n_users, n_items, *, device="cpu", objective=None,
+                    item_tokens=None, user_tokens=None):
         if (objective or "bce") != "bce":
             raise ValueError(f"BCE trains the bce objective, not {objective!r}")
         u, i, y = triples
         return cls(u, i, y, n_users, n_items, similarity=tc.similarity, dim=tc.dim,
                    reg=tc.reg_bce, lr=tc.lr, negatives=tc.negatives, batch_size=tc.batch_size,
-                   device=device)
+                   device=device, item_tokens=item_tokens, user_tokens=user_tokens)
 
     def warm_start(self, seed, user_published=None, item_published=None, scale=None):
         """Published rows are the internal ones (cosine rows are renormalised anyway); the
@@ -117,6 +146,15 @@ class BCE(FactorModel):
         overlay_known_rows(U, user_init)
         overlay_known_rows(V, item_init)
         self.U, self.V = U.to(self.device), V.to(self.device)
+        self.E, self.GE = {}, {}
+        for side, pad in self._pad.items():  # the hybrid model: ID rows only where data is
+            X = self.V if side == "item" else self.U
+            if side == "item" or not self.biased:
+                X[~pad.has] = 0.0
+            else:
+                X[~pad.has, :-1] = 0.0
+            self.E[side] = torch.zeros(pad.n_tokens + 1, self.k, device=self.device)  # + padding row
+            self.GE[side] = torch.zeros_like(self.E[side])
         self.GU = torch.zeros_like(self.U)
         self.GV = torch.zeros_like(self.V)
         self.gs = 0.0
@@ -168,7 +206,7 @@ class BCE(FactorModel):
 
     def _scratch(self, table):
         """A zero table-shaped buffer (kept zero between steps: only touched rows are reset)."""
-        key = "U" if table is self.U else "V"
+        key = "U" if table is self.U else ("V" if table is self.V else id(table))
         buf = self._bufs.get(key)
         if buf is None or buf.shape != table.shape:
             buf = self._bufs[key] = torch.zeros_like(table)
@@ -212,13 +250,20 @@ class BCE(FactorModel):
                 a = self.U.index_select(0, u)
                 bp = self.V.index_select(0, i)
                 bn = self.V.index_select(0, j).view(B, self.negatives, self.k)
+                ids = (a, bp, bn)  # the ID rows (the hybrid model's penalty acts on them)
+                if self._pad:
+                    a, bp, bn = self._with_parts(u, i, j, a, bp, bn)
                 if self.similarity == "cosine":
                     data, ga, gbp, gbn = self._autograd_grads(a, bp, bn)
                 else:
                     data, ga, gbp, gbn = self._dot_grads(a, bp, bn)
                 with torch.no_grad():
+                    gbn = gbn.reshape(-1, self.k)
+                    if self._pad:
+                        self._step_tokens(u, i, j, ga, gbp, gbn)
+                        ga, gbp, gbn = self._id_grads(u, i, j, ga, gbp, gbn, *ids)
                     self._step(self.U, self.GU, [(u, ga)])
-                    self._step(self.V, self.GV, [(i, gbp), (j, gbn.reshape(-1, self.k))])
+                    self._step(self.V, self.GV, [(i, gbp), (j, gbn)])
                 total += float(data)
                 seen += B
             dt = time.perf_counter() - t0
@@ -227,6 +272,93 @@ class BCE(FactorModel):
             end_epoch(history, {"epoch": ep, "seconds": dt, "loss": self._loss},
                       self, epochs, on_sweep, log, "epoch", examples, "examples")
         return history
+
+    def _with_parts(self, u, i, j, a, bp, bn):
+        """The batch's total vectors: ID rows + attribute parts (train/attributes.py)."""
+        if "user" in self._pad:
+            a = a + self._parts_of("user", u)
+        if "item" in self._pad:
+            bp = bp + self._parts_of("item", i)
+            bn = bn + self._parts_of("item", j).view(bn.shape)
+        return a, bp, bn
+
+    def _parts_of(self, side: str, rows):
+        """Attribute parts of ``rows`` (gathered per row: computing A E of the whole table
+        each step was slower on CPU, even for a table 4x smaller than the batch)."""
+        return self._pad[side].parts(rows, self.E[side])
+
+    def _step_tokens(self, u, i, j, ga, gbp, gbn):
+        """Adagrad on the token embeddings from the gradients of the rows' total vectors:
+        summed per row first (few rows, many examples), then g_E = Aᵀ g_rows (one sparse
+        product; scattering every example to its tokens was 4x slower on CPU)."""
+        for side, parts in (("user", [(u, ga)]), ("item", [(i, gbp), (j, gbn)])):
+            if side not in self._pad:
+                continue
+            p = self._pad[side]
+            X = self.U if side == "user" else self.V
+            if not hasattr(p, "At"):
+                p.At = self.tokens[side].torch_matrix(self.device).to_sparse_coo().t().coalesce()
+                p.rows = torch.zeros(X.shape[0], self.k, device=self.device)
+                p.all_tokens = torch.arange(p.n_tokens, device=self.device)
+            for rows, g in parts:
+                p.rows.index_add_(0, rows, g)
+            gE = p.At @ p.rows
+            for rows, _ in parts:
+                p.rows.index_fill_(0, rows, 0.0)
+            if side == "user" and self.biased:
+                gE[:, -1] = 0.0  # the user's constant 1 stays the ID part's
+            self._step(self.E[side], self.GE[side], [(p.all_tokens, gE[:p.n_tokens])])
+
+    def _id_grads(self, u, i, j, ga, gbp, gbn, a0, bp0, bn0):
+        """Rows without positives have no ID embedding: their rows' gradients are dropped; the
+        ID embedding of a row with tokens is penalised ``BCE_ID_REG_FACTOR`` × ``reg`` (its
+        attribute part then carries more of the affinity)."""
+        r2 = 2.0 * self.reg * (BCE_ID_REG_FACTOR - 1.0) / len(u)
+        if "user" in self._pad:
+            p = self._pad["user"]
+            ga = ga + (r2 * (1 + self.negatives)) * a0 * p.tokened[u]
+        if "item" in self._pad:
+            p = self._pad["item"]
+            gbp = gbp + r2 * bp0 * p.tokened[i]
+            gbn = gbn + r2 * bn0.reshape(-1, self.k) * p.tokened[j]
+        if "user" in self._pad:
+            ga = ga * self._pad["user"].has[u].unsqueeze(1)
+        if "item" in self._pad:
+            has = self._pad["item"].has
+            gbp = gbp * has[i].unsqueeze(1)
+            gbn = gbn * has[j].unsqueeze(1)
+        return ga, gbp, gbn
+
+    def warm_tokens(self, tables: dict, known: dict | None = None) -> None:
+        """Continue from ``tables`` (:meth:`token_tables` of the model warm-started from): its
+        token embeddings, and the warm rows' ID parts = their totals − the attribute parts
+        (``known[side]``: bool rows that were warm-started; default all)."""
+        for side, pad in self._pad.items():
+            if side not in tables:
+                continue
+            vocab, emb = tables[side]
+            at = {t: r for r, t in enumerate(vocab)}
+            E = torch.zeros_like(self.E[side])
+            for r, t in enumerate(self.tokens[side].vocab):
+                if t in at:
+                    E[r] = torch.from_numpy(np.ascontiguousarray(emb[at[t]])).to(E)
+            self.E[side] = E
+            X = self.V if side == "item" else self.U
+            rows = torch.arange(X.shape[0], device=self.device)
+            k = None if known is None else known.get(side)
+            if k is None:
+                X -= pad.parts(rows, E)
+            else:
+                kr = torch.from_numpy(np.flatnonzero(k)).to(self.device)
+                X[kr] -= pad.parts(kr, E)
+            if side == "item" or not self.biased:
+                X[~pad.has] = 0.0
+            else:
+                X[~pad.has, :-1] = 0.0
+
+    def token_tables(self) -> dict:
+        """``{side: (vocab, E)}`` in the published space (dot: the internal one)."""
+        return {side: (tm.vocab, self.E[side][:-1].float().cpu().numpy()) for side, tm in self.tokens.items()}
 
     def _autograd_grads(self, a, bp, bn):
         """Data loss and gradients by autograd (cosine logits); also steps the scale s."""
@@ -245,13 +377,23 @@ class BCE(FactorModel):
         return data.detach(), a.grad, bp.grad, bn.grad
 
     def predict(self, u, i):
+        if self._pad:
+            a, b, _ = self._with_parts(u, i, i[:0], self.U[u], self.V[i], self.V[i[:0]].view(0, 1, self.k))
+            return self._pub_dot(a, b)
         return self._pub_dot(self.U[u], self.V[i])
 
     def _pub_dot(self, a, b):
         return pair_scores(a, b, self.similarity, self.scale if self.similarity == "cosine" else 1.0)
 
     def published(self) -> tuple[np.ndarray, np.ndarray]:
-        U, V = self.U.float().cpu().numpy(), self.V.float().cpu().numpy()
+        U, V = self.U, self.V
+        for side, pad in self._pad.items():  # total vectors: ID rows + attribute parts
+            rows = torch.arange(pad.tok.shape[0], device=self.device)
+            if side == "item":
+                V = V + pad.parts(rows, self.E["item"])
+            else:
+                U = U + pad.parts(rows, self.E["user"])
+        U, V = U.float().cpu().numpy(), V.float().cpu().numpy()
         if self.similarity == "cosine":
             U = U / np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
             V = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)

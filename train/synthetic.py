@@ -27,6 +27,8 @@ class Synthetic:
     seq: int = 1
     user_factors: np.ndarray | None = None
     item_factors: np.ndarray | None = None
+    item_tokens: dict | None = None  # {item index: tokens} (make_synthetic_attributes)
+    user_tokens: dict | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -36,6 +38,7 @@ class Synthetic:
         return Synthetic(
             self.user_idx[mask], self.item_idx[mask], self.score[mask], self.user_ids,
             self.item_ids, self.seq if seq is None else seq, self.user_factors, self.item_factors,
+            self.item_tokens, self.user_tokens,
         )
 
 
@@ -48,6 +51,8 @@ def make_synthetic(
     alpha: float = 0.7,
     beta: float = 1.5,
     seed: int = 0,
+    user_factors: np.ndarray | None = None,
+    item_factors: np.ndarray | None = None,
 ) -> Synthetic:
     """Generate a planted-structure data set.
 
@@ -60,6 +65,8 @@ def make_synthetic(
     alpha : exposure weight of log item popularity (Zipf-like popularity).
     beta : exposure weight of the user's affinity for the item (user-dependent exposure).
     seed : RNG seed; the output is a deterministic function of all arguments.
+    user_factors, item_factors : planted (n, rank) factors to use instead of the drawn ones
+        (:func:`make_synthetic_attributes` plants them from attributes).
 
     Notes
     -----
@@ -71,6 +78,10 @@ def make_synthetic(
     rng = np.random.default_rng(seed)
     p = rng.standard_normal((n_users, rank)).astype(np.float32)
     q = rng.standard_normal((n_items, rank)).astype(np.float32)
+    if user_factors is not None:
+        p = np.asarray(user_factors, np.float32)
+    if item_factors is not None:
+        q = np.asarray(item_factors, np.float32)
     scale = 1.0 / np.sqrt(rank)
     pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
     rng.shuffle(pop)
@@ -111,6 +122,51 @@ def make_synthetic(
     )
 
 
+def make_synthetic_attributes(
+    n_users: int = 2000,
+    n_items: int = 1500,
+    n_triples: int = 100_000,
+    rank: int = 8,
+    attribute_share: float = 0.8,
+    fields: tuple[tuple[str, int, int], ...] = (("genre", 24, 2), ("maker", 60, 1), ("year", 12, 1)),
+    user_fields: tuple[tuple[str, int, int], ...] = (("region", 8, 1), ("age", 6, 1)),
+    seed: int = 0,
+    **kw,
+) -> Synthetic:
+    """:func:`make_synthetic` with attribute structure planted in the factors.
+
+    Each item draws, per field ``(name, n_values, per_item)``, ``per_item`` values; each value
+    has a latent vector, and the item's planted factor is
+    ``sqrt(share) * normalised mean of its values' vectors + sqrt(1 - share) * own noise``
+    (``attribute_share`` of the affinity is predictable from the attributes). Users get tokens
+    the same way (``user_fields``, with the same share). Tokens are ``name=value`` strings as
+    ingest makes them; ``year`` values are integers (``year=2003``).
+    """
+    rng = np.random.default_rng(seed + 7919)
+
+    def planted(n, flds, prefix):
+        parts = np.zeros((n, rank))
+        tokens = [[] for _ in range(n)]
+        for name, n_values, per in flds:
+            centers = rng.standard_normal((n_values, rank))
+            for r in range(n):
+                vals = rng.choice(n_values, size=per, replace=False)
+                parts[r] += centers[vals].mean(0) * np.sqrt(per)
+                for v in vals:
+                    tokens[r].append(f"{name}={2000 + v if name == 'year' else f'{prefix}{v}'}")
+        parts /= np.sqrt(len(flds))
+        own = rng.standard_normal((n, rank))
+        fac = np.sqrt(attribute_share) * parts + np.sqrt(1 - attribute_share) * own
+        return fac.astype(np.float32), {r: tuple(sorted(t)) for r, t in enumerate(tokens)}
+
+    q, item_tokens = planted(n_items, fields, "v")
+    p, user_tokens = planted(n_users, user_fields, "g") if user_fields else (None, None)
+    syn = make_synthetic(n_users, n_items, n_triples, rank, seed=seed, user_factors=p,
+                         item_factors=q, **kw)
+    syn.item_tokens, syn.user_tokens = item_tokens, user_tokens
+    return syn
+
+
 def make_stream(
     n_users: int = 800,
     n_items: int = 600,
@@ -122,6 +178,8 @@ def make_stream(
     beta: float = 2.0,
     seed: int = 0,
     ts0: int = 1_764_000_000_000,
+    attributes: bool = False,
+    attribute_share: float = 0.8,
 ) -> list[dict]:
     """A time-ordered event stream where new items keep arriving and popularity drifts.
 
@@ -134,10 +192,15 @@ def make_stream(
         (fresh items draw the traffic: the drift that retraining alone lags behind).
     alpha, beta : exposure log-odds weights of log popularity and of the user's affinity.
     seed : RNG seed; the output is a deterministic function of all arguments.
+    attributes : plant the item factors in attribute tokens (``genre`` 2 of 24 values,
+        ``maker`` 1 of 60; ``attribute_share`` of the affinity predictable from them, as in
+        :func:`make_synthetic_attributes`) and send each item's attribute message
+        ``{"item_id", "attributes", "ts"}`` (DESIGN §1a) at its birth, before its first exposure.
 
     Returns
     -------
-    list of event dicts ``{"user_id", "item_id", "action", "ts"}`` in time order (DESIGN §1).
+    list of event dicts ``{"user_id", "item_id", "action", "ts"}`` in time order (DESIGN §1),
+    with the attribute messages among them when ``attributes``.
 
     Notes
     -----
@@ -149,6 +212,15 @@ def make_stream(
     rng = np.random.default_rng(seed)
     p = rng.standard_normal((n_users, rank))
     q = rng.standard_normal((n_items, rank))
+    item_attrs = None
+    if attributes:
+        arng = np.random.default_rng(seed + 104729)
+        g_c, m_c = arng.standard_normal((24, rank)), arng.standard_normal((60, rank))
+        genres = np.stack([arng.choice(24, 2, replace=False) for _ in range(n_items)])
+        makers = arng.integers(0, 60, n_items)
+        part = (g_c[genres].mean(1) * np.sqrt(2) + m_c[makers]) / np.sqrt(2)
+        q = np.sqrt(attribute_share) * part + np.sqrt(1 - attribute_share) * arng.standard_normal((n_items, rank))
+        item_attrs = [{"genre": [f"g{g}" for g in genres[j]], "maker": f"m{makers[j]}"} for j in range(n_items)]
     n_old = int(round(n_items * (1 - new_item_fraction)))
     birth = np.zeros(n_items)
     birth[n_old:] = np.sort(rng.uniform(0.0, 1.0, n_items - n_old))
@@ -158,6 +230,9 @@ def make_stream(
     z_all = (p @ q.T) / np.sqrt(rank)
     sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
     events: list[dict] = []
+    if item_attrs is not None:  # the catalogue at the start
+        events += [{"item_id": f"i{j}", "attributes": item_attrs[j], "ts": ts0 - 1} for j in range(n_old)]
+        announced = n_old
     block = 200
     for s in range(0, n_exposures, block):
         m = min(block, n_exposures - s)
@@ -171,6 +246,11 @@ def make_stream(
         items = np.argmax(logits, axis=1)
         zz = z[np.arange(m), items]
         draws = rng.random((m, 4))
+        if item_attrs is not None:  # items born by the end of this block: their attributes first
+            while announced < n_items and birth[announced] <= t[-1]:
+                events.append({"item_id": f"i{announced}", "attributes": item_attrs[announced],
+                               "ts": ts0 + s * 10})
+                announced += 1
         for j in range(m):
             u, i = f"u{users[j]}", f"i{items[j]}"
             ts = ts0 + (s + j) * 10

@@ -20,6 +20,8 @@ from datetime import datetime, timezone  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .attributes import snapshot_tokens  # noqa: E402
+from .cold import cold_evaluation, cold_item_mask  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
 from .fit import _log_default, fit_model, resolve_device  # noqa: E402,F401  (re-exported)
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
@@ -115,7 +117,8 @@ def refit_all(snap, tc, model, train_mask: np.ndarray, *, device: str, log=_log_
     log(f"  refit on all {len(snap)} triples: {tc.refit_sweeps} "
         f"{objective_spec(tc.objective).step}s from the evaluated model")
     served, history, secs = fit_model(snap, rtc, device=device,
-                                      train_mask=np.ones(len(snap), bool), warm=(uw, iw),
+                                      train_mask=np.ones(len(snap), bool),
+                                      warm=(uw, iw, model.token_tables()),
                                       log=log, scale=model.scale)
     return served, {"kind": "refit_all", "sweeps": tc.refit_sweeps, "n_triples": int(len(snap)),
                     "seconds": secs, "history": history}
@@ -178,6 +181,12 @@ class _Run:
     user_hash: np.ndarray
     device: str
     log: object
+    # the hybrid model (train/cold.py): the held-out cold items (per item) and their triples;
+    # None without item attributes
+    cold_item: np.ndarray | None = None
+    cold: np.ndarray | None = None
+    item_tokens: object = None
+    user_tokens: object = None
 
     @property
     def tc(self):
@@ -185,14 +194,20 @@ class _Run:
 
     @property
     def test(self) -> np.ndarray:
-        return ~self.train
+        return ~self.train if self.cold is None else ~self.train & ~self.cold
 
     def rows_with_data(self, mask: np.ndarray | None = None):
-        """(user_has, item_has) for the triples in ``mask`` (default: the training split)."""
+        """(user_has, item_has) for the triples in ``mask`` (default: the training split); a
+        user or item with attributes has a vector too (its attribute part)."""
         s, obj = self.snap, self.tc.objective
         m = self.train if mask is None else mask
-        return (rows_with_data(s.user_idx[m], s.score[m], len(s.user_ids), obj),
-                rows_with_data(s.item_idx[m], s.score[m], len(s.item_ids), obj))
+        uh = rows_with_data(s.user_idx[m], s.score[m], len(s.user_ids), obj)
+        ih = rows_with_data(s.item_idx[m], s.score[m], len(s.item_ids), obj)
+        if self.user_tokens is not None:
+            uh = uh | self.user_tokens.has
+        if self.item_tokens is not None:
+            ih = ih | self.item_tokens.has
+        return uh, ih
 
 
 def take_snapshot(cfg, cur, cur_meta, *, skip_unchanged: bool, log):
@@ -220,10 +235,22 @@ def split_snapshot(cfg, snap, *, log) -> _Run:
     device = resolve_device(tc.device)
     hu, hi = id_hashes(snap.user_ids), id_hashes(snap.item_ids)
     test = holdout_from_hashes(snap.user_idx, snap.item_idx, hu, hi, tc.holdout_fraction)
+    item_tokens, user_tokens = snapshot_tokens(snap, tc, "item"), snapshot_tokens(snap, tc, "user")
+    cold_item = cold = None
+    if item_tokens is not None:  # a hash share of the items with attributes is held out whole
+        cold_item = cold_item_mask(hi, item_tokens.has)
+        cold = cold_item[snap.item_idx]
+        test = test | cold
     log(f"train: {len(snap)} triples ({int((~test).sum())} train / {int(test.sum())} held out), "
         f"{len(snap.user_ids)} users, {len(snap.item_ids)} items, store seq {snap.seq}; "
         f"objective {tc.objective}, similarity {tc.similarity}, dim {tc.dim}, device {device}")
-    return _Run(cfg, snap, ~test, hu, device, log)
+    if item_tokens is not None or user_tokens is not None:
+        log(f"  attributes: {0 if item_tokens is None else int(item_tokens.has.sum())} items "
+            f"({0 if item_tokens is None else item_tokens.n_tokens} tokens), "
+            f"{0 if user_tokens is None else int(user_tokens.has.sum())} users "
+            f"({0 if user_tokens is None else user_tokens.n_tokens} tokens); "
+            f"{0 if cold_item is None else int(cold_item.sum())} cold items held out")
+    return _Run(cfg, snap, ~test, hu, device, log, cold_item, cold, item_tokens, user_tokens)
 
 
 def fit_step(run: _Run, registry, vs, cur, cur_meta):
@@ -243,6 +270,8 @@ def evaluate_step(run: _Run, model) -> dict:
     the squared-error baseline)."""
     s, tr, te = run.snap, run.train, run.test
     user_has, item_has = run.rows_with_data()
+    if run.cold_item is not None:  # warm figures: the warm items only, as without attributes
+        item_has = item_has & ~run.cold_item
     user_pub, item_pub = model.published()
     t0 = time.perf_counter()
     ev = evaluate(user_pub, item_pub, model.scale, (s.user_idx[tr], s.item_idx[tr], s.score[tr]),
@@ -250,6 +279,18 @@ def evaluate_step(run: _Run, model) -> dict:
                   max_users=run.tc.eval_users, device=run.device, user_has=user_has,
                   item_has=item_has)
     ev["seconds"] = time.perf_counter() - t0
+    if run.cold_item is not None:
+        cold_fig, idm = cold_evaluation(s, run.tc, run.item_tokens, run.cold_item, tr, user_pub, item_pub,
+                                        user_hash=run.user_hash, device=run.device, fit_model=fit_model,
+                                        log=run.log)
+        if cold_fig is not None:
+            ev["cold_items"] = cold_fig
+            up0, ip0 = idm.published()
+            pu, pi = replace(run, item_tokens=None, user_tokens=None).rows_with_data()
+            ev["id_only"] = evaluate(up0, ip0, idm.scale, (s.user_idx[tr], s.item_idx[tr], s.score[tr]),
+                                     (s.user_idx[te], s.item_idx[te], s.score[te]), user_hash=run.user_hash,
+                                     max_users=run.tc.eval_users, device=run.device, baselines=False,
+                                     user_has=pu, item_has=pi & ~run.cold_item)["model"]
     baseline = squared_comparison(s, run.tc, tr, te, user_hash=run.user_hash, device=run.device,
                                   log=run.log)
     if baseline is not None:
@@ -356,6 +397,9 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         user_pub, item_pub = served.published()
         user_has, item_has = run.rows_with_data(None if served is model
                                                 else np.ones(len(snap), bool))
+        if run.user_tokens is not None:  # attribute-only users are served from their tokens
+            user_has = replace(run, user_tokens=None).rows_with_data(  # (serve/client.py), now
+                None if served is model else np.ones(len(snap), bool))[0]
         version = next_version(registry, vs)
         cleanup_stale(registry, vs, log)
         meta = version_metadata(run, version, served, served_info, user_has, item_has, item_pub,
@@ -365,7 +409,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         publish(registry, vs, version=version, user_ids=[snap.user_ids[j] for j in uid],
                 user_vectors=user_pub[uid], item_ids=[snap.item_ids[j] for j in iid],
                 item_vectors=item_pub[iid], meta=meta, metric=cfg.index.metric,
-                index_type=cfg.index.index_type, log=log)
+                index_type=cfg.index.index_type, log=log, tokens=served.token_tables())
         pub_s = time.perf_counter() - t_pub
     finally:
         if vs is not None:

@@ -12,6 +12,8 @@ key                                    value
 ``allocated``                          ASCII decimal: the highest version number handed out
 ``inflight/`` + BE uint32 N            JSON {pid, host, at}: N allocated, not yet published
 ``refresh/`` + BE uint32 N              JSON of version N's last item refresh (train/refresh.py)
+``tokens/`` + BE uint32 N + kind + ``/vocab``   JSON array of the token strings (kind ``item``/``user``)
+``tokens/`` + BE uint32 N + kind + ``/emb``     float32 LE (n_tokens, dim) token embeddings, published space
 =====================================  =====================================================
 
 This registry is the authority on which versions exist and are complete — not the vector
@@ -50,6 +52,7 @@ USER = b"user/"
 ALLOCATED = b"allocated"
 INFLIGHT = b"inflight/"
 REFRESH = b"refresh/"
+TOKENS = b"tokens/"
 DEFAULT_MAP_SIZE = 8 << 30
 
 
@@ -280,6 +283,27 @@ class ModelRegistry:
                 for uid, vec in zip(ids[s:s + batch], vectors[s:s + batch]):
                     txn.put(prefix + str(uid).encode("utf-8"), vec.tobytes())
 
+    def write_tokens(self, version: int, kind: str, vocab, emb: np.ndarray) -> None:
+        """Store a version's token embeddings of ``kind`` (``"item"``/``"user"``; the hybrid
+        model, train/attributes.py), before its metadata."""
+        emb = np.ascontiguousarray(emb, dtype="<f4")
+        if emb.ndim != 2 or len(emb) != len(vocab):
+            raise ValueError("token embeddings must be (len(vocab), dim)")
+        key = TOKENS + _ver(version) + kind.encode()
+        with self._writer().begin(write=True) as txn:
+            txn.put(key + b"/vocab", json.dumps(list(vocab), ensure_ascii=False).encode("utf-8"))
+            txn.put(key + b"/emb", str(emb.shape[1]).encode("ascii") + b"\0" + emb.tobytes())
+
+    def tokens(self, version: int, kind: str):
+        """``(vocab, embeddings)`` of a version's ``kind`` tokens, or None (none stored)."""
+        key = TOKENS + _ver(version) + kind.encode()
+        vocab, emb = self._get(key + b"/vocab"), self._get(key + b"/emb")
+        if vocab is None or emb is None:
+            return None
+        dim, _, raw = bytes(emb).partition(b"\0")
+        return tuple(json.loads(bytes(vocab).decode("utf-8"))), \
+            np.frombuffer(raw, dtype="<f4").reshape(-1, int(dim)).astype(np.float32)
+
     def write_metadata(self, version: int, meta: dict) -> None:
         """Store the metadata: from now on the version is complete (listed by versions())."""
         with self._writer().begin(write=True) as txn:
@@ -345,6 +369,9 @@ class ModelRegistry:
             txn.delete(META + ver)
             txn.delete(INFLIGHT + ver)
             txn.delete(REFRESH + ver)
+            for kind in (b"item", b"user"):
+                txn.delete(TOKENS + ver + kind + b"/vocab")
+                txn.delete(TOKENS + ver + kind + b"/emb")
         prefix = USER + ver
         while True:  # bounded transactions so a huge version does not need one huge txn
             with env.begin(write=True) as txn:
