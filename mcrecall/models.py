@@ -59,6 +59,8 @@ class _Triples:
     score: np.ndarray  # float32 (n,), 0..4
     user_ids: list[str]
     item_ids: list[str]
+    item_tokens: dict | None = None  # {row: tokens} (the hybrid model), as a snapshot holds them
+    user_tokens: dict | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -102,11 +104,12 @@ def _scores(scores, n: int) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def _index(ids: list[str]) -> tuple[list[str], np.ndarray]:
-    """(sorted distinct ids, the index of each input id): the model's rows do not depend on the
-    order of the input."""
-    uniq, inv = np.unique(np.array(ids, dtype=object), return_inverse=True)
-    return list(uniq), inv.reshape(-1).astype(np.int64)
+def _index(ids: list[str], extra: list[str] = ()) -> tuple[list[str], np.ndarray]:
+    """(sorted distinct ids of ``ids`` and ``extra``, the index of each of ``ids``): the model's
+    rows do not depend on the order of the input. ``extra``: ids with attributes only."""
+    uniq = sorted(set(ids).union(extra))
+    where = {x: j for j, x in enumerate(uniq)}
+    return uniq, np.fromiter((where[x] for x in ids), dtype=np.int64, count=len(ids))
 
 
 def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +206,7 @@ class MatrixFactorization:
                 f"epochs={tc.epochs}, similarity={tc.similarity!r}{fitted})")
 
     # ------------------------------------------------------------------ fit
-    def fit(self, user_ids, item_ids=None, scores=None, *,
+    def fit(self, user_ids, item_ids=None, scores=None, *, item_attributes=None, user_attributes=None,
             log: Callable[[str], None] | None = None) -> MatrixFactorization:
         """Fit on scored (user, item) pairs; returns ``self``.
 
@@ -215,6 +218,14 @@ class MatrixFactorization:
             matrix (``scipy.sparse`` or anything with ``.tocoo()``): rows are users, columns
             items, stored values scores; the ids are then the row and column numbers (as
             strings), and a stored 0 is a score-0 triple, an absent entry no triple.
+        item_attributes, user_attributes : dict, optional
+            ``{id: {NAME: VALUE, ...}}`` with the attribute events' rules (DESIGN §1a: VALUE a
+            string, an integer or a list of them; each becomes a token ``NAME=VALUE``). With
+            ``[train] attributes`` (default true) every vector is its ID embedding plus the mean
+            of its tokens' embeddings (the hybrid model, docs/attributes.md); an id with
+            attributes and no triples gets a vector from its attributes alone, and two such ids
+            with the same tokens get the same vector. Tokens held by fewer than
+            ``min_token_count`` entities are dropped.
         log : callable, optional
             Receives the trainer's progress line per sweep (epoch); silent by default.
 
@@ -236,8 +247,8 @@ class MatrixFactorization:
         y = _scores(scores, len(users))
         if not len(y):
             raise ValueError("fit needs at least one (user, item, score) triple")
-        user_list, u = _index(users)
-        item_list, i = _index(items)
+        user_list, u = _index(users, _canonical_ids(list(user_attributes or ()), "user_attributes"))
+        item_list, i = _index(items, _canonical_ids(list(item_attributes or ()), "item_attributes"))
         key = u * len(item_list) + i
         order = np.argsort(key, kind="stable")  # one canonical triple order, whatever the input's
         key, u, i, y = key[order], u[order], i[order], y[order]
@@ -247,8 +258,14 @@ class MatrixFactorization:
             raise ValueError(f"the pair (user {user_list[u[j]]!r}, item {item_list[i[j]]!r}) is given "
                              "more than once; give one score per pair (the pipeline keeps one)")
         itype = np.int32 if max(len(user_list), len(item_list)) < 2**31 else np.int64
-        self._state = self._train(_Triples(u.astype(itype), i.astype(itype), y, user_list, item_list),
-                                  log or (lambda s: None))
+        from mcrecall.train.attributes import token_rows
+
+        user_attrs = {canonical_id(k): v for k, v in (user_attributes or {}).items()}
+        item_attrs = {canonical_id(k): v for k, v in (item_attributes or {}).items()}
+        t = _Triples(u.astype(itype), i.astype(itype), y, user_list, item_list,
+                     item_tokens=token_rows(item_list, item_attrs) or None,
+                     user_tokens=token_rows(user_list, user_attrs) or None)
+        self._state = self._train(t, log or (lambda s: None))
         return self
 
     @staticmethod
@@ -263,6 +280,7 @@ class MatrixFactorization:
     def _train(self, t: _Triples, log) -> dict:
         import torch  # lazy: constructing and loading a model needs no torch
 
+        from mcrecall.train.attributes import snapshot_tokens
         from mcrecall.train.evaluate import popularity
         from mcrecall.train.fit import fit_model, resolve_device
         from mcrecall.train.objectives import rows_with_data
@@ -276,6 +294,10 @@ class MatrixFactorization:
         U, V = model.published()
         user_has = rows_with_data(t.user_idx, t.score, len(t.user_ids), tc.objective)
         item_has = rows_with_data(t.item_idx, t.score, len(t.item_ids), tc.objective)
+        for kind, has in (("user", user_has), ("item", item_has)):  # an attribute part is a vector
+            tokens = snapshot_tokens(t, tc, kind)
+            if tokens is not None:
+                has |= tokens.has
         meta = {"scale": float(model.scale), "mu": float(getattr(model, "mu", 0.0)),
                 "foldin": model.foldin_section(V, item_has, tc.seed),
                 "training": {"seconds": seconds, "device": device, "history": history}}

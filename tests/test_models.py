@@ -262,3 +262,45 @@ def test_imports_no_kafka_lmdb_or_milvus():
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == "[] []", p.stdout
+
+
+# --- attributes: the hybrid model through the library (issue 21 §2) ---------------------------
+
+def _attribute_data(data):
+    """Every item gets a category token by its cluster-free id hash; two extra items with the
+    same tokens and no triples, one with unique tokens."""
+    items = sorted(set(data.item_ids))
+    attrs = {i: {"category": f"c{hash_ % 7}", "tags": [f"t{hash_ % 3}", "shared"]}
+             for hash_, i in enumerate(items)}
+    attrs["new-a"] = {"category": "c1", "tags": ["t1", "shared"]}
+    attrs["new-b"] = {"tags": ["shared", "t1"], "category": "c1"}  # same tokens, other order
+    attrs["new-c"] = {"category": "c2", "tags": ["t0"]}
+    users = {u: {"age": 20 + k % 5} for k, u in enumerate(sorted(set(data.user_ids))[:50])}
+    users["fresh-user"] = {"age": 21}
+    return attrs, users
+
+
+def test_attributes_give_vectors_to_ids_without_triples_and_equal_tokens_equal_vectors(data):
+    attrs, users = _attribute_data(data)
+    m = MatrixFactorization(**FAST).fit(*raw(data), item_attributes=attrs, user_attributes=users)
+    items = m.item_ids
+    assert {"new-a", "new-b", "new-c"} <= set(items)
+    V = m.item_factors
+    a, b, c = (V[items.index(x)] for x in ("new-a", "new-b", "new-c"))
+    assert np.any(a) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert "fresh-user" in m.user_ids  # a user with attributes only is served from them
+    s = m.score("fresh-user", ["new-a", "new-c"])
+    assert np.all(np.isfinite(s))
+    # the attribute-only items are recallable: the k best over all items include them for someone
+    recs = m.recommend(m.user_ids, k=len(items), filter_seen=False)
+    assert all(len(r) == len(items) for r in recs)
+    # ... and without attributes they do not exist
+    plain = MatrixFactorization(**FAST).fit(*raw(data))
+    assert "new-a" not in plain.item_ids
+    off = MatrixFactorization(**FAST, attributes=False).fit(*raw(data), item_attributes=attrs)
+    assert "new-a" not in off.item_ids  # [train] attributes = false: ID embeddings only
+
+
+def test_bad_attributes_are_a_value_error_naming_the_id(data):
+    with pytest.raises(ValueError, match="attributes of 'i-bad'"):
+        MatrixFactorization(**FAST).fit(*raw(data), item_attributes={"i-bad": {"price": 1.5}})

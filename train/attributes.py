@@ -252,11 +252,12 @@ class TokenSolver:
         return torch.cholesky_solve(b.double(), self.L).to(Q.dtype)
 
 
-def tokens_from_attributes(ids, attributes, *, min_count: int = 1, vocab=None) -> TokenMatrix:
-    """A :class:`TokenMatrix` for entities ``ids`` (dense order) from ``{id: {NAME: VALUE}}``
-    (the event's ``attributes`` object, DESIGN §1a: same rules, a broken one is a ValueError
-    naming the id) — the one call that turns a library user's attribute dicts into the models'
-    ``item_tokens=`` / ``user_tokens=`` argument."""
+def token_rows(ids, attributes) -> dict[int, tuple[str, ...]]:
+    """``{row: tokens}`` for entities ``ids`` (dense order) from ``{id: {NAME: VALUE}}`` (the
+    event's ``attributes`` object, DESIGN §1a: same rules, a broken one is a ValueError naming
+    the id); entities the model does not hold are left out. A snapshot's ``item_tokens`` shape."""
+    if not attributes:
+        return {}
     from mcrecall.ingest.attributes import BadAttributes, tokens_of
 
     index = {str(e): r for r, e in enumerate(ids)}
@@ -266,7 +267,14 @@ def tokens_from_attributes(ids, attributes, *, min_count: int = 1, vocab=None) -
         if r is None:
             continue  # an entity the model does not hold
         try:
-            rows[r] = tokens_of(attrs)
+            rows[r] = tuple(tokens_of(attrs))
         except BadAttributes as err:
             raise ValueError(f"attributes of {str(e)[:64]!r}: {err.reason}") from None
-    return build_tokens(len(index), rows, min_count=min_count, vocab=vocab)
+    return rows
+
+
+def tokens_from_attributes(ids, attributes, *, min_count: int = 1, vocab=None) -> TokenMatrix:
+    """A :class:`TokenMatrix` for entities ``ids`` (dense order) from ``{id: {NAME: VALUE}}``
+    (:func:`token_rows`) — the models' ``item_tokens=`` / ``user_tokens=`` argument."""
+    ids = list(ids)
+    return build_tokens(len(ids), token_rows(ids, attributes), min_count=min_count, vocab=vocab)
