@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,7 @@ def test_status_of_an_empty_data_dir_is_readable(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.slow
 def test_backfill_train_recall_triples_status(tmp_path):
     data = tmp_path / "data"
     events = tmp_path / "events.jsonl"
@@ -76,7 +79,6 @@ def test_backfill_train_recall_triples_status(tmp_path):
 # ------------------------------------------------------------------ data-dir problems: one line
 import shutil  # noqa: E402
 
-import pytest  # noqa: E402
 
 EVERY_DATA_DIR_COMMAND = [["status"], ["status", "--json"], ["recall", "u1"], ["triples"], ["train"],
                           ["ingest", "--until-idle", "1"], ["ingest", "--from-file", os.devnull], ["milvus"]]
@@ -169,6 +171,7 @@ def published_data_dir(tmp_path_factory):
     _set_write_bits(data, True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["read-only mount", "no write permission"])
 def test_reading_commands_work_on_a_read_only_data_dir_and_writing_ones_say_why_not(published_data_dir, mode):
     data = published_data_dir

@@ -12,7 +12,7 @@ from mcrecall.ingest.broker import free_port
 from mcrecall.ingest.consumers import Partition, open_consumer, open_dlq_producer
 from fixtures_kafka import worker_client
 
-pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 
 
 def _cfg(bootstrap, topic, **kafka):

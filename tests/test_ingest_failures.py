@@ -23,7 +23,7 @@ from fixtures_kafka import worker_client
 from eventlib import expected_scores, random_events, store_scores
 
 # every test runs once per [kafka] client (fixtures_kafka.kafka_client)
-pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -122,6 +122,7 @@ def test_client_recall_of_a_huge_integer_sees_what_ingest_stored(tmp_path):
         e.vs.close()
 
 
+@pytest.mark.slow
 @pytest.mark.kafka
 def test_worker_and_produce_accept_huge_integer_ids(kafka_bootstrap, kafka_topic, tmp_path):
     from kafka import KafkaConsumer, TopicPartition
@@ -431,6 +432,7 @@ def test_vectorised_batches_write_exactly_what_the_per_pair_loop_writes(tmp_path
             assert dump(new) == dump(ref)
 
 
+@pytest.mark.slow
 def test_backfill_store_matches_the_reference_on_a_random_stream(tmp_path):
     lines = random_events(30_000, 700, 400, seed=4, dup_rate=0.3)
     f = tmp_path / "e.jsonl"

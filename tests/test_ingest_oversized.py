@@ -28,7 +28,7 @@ from mcrecall.ingest.worker import IngestWorker
 from eventlib import store_scores
 
 # every test runs once per [kafka] client (fixtures_kafka.kafka_client)
-pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 MB = 1_000_000
 
 

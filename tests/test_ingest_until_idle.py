@@ -22,6 +22,9 @@ from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
 from eventlib import expected_scores, random_events, store_scores
 
+# a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

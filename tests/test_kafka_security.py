@@ -37,6 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
+# a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
+pytestmark = pytest.mark.slow
+
 
 # ---------------------------------------------------------------- certificates (a throwaway CA)
 def _name(cn):

@@ -251,6 +251,7 @@ def test_every_objective_fits_and_scores_as_the_served_system(data, tmp_path, ob
     vs.close()
 
 
+@pytest.mark.slow
 def test_imports_no_kafka_lmdb_or_milvus():
     code = ("import sys\nfrom mcrecall.models import MatrixFactorization\n"
             "m = MatrixFactorization(dim=2, epochs=1, threads=1, device='cpu')\n"

@@ -33,6 +33,7 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_one_top_level_package(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -57,6 +58,7 @@ def test_the_installed_entry_points_load_the_new_modules():
     assert eps["exact"].load().__module__ == "mcrecall.plugins.exact_store"
 
 
+@pytest.mark.slow
 def test_every_part_imports_beside_a_users_own_train_serve_core_plugins(tmp_path):
     # the folder of a typical ML project: these names used to shadow our top-level packages
     for name in ("train.py", "serve.py", "ingest.py"):

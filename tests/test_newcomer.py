@@ -128,6 +128,7 @@ def _run_into_closed_pipe(args, data_dir):
 
 @pytest.mark.parametrize("args", [["triples"], ["status"], ["status", "--json"],
                                   ["recall", "0", "-k", "5"], ["recall", "0", "-k", "5", "--json"]])
+@pytest.mark.slow
 def test_a_closed_stdout_ends_quietly(trained, args):
     p = _run_into_closed_pipe(args, trained)
     assert p.returncode == 0, p.stderr
@@ -156,6 +157,7 @@ def test_stdout_closed_tells_a_gone_reader_from_a_live_one(monkeypatch):
 
 # --- train without a store; import errors ------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_without_a_store_creates_nothing(tmp_path):
     p = run(["train"], cwd=tmp_path, MCRECALL_INDEX_BACKEND="exact")
     assert p.returncode == 1
@@ -172,6 +174,7 @@ def _main_without(module: str, args: list[str], tmp_path):
                           timeout=120, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_an_import_error_is_reported_as_what_it_is(tmp_path):
     p = _main_without("torch", ["train"], tmp_path)  # fails while the command runs
     assert p.returncode == 2
@@ -190,6 +193,7 @@ def _meta(version, objective, recall, ndcg, pop_recall, pop_ndcg, losses):
                            "popular": {"recall@10": pop_recall, "ndcg@10": pop_ndcg}}}
 
 
+@pytest.mark.slow
 def test_report_plot_names_the_objective_and_keeps_legends_off_the_data(tmp_path):
     from mcrecall.plot import draw_panels, plot_report, report_panels
 

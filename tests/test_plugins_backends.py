@@ -38,6 +38,7 @@ class MilvusBehaviour(VectorStoreBehaviour):
 @pytest.mark.milvus
 class TestMilvusLiteFile(MilvusBehaviour):
     """Milvus Lite's embedded engine on a ``.db`` file: one client per process."""
+    pytestmark = pytest.mark.slow  # Milvus Lite: seconds per test
 
     ann_index_types = ("IVF_FLAT", "AUTOINDEX")  # Milvus Lite builds FLAT and IVF_FLAT
     reopens_in_process = False
@@ -51,6 +52,7 @@ class TestMilvusLiteFile(MilvusBehaviour):
 @pytest.mark.milvus
 class TestMilvusLiteServer(MilvusBehaviour):
     """The session's Milvus server (``mcrecall milvus``'s Milvus Lite, or a testcontainer)."""
+    pytestmark = pytest.mark.slow  # Milvus Lite: seconds per test
 
     ann_index_types = ("IVF_FLAT",)
 

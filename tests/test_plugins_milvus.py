@@ -23,6 +23,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 _HOLDER = r"""
 import sys, time
 from mcrecall.plugins import open_vector_store
+
+# a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
+pytestmark = pytest.mark.slow
 store = open_vector_store("milvus", uri=sys.argv[1])
 print("ready", flush=True)
 time.sleep(60)

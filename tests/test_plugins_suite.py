@@ -99,6 +99,7 @@ def collected_names(rc_out: str) -> list[str]:
     return sorted(line.split("::")[-1] for line in rc_out.splitlines() if "::" in line)
 
 
+@pytest.mark.slow
 def test_a_registered_third_party_backend_passes_the_whole_suite(distribution, tmp_path):
     rc, counts, out = run_suite(distribution, tmp_path, "toy", "-rA")
     assert rc == 0, out[-4000:]
@@ -121,6 +122,7 @@ def test_a_registered_third_party_backend_passes_the_whole_suite(distribution, t
     ("toy_drops_last", "test_search_returns_exactly_k_on_every_index_type"),
     ("toy_reversed", "test_checkerboard_withheld_item_comes_first"),
 ])
+@pytest.mark.slow
 def test_a_broken_backend_fails_the_suite(distribution, tmp_path, backend, fails):
     rc, counts, out = run_suite(distribution, tmp_path, backend, "-k", "exactly_k or checkerboard or roundtrip")
     assert rc == 1, out[-4000:]

@@ -47,6 +47,7 @@ def test_stream_has_arriving_items_and_drift(stream):
     assert len(top(stream[:q]) & top(stream[-q:])) <= 2
 
 
+@pytest.mark.slow
 def test_item_refresh_beats_user_fold_in_only(stream):
     events = [(e["user_id"], e["item_id"], ACTION_BITS[e["action"]]) for e in stream]
     res = prequential(events, _tc(), retrain_every=4000, refresh_every=50)

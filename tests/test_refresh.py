@@ -85,6 +85,7 @@ def training_item_step(meta, user_pub, rows, scores):
     ("squared", "dot", "IP"), ("squared", "dot", "L2"), ("squared", "cosine", "IP"),
     ("implicit", "dot", "COSINE"), ("implicit", "cosine", "IP"),
 ])
+@pytest.mark.slow
 def test_copied_item_scores_like_the_original(tmp_path, data, objective, similarity, metric):
     """§2: a new item with exactly an existing item's triples, after one refresh, scores like it
     for every user (Spearman >= 0.9) and sits beside it in users' top-k; its vector is exactly

@@ -34,6 +34,7 @@ def _data(seed=3):
     return U, V.astype(np.float32), triples
 
 
+@pytest.mark.slow
 @pytest.mark.milvus
 @pytest.mark.parametrize("metric", ["IP", "L2", "COSINE"])
 def test_all_backends_serve_the_same_answers(tmp_path, metric, milvus_uri, milvus_collection):
@@ -102,6 +103,7 @@ def test_all_backends_serve_the_same_answers(tmp_path, metric, milvus_uri, milvu
         assert got["score"][3] is None  # an item the version does not know
 
 
+@pytest.mark.slow
 @pytest.mark.milvus
 def test_milvus_that_stops_answering_is_a_clear_error_within_the_timeout(tmp_path):
     """A Milvus server that hangs (SIGSTOP) or dies mid-life: recall raises

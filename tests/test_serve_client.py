@@ -292,6 +292,7 @@ def test_vector_store_down_is_a_clear_error_not_a_hang(env, tmp_path):
         sock.close()
 
 
+@pytest.mark.slow
 def test_version_swaps_under_concurrent_recalls(env):
     """Publishing while threads recall: every answer complete and from one version."""
     env.publish()

@@ -58,6 +58,7 @@ def test_perfect_and_empty_rankings():
     assert m["recall@10"] is None and m["ndcg@10"] is None
 
 
+@pytest.mark.slow
 def test_recall_and_ndcg_equal_ranx_on_the_same_rankings():
     ranx = pytest.importorskip("ranx")
     rng = np.random.default_rng(7)

@@ -148,6 +148,7 @@ def test_bce_fold_in_ranks_like_the_model(data, split):
     assert np.median(corr) > 0.8
 
 
+@pytest.mark.slow
 def test_warm_retraining_after_new_events_improves(tmp_path, data):
     """v1 on the early 40% of events; v2 warm-started after the rest arrives is better."""
     early = np.random.default_rng(5).random(len(data)) < 0.4
@@ -250,6 +251,7 @@ def test_every_user_and_item_with_triples_is_served(tmp_path, objective):
     _served_everything(tmp_path, "exact", objective)
 
 
+@pytest.mark.slow
 def test_every_user_and_item_with_triples_is_served_milvus(tmp_path):
     _served_everything(tmp_path, "milvus", "implicit")
 
@@ -282,6 +284,7 @@ def test_gate_uses_the_objectives_own_metric():
     assert gate_refusal(tc, 1, meta("implicit", 0.1, 0.9), worse_rmse, **quiet) is None
 
 
+@pytest.mark.slow
 def test_recall_gate_refuses_a_worse_ranking_model_unless_forced(tmp_path, data, capsys):
     import argparse
 

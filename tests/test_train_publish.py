@@ -140,6 +140,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["start", "users", "created", "items", "finalize", "metadata"])
 def test_crash_during_publication_keeps_previous_version(tmp_path, data, point):
     fill_store(tmp_path, data)
@@ -168,6 +169,7 @@ def test_crash_during_publication_keeps_previous_version(tmp_path, data, point):
     reg.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["current", "alias"])
 def test_crash_after_the_atomic_step_serves_the_new_version(tmp_path, data, point):
     fill_store(tmp_path, data)
@@ -185,6 +187,7 @@ def test_crash_after_the_atomic_step_serves_the_new_version(tmp_path, data, poin
         assert vs.current_version() == 3 and vs.list_versions() == [2, 3]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_keeps_previous_version(tmp_path, data):
     """A real SIGKILL at an arbitrary moment (not an injected exit)."""
     import signal
@@ -300,6 +303,7 @@ def _mcrecall(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_no_wait_exits_with_a_clear_message(tmp_path, data):
     from mcrecall.train.lock import publisher_lock
 
@@ -313,6 +317,7 @@ def test_no_wait_exits_with_a_clear_message(tmp_path, data):
     assert ModelRegistry(tmp_path, readonly=True).current_version() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_trainers", [2, 3])
 def test_concurrent_trainers_publish_one_at_a_time(tmp_path, data, n_trainers):
     """`mcrecall train --force` started together, over several rounds: each waits its turn, every
@@ -378,6 +383,7 @@ def _leftover_files(tmp_path):
                   if p.parent.name in ("vectors", "mcrecall_items") and p.name.startswith("."))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", CRASH_BACKENDS)
 def test_sigkill_at_each_step_then_a_clean_publish_leaves_nothing_stray(tmp_path, data, backend):
     from mcrecall.train.publish import CRASH_POINTS

@@ -136,6 +136,7 @@ def test_solver_config_keys():
             objective="implicit", solver="qr")
 
 
+@pytest.mark.slow
 def test_bce_written_out_gradients_equal_autograd(data):
     """The dot path's hand-written gradients are autograd's on the same batch."""
     d, tr, _ = data

@@ -45,6 +45,7 @@ def _cli(args, env=None, **kw):
                           text=True, timeout=300, cwd=kw.get("cwd", ROOT))
 
 
+@pytest.mark.slow
 def test_cli_writes_a_toml_that_train_accepts(store, tmp_path):
     # the source config's other sections travel into best.toml (same data dir, same backend);
     # a hostile data dir name checks the TOML writer (JSON string escapes are valid TOML)
@@ -78,6 +79,7 @@ def test_cli_writes_a_toml_that_train_accepts(store, tmp_path):
     assert f"dim {cfg.train.dim}" in t.stdout
 
 
+@pytest.mark.slow
 def test_same_seed_same_trials_and_another_seed_differs(store):
     cfg = small_config(store, threads=1)
 
@@ -125,6 +127,7 @@ def test_the_data_dir_is_not_changed(store, tmp_path):
         reg.close()
 
 
+@pytest.mark.slow
 def test_a_short_budget_stops_the_search(store):
     cfg = small_config(store, threads=1)
     t0 = time.monotonic()
@@ -154,6 +157,7 @@ def test_missing_optuna_says_how_to_install(store, monkeypatch, capsys, tmp_path
     assert not (tmp_path / "b.toml").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_best_so_far(store, tmp_path):
     out = tmp_path / "best.toml"
     env = {"MCRECALL_STORE_DATA_DIR": str(store), "MCRECALL_TRAIN_THREADS": "1"}
@@ -205,6 +209,7 @@ def test_budget_units_parse():
         assert build_parser().parse_args(["tune", "--budget", text]).budget == secs
 
 
+@pytest.mark.slow
 def test_cli_on_a_missing_data_dir_or_out_dir_says_so(tmp_path):
     p = _cli(["tune", "--budget", "5s"], env={"MCRECALL_STORE_DATA_DIR": str(tmp_path / "no")})
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
