@@ -451,3 +451,61 @@ def test_a_version_missing_items_is_removed_not_made_current(tmp_path):
     assert vs.stored_versions() == [1]
     assert publish(reg, vs, version=next_version(reg, vs), **kw) == 3  # numbers never go back
     reg.close()
+
+
+def test_gate_compares_on_the_same_held_out_pairs(tmp_path, data):
+    """Issue 20 #3: a stored figure measured on another (smaller) hold-out must not freeze
+    publication; the current version is measured on the new run's own hold-out."""
+    early = np.arange(len(data)) < len(data) // 2
+    fill_store(tmp_path, data, early)
+    cfg = small_config(tmp_path, dim=8, epochs=4)
+    assert train_run(cfg, **QUIET).status == "published"
+    reg = ModelRegistry(tmp_path)
+    meta = reg.metadata(1)
+    # as if measured on a tiny, lucky hold-out: no later model could ever beat it
+    meta["evaluation"]["model"]["recall@10"] = 0.99
+    reg.write_metadata(1, meta)
+    reg.close()
+    fill_store(tmp_path, data, ~early)
+    lines = []
+    res = train_run(cfg, log=lines.append)
+    assert res.status == "published", "\n".join(lines)
+    ev = ModelRegistry(tmp_path, readonly=True).metadata(2)["evaluation"]
+    g = ev["gate"]
+    assert g["version"] == 1 and g["n_test"] == ev["n_test"] and g["n_eval_users"] == ev["n_eval_users"]
+    assert 0 <= g["recall@10"] < 0.99 and g["users_folded_in"] > 0
+    assert any("current v1" in ln for ln in lines)  # both figures in the table
+    # a truly worse model is still refused, and the message says the pairs were the same
+    bad = cfg.with_overrides(train={"reg": 500.0, "max_recall_regression": 0.0, "warm_start": False})
+    lines = []
+    assert train_run(bad, log=lines.append).status == "refused"
+    msg = next(ln for ln in lines if "NOT publishing" in ln)
+    assert f"on the same {ev['n_test']:,} held-out pairs" in msg and "version 2's" in msg
+
+
+def test_every_does_not_retrain_an_unchanged_store_after_a_refusal(tmp_path, data):
+    """Issue 20 #3: after a refusal, --every skips periods while neither the store nor the
+    current version changed, then trains again as soon as one does."""
+    from mcrecall.train.cli import train_every
+
+    early = np.arange(len(data)) < len(data) // 2
+    fill_store(tmp_path, data, early)
+    cfg = small_config(tmp_path, dim=8, epochs=2)
+    assert train_run(cfg, **QUIET).status == "published"
+    some = ~early & (np.arange(len(data)) % 7 == 0)
+    fill_store(tmp_path, data, some)  # a few new triples
+    bad = cfg.with_overrides(train={"reg": 500.0, "max_recall_regression": 0.0, "warm_start": False})
+    lines = []
+
+    def after(i):
+        if i == 2:
+            fill_store(tmp_path, data, ~early)  # new triples: train again
+
+    statuses = train_every(bad, 0.0, rounds=5, log=lines.append, after_round=after)
+    assert statuses == ["refused", "skipped", "skipped", "refused", "skipped"], statuses
+    assert sum("NOT publishing" in ln for ln in lines) == 2
+    assert sum("skipping" in ln for ln in lines) == 2, lines  # once per refusal, not per period
+    # an unchanged store after a publication: one line, not one a period
+    lines = []
+    assert train_every(cfg, 0.0, rounds=3, log=lines.append)[1:] == ["unchanged", "unchanged"]
+    assert sum("unchanged" in ln for ln in lines) == 1, lines

@@ -66,19 +66,95 @@ def run_train(args, cfg) -> int:
         return {"published": 0, "refused": 3, "empty": 1, "unchanged": 0}[res.status]
     print(f"train: retraining every {every:g} s (Ctrl-C stops)", flush=True)
     try:
-        while True:
-            started = time.monotonic()
+        train_every(cfg, every, force=force, wait=wait)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+HEARTBEAT_S = 60.0  # a skipping --every loop says it is alive at most this often
+
+
+def store_state(cfg) -> tuple | None:
+    """(store seq, current version, the current version's store_seq): what decides whether a
+    period has anything new to train on. None without a triple store."""
+    from mcrecall.ingest.store import TripleStore
+
+    from .versions import ModelRegistry
+
+    if not (cfg.data_dir / "triples.lmdb").exists():
+        return None
+    store = TripleStore(cfg.data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
+    try:
+        seq = store.seq
+    finally:
+        store.close()
+    reg = ModelRegistry(cfg.data_dir, readonly=True)
+    try:
+        cur = reg.current_version()
+        cur_seq = reg.metadata(cur).get("store_seq") if cur is not None else None
+    finally:
+        reg.close()
+    return seq, cur, cur_seq
+
+
+def train_every(cfg, every: float, *, force: bool = False, wait: bool = True, log=None,
+                rounds: int | None = None, after_round=None) -> list[str]:
+    """The ``--every`` loop: one :func:`~train.trainer.train_run` a period, except a period with
+    nothing new: the store unchanged since the current version (``unchanged``), or neither the
+    store nor the current version changed since the last refusal (``skipped``: the same triples
+    would be refused again). A skip is logged when it starts, then at most every minute.
+
+    ``rounds`` / ``after_round(i)``: stop after that many periods / a hook after each (tests).
+    Returns the status of each period.
+    """
+    from .lock import PublisherBusyError
+    from .trainer import train_run
+
+    def say(msg: str) -> None:
+        (log or (lambda m: print(m, flush=True)))(msg)
+
+    statuses: list[str] = []
+    refused_at = None  # store_state() of the last refusal
+    skip_msg, skip_said = None, 0.0
+    i = 0
+    while rounds is None or i < rounds:
+        started = time.monotonic()
+        state = store_state(cfg)
+        msg = None
+        if state is not None and refused_at == state:
+            msg = (f"train: store (seq {state[0]}) and version {state[1]} unchanged since the "
+                   "refusal; skipping until either changes (--force publishes anyway)")
+            status = "skipped"
+        elif state is not None and state[1] is not None and state[0] == state[2]:
+            msg = (f"train: store unchanged since version {state[1]} (seq {state[0]}); "
+                   "skipping until new triples arrive")
+            status = "unchanged"
+        if msg is not None:
+            if msg != skip_msg or started - skip_said >= HEARTBEAT_S:
+                say(msg if msg != skip_msg else f"{msg} (still)")
+                skip_msg, skip_said = msg, started
+        else:
+            skip_msg = None
             try:
-                train_run(cfg, force=force, skip_unchanged=True, wait=wait)
+                kw = {} if log is None else {"log": log}
+                status = train_run(cfg, force=force, skip_unchanged=True, wait=wait, **kw).status
+                refused_at = state if status == "refused" else None
             except PublisherBusyError as e:
-                print(f"train: {e}; skipping this round (--no-wait)", flush=True)
+                say(f"train: {e}; skipping this round")
+                status = "busy"
             except Exception:  # a failed run leaves the current version serving; try again
                 traceback.print_exc()
                 print("train: run failed; the current version is unchanged", file=sys.stderr,
                       flush=True)
+                status = "failed"
+        statuses.append(status)
+        if after_round is not None:
+            after_round(i)
+        i += 1
+        if rounds is None or i < rounds:
             time.sleep(max(0.0, every - (time.monotonic() - started)))
-    except KeyboardInterrupt:
-        return 0
+    return statuses
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -9,7 +9,10 @@ from typing import Callable
 def format_table(ev: dict) -> str:
     """A small fixed-width table of the figures."""
     # "squared (seed)": the seed's objective fitted on the same split, when it was measured
-    rows = [("model", ev.get("model")), ("squared (seed)", ev.get("squared")),
+    # "current vN": the version being replaced, on the same held-out pairs (the gate's baseline)
+    g = ev.get("gate")
+    rows = [("model", ev.get("model")),
+            (f"current v{g.get('version')}" if g else "", g), ("squared (seed)", ev.get("squared")),
             ("global mean", ev.get("global_mean")), ("most popular", ev.get("popular"))]
     cols = ["rmse", "mae", "recall@10", "ndcg@10"]
     lines = [f"  {'':<14}" + "".join(f"{c:>11}" for c in cols)]

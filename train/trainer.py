@@ -20,6 +20,7 @@ from datetime import datetime, timezone  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from . import gate  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
 from .objectives import OBJECTIVES, model_from_config, objective_spec, rows_with_data  # noqa: E402
@@ -74,8 +75,12 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
 GATE_METRIC = {name: spec.gate for name, spec in OBJECTIVES.items()}
 
 
-def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
+def gate_refusal(tc, cur, cur_meta, ev, log=_log_default, current: dict | None = None) -> str | None:
     """Why the new model must not replace version ``cur`` (None: it may).
+
+    ``current``: version ``cur``'s figures measured on this run's hold-out
+    (:func:`mcrecall.train.gate.current_on_holdout`), compared pair for pair; without it, the
+    figure stored with the version (measured on its own, older hold-out).
 
     The gate compares the objective's own held-out figure with the current version's: RMSE for
     ``squared`` (refused when it rises by more than ``[train] max_rmse_regression``), Recall@10
@@ -90,7 +95,8 @@ def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
             f"{cur_meta.get('similarity')}; the gate is not applied across objectives")
         return None
     fig, direction, key = objective_spec(tc.objective).gate
-    old = cur_meta.get("evaluation", {}).get("model", {}).get(fig)
+    src = current if current is not None else cur_meta.get("evaluation", {}).get("model", {})
+    old = src.get(fig)
     new = ev["model"].get(fig)
     if old is None or new is None:
         return None
@@ -98,8 +104,10 @@ def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
     worse = new > old + tol if direction == "lower" else new < old - tol
     if not worse:
         return None
-    return (f"held-out {fig} {new:.4f} is worse than version {cur}'s {old:.4f} by more than "
-            f"{key} {tol}")
+    where = (f" on the same {ev.get('n_test', 0):,} held-out pairs" if current is not None
+             else " (its stored figure)")
+    return (f"held-out {fig} {new:.4f} is worse than version {cur}'s {old:.4f}{where} by more "
+            f"than {key} {tol}")
 
 
 def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: str,
@@ -382,7 +390,12 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         model, history, train_s, warm_info = fit_step(run, registry, vs, cur, cur_meta)
         ev = evaluate_step(run, model)
 
-        refusal = gate_refusal(tc, cur, cur_meta, ev, log)  # on the objective's own metric
+        current = None
+        if gate.comparable(tc, cur_meta):  # the current version on this run's hold-out
+            current = gate.current_on_holdout(run, vs, cur, cur_meta, log)
+            if current is not None:
+                ev["gate"] = current
+        refusal = gate_refusal(tc, cur, cur_meta, ev, log, current)  # objective's own metric
         if refusal is not None:
             if not force:
                 log(f"train: NOT publishing: {refusal} (use --force to publish anyway)")
