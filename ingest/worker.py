@@ -60,6 +60,31 @@ class _SeekToStore:
         log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
 
 
+class _UnassignedReport:
+    """Warns ``no_partitions`` (naming the group) when the worker has had no partition for
+    longer than a rebalance takes (the session timeout), then every minute while it lasts."""
+
+    REPEAT_S = 60.0
+
+    def __init__(self, group: str, topic: str, grace_s: float):
+        self.group, self.topic, self.grace_s = group, topic, grace_s
+        self.since: float | None = time.monotonic()
+        self.said: float | None = None
+
+    def check(self, now: float, assigned: bool) -> None:
+        if assigned:
+            self.since = self.said = None
+            return
+        if self.since is None:
+            self.since = now
+        if now - self.since >= self.grace_s and (self.said is None or now - self.said >= self.REPEAT_S):
+            self.said = now
+            log.warning("no_partitions", extra={
+                "group": self.group, "topic": self.topic, "seconds": round(now - self.since, 1),
+                "hint": f"every partition of {self.topic!r} is held by other members of group "
+                        f"{self.group!r} (more workers than partitions?); this worker consumes nothing"})
+
+
 class _OutageReport:
     """Logs ``kafka_unreachable`` (every 10 s while it lasts) and ``kafka_reconnected``."""
 
@@ -293,7 +318,11 @@ class IngestWorker:
             if self._fatal:
                 raise self._fatal
             return self.stats
-        last_data = None  # the idle clock starts once partitions are assigned
+        # the idle clock runs from the start: a worker the group gives no partition (more
+        # workers than partitions) is idle too, and --until-idle must end it
+        last_data = time.monotonic()
+        unassigned = _UnassignedReport(self.cfg.kafka.group_id, self.topic,
+                                       self.cfg.kafka.session_timeout_ms / 1000.0)
         last_progress = time.monotonic()
         progress_events = 0
         outage = _OutageReport(self.cfg.kafka.bootstrap_servers)
@@ -327,9 +356,8 @@ class IngestWorker:
                         self._flush()
                 else:
                     self._write_all()  # nothing new: write what was gathered, and finish it now
-                    if last_data is None and self.consumer.assignment():
-                        last_data = now
                     outage.check(now, self._broker_reachable())
+                    unassigned.check(now, bool(self.consumer.assignment()))
                 if now - last_progress >= self.progress_every_s:
                     self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
                     progress_events = self.stats.events + self.stats.bad_events
@@ -340,7 +368,7 @@ class IngestWorker:
                         self.stats.exit_reason = "kafka_unreachable"
                         self._fatal = self._unreachable_error(until_idle)
                         break
-                elif until_idle is not None and last_data is not None and now - last_data >= until_idle:
+                elif until_idle is not None and now - last_data >= until_idle:
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
@@ -457,6 +485,8 @@ class IngestWorker:
             return None
 
     def _lag(self) -> int | None:
+        if not self.consumer.assignment():  # nothing assigned: the group's lag is not ours to say
+            return None
         return self.consumer.lag()
 
     def _log_progress(self, window_s, window_events, final=False) -> None:
@@ -469,6 +499,11 @@ class IngestWorker:
         except Exception:
             lag = None
         fields["lag"] = "unknown" if lag is None else lag
+        if self.consumer is not None and not final:
+            try:
+                fields["partitions"] = len(self.consumer.assignment())
+            except Exception:  # noqa: BLE001 - progress must never fail the run
+                pass
         if final:
             fields["elapsed_s"] = round(time.monotonic() - s.started, 1)
             fields["reason"] = s.exit_reason or "error"

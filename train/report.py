@@ -9,10 +9,13 @@ from typing import Callable
 def format_table(ev: dict) -> str:
     """A small fixed-width table of the figures."""
     # "squared (seed)": the seed's objective fitted on the same split, when it was measured
-    # "current vN": the version being replaced, on the same held-out pairs (the gate's baseline)
-    g = ev.get("gate")
+    # the gate's pair of figures: the new model on version N's held-out pairs, beside version N's
+    # figure on them (stored with it)
+    g = ev.get("gate") or {}
     rows = [("model", ev.get("model")),
-            (f"current v{g.get('version')}" if g else "", g), ("squared (seed)", ev.get("squared")),
+            (f" on v{g.get('version')}'s pairs", g.get("model")),
+            (f"v{g.get('version')} (same pairs)", g.get("current")),
+            ("squared (seed)", ev.get("squared")),
             ("global mean", ev.get("global_mean")), ("most popular", ev.get("popular"))]
     cols = ["rmse", "mae", "recall@10", "ndcg@10"]
     lines = [f"  {'':<14}" + "".join(f"{c:>11}" for c in cols)]
@@ -23,6 +26,9 @@ def format_table(ev: dict) -> str:
                         for c in cols)
         lines.append(f"  {name:<14}{cells}")
     lines.append(f"  held-out triples {ev.get('n_test')}, ranked users {ev.get('n_eval_users')}")
+    if g:
+        lines.append(f"  gate: on version {g['version']}'s {g['n_test']} held-out pairs still in the store "
+                     f"(ranked users {g['n_eval_users']})")
     return "\n".join(lines)
 
 

@@ -50,6 +50,7 @@ USER = b"user/"
 ALLOCATED = b"allocated"
 INFLIGHT = b"inflight/"
 REFRESH = b"refresh/"
+HOLDOUT = b"holdout/"  # sorted <u8 pair keys of the version's held-out pairs (train/gate.py)
 DEFAULT_MAP_SIZE = 8 << 30
 
 
@@ -280,6 +281,19 @@ class ModelRegistry:
                 for uid, vec in zip(ids[s:s + batch], vectors[s:s + batch]):
                     txn.put(prefix + str(uid).encode("utf-8"), vec.tobytes())
 
+    def write_holdout(self, version: int, keys: np.ndarray) -> None:
+        """Record the pair keys (``train.split.pair_keys``) of the pairs version N held out."""
+        blob = np.unique(np.asarray(keys, dtype=np.uint64)).astype("<u8").tobytes()
+        with self._writer().begin(write=True) as txn:
+            if txn.get(META + _ver(version)) is None:
+                raise ValueError(f"version {version} is not complete (no metadata)")
+            txn.put(HOLDOUT + _ver(version), blob)
+
+    def holdout(self, version: int) -> np.ndarray | None:
+        """The sorted pair keys version N held out, or None if it recorded none (older versions)."""
+        raw = self._get(HOLDOUT + _ver(version))
+        return None if raw is None else np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+
     def write_metadata(self, version: int, meta: dict) -> None:
         """Store the metadata: from now on the version is complete (listed by versions())."""
         with self._writer().begin(write=True) as txn:
@@ -345,6 +359,7 @@ class ModelRegistry:
             txn.delete(META + ver)
             txn.delete(INFLIGHT + ver)
             txn.delete(REFRESH + ver)
+            txn.delete(HOLDOUT + ver)
         prefix = USER + ver
         while True:  # bounded transactions so a huge version does not need one huge txn
             with env.begin(write=True) as txn:
