@@ -31,6 +31,7 @@ from mcrecall.ingest.offset_range import OffsetOutOfRangeError, PartitionRange
 from mcrecall.ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
+PROGRESS_HEARTBEAT_S = 60.0  # an idle worker's progress line, at most this often
 
 
 @dataclass
@@ -185,8 +186,10 @@ class IngestWorker:
         started = time.monotonic()
         while not self._stop.is_set():
             left = None if give_up_after is None else give_up_after - (time.monotonic() - started)
+            # bounded waits: an unreachable cluster is reported every ~10 s, as once connected
+            wait = _OutageReport.REPEAT_S if left is None else max(0.5, min(left, _OutageReport.REPEAT_S))
             try:
-                self.consumer = open_consumer(self.cfg, connect_timeout_s=left)
+                self.consumer = open_consumer(self.cfg, connect_timeout_s=wait)
                 self.producer = open_dlq_producer(self.cfg, timeout_s=self.dlq_timeout_s)
                 listener = _SeekToStore(self)
                 self.consumer.subscribe(self.topic, on_assigned=listener.on_partitions_assigned,
@@ -198,8 +201,9 @@ class IngestWorker:
                 if give_up_after is not None and time.monotonic() - started >= give_up_after:
                     self._fatal = self._unreachable_error(give_up_after, e)
                     return False
-                log.warning("kafka_unreachable", extra={"bootstrap": k.bootstrap_servers,
-                                                        "error": str(e), "retry_in_s": backoff})
+                log.warning("kafka_unreachable", extra={
+                    "bootstrap": k.bootstrap_servers, "for_s": round(time.monotonic() - started, 1),
+                    "error": str(e), "retry_in_s": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         return False
@@ -324,7 +328,7 @@ class IngestWorker:
         unassigned = _UnassignedReport(self.cfg.kafka.group_id, self.topic,
                                        self.cfg.kafka.session_timeout_ms / 1000.0)
         last_progress = time.monotonic()
-        progress_events = 0
+        progress_events, progress_said = 0, -1e9
         outage = _OutageReport(self.cfg.kafka.bootstrap_servers)
         try:
             while not self._stop.is_set():
@@ -357,10 +361,15 @@ class IngestWorker:
                 else:
                     self._write_all()  # nothing new: write what was gathered, and finish it now
                     outage.check(now, self._broker_reachable())
-                    unassigned.check(now, bool(self.consumer.assignment()))
+                    # an outage is not a rebalance: only a reachable cluster's silence counts
+                    unassigned.check(now, bool(self.consumer.assignment()) or outage.since is not None)
                 if now - last_progress >= self.progress_every_s:
-                    self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
-                    progress_events = self.stats.events + self.stats.bad_events
+                    total = self.stats.events + self.stats.bad_events
+                    # an idle worker: a line when something changed, else a heartbeat a minute
+                    if total != progress_events or now - progress_said >= PROGRESS_HEARTBEAT_S:
+                        self._log_progress(now - last_progress, total - progress_events)
+                        progress_said = now
+                    progress_events = total
                     last_progress = now
                 if until_idle is not None and outage.since is not None:
                     # idle only counts while the brokers answer; unreachable as long ends the run

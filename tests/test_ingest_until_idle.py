@@ -116,3 +116,19 @@ def test_a_worker_without_partitions_ends_on_until_idle_and_says_why(tmp_path, c
         t_holder.join(60)
     finally:
         broker.stop()
+
+
+@pytest.mark.usefixtures("kafka_client")
+def test_an_outage_is_reported_the_same_way_by_both_clients(tmp_path):
+    """Issue 20 #2: confluent's librdkafka logged every failed connection (~20 lines a second);
+    both clients now say kafka_unreachable about every 10 s and nothing else."""
+    env = dict(os.environ, MCRECALL_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+               MCRECALL_STORE_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "mcrecall", "ingest", "--until-idle", "14"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) <= 8, "\n".join(lines)
+    assert not [ln for ln in lines if "librdkafka" in ln], "\n".join(lines)
+    assert 1 <= sum("kafka_unreachable" in ln for ln in lines) <= 3, "\n".join(lines)
+    assert "no_partitions" not in proc.stderr  # an outage is not a rebalance
