@@ -36,7 +36,7 @@ import numpy as np
 
 from mcrecall.ingest.events import mask_for_score, score_of
 from mcrecall.core import lmdbenv
-from mcrecall.core.datadir import lmdb_env_writable
+from mcrecall.core.datadir import disk_full_message, is_disk_full_error, lmdb_env_writable
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -234,13 +234,9 @@ class TripleStore:
             raise StoreFullError(
                 f"triple store {self.path} is full (LMDB map size reached; raise [store] map_size_gb): {e}"
             ) from None
-        except lmdb.Error as e:
-            if "No space left" in str(e) or getattr(e, "errno", None) == 28:
-                raise StoreFullError(f"disk full while writing {self.path}: {e}") from None
-            raise
-        except OSError as e:
-            if e.errno == 28:
-                raise StoreFullError(f"disk full while writing {self.path}: {e}") from None
+        except (lmdb.Error, OSError) as e:
+            if is_disk_full_error(e, self.path):
+                raise StoreFullError(disk_full_message(self.path, e, "this batch")) from None
             raise
         # committed: the new indices are now real
         self._user_cache.update(new_users)

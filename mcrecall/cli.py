@@ -48,13 +48,14 @@ _OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
 
 # How each command uses [store] data_dir: "write" creates or changes files there; "read" needs
 # it to exist (and works on a read-only one); "status" reports a missing one itself.
-DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write",
+DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write", "refresh": "write",
                 "recall": "read", "triples": "read", "tune": "read", "status": "status"}
 
 
 def _check_data_dir(args, cfg) -> None:
     use = DATA_DIR_USE.get(args.command)
-    if use is None or (args.command == "milvus" and getattr(args, "milvus_data_dir", None)):
+    if use is None or (args.command == "milvus" and (getattr(args, "milvus_data_dir", None)
+                                                     or getattr(args, "db", None))):
         return
     check_data_dir(cfg.data_dir, write=use == "write", must_exist=use == "read")
 

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import math
 import os
+import shlex
 import re
 import threading
 import time
@@ -112,10 +113,13 @@ def _lock_path(db_file: str) -> str:
 
 
 def _lock_holder_message(path: str) -> str:
+    # the exact command that serves THIS file (a server on another file would not have the
+    # versions published here); it has to wait for the holder to stop
     return (
         f"Milvus Lite database {path} is locked by another process (file mode serves one "
-        "process). For several processes run `mcrecall milvus` (a local Milvus Lite server) "
-        "and set [index] uri = \"http://127.0.0.1:19530\" (or MCRECALL_INDEX_URI)."
+        "process). For several processes, stop the holder, run `mcrecall milvus --db "
+        f"{shlex.quote(path)}` (a local Milvus Lite server on this same file) and set [index] "
+        "uri = \"http://127.0.0.1:19530\" (or MCRECALL_INDEX_URI=http://127.0.0.1:19530) everywhere."
     )
 
 

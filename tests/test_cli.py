@@ -192,7 +192,9 @@ def test_reading_commands_work_on_a_read_only_data_dir_and_writing_ones_say_why_
         p = run_ro(["triples"])
         assert p.returncode == 0, p.stderr
         assert len(p.stdout.splitlines()) == 121
-        for args in (["ingest", "--from-file", os.devnull], ["train", "--force"]):
+        # refresh too (issue 20 #13: it printed a raw [Errno 30])
+        for args in (["ingest", "--from-file", os.devnull], ["train", "--force"], ["refresh"],
+                     ["refresh", "--every", "1s"]):
             _one_line_failure(run_ro(args), f"data dir {data} is not writable")
     finally:
         _set_write_bits(data, True)

@@ -310,6 +310,7 @@ def test_no_wait_exits_with_a_clear_message(tmp_path, data):
         out, _ = p.communicate(timeout=120)
     assert p.returncode == 75, out
     assert "another publisher holds" in out and "--no-wait" in out and "Traceback" not in out
+    assert out.count("not waiting") == 1, out  # issue 20 #13: it said so twice
     assert ModelRegistry(tmp_path, readonly=True).current_version() is None
 
 

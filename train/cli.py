@@ -61,8 +61,14 @@ def run_train(args, cfg) -> int:
         try:
             res = train_run(cfg, force=force, wait=wait)
         except PublisherBusyError as e:
-            print(f"mcrecall train: {e}; not waiting (--no-wait)", file=sys.stderr, flush=True)
+            print(f"mcrecall train: {e} (--no-wait)", file=sys.stderr, flush=True)
             return 75
+        except Exception as e:
+            full = _disk_full_line(cfg, e)
+            if full is None:
+                raise
+            print(f"mcrecall train: {full}", file=sys.stderr, flush=True)
+            return 1
         return {"published": 0, "refused": 3, "empty": 1, "unchanged": 0}[res.status]
     print(f"train: retraining every {every:g} s (Ctrl-C stops)", flush=True)
     try:
@@ -70,6 +76,15 @@ def run_train(args, cfg) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _disk_full_line(cfg, e: BaseException) -> str | None:
+    """The one line for a run that failed because the disk is full (None: another failure)."""
+    from mcrecall.core.datadir import disk_full_message, is_disk_full_error
+
+    if not is_disk_full_error(e, cfg.data_dir):
+        return None
+    return disk_full_message(cfg.data_dir, e, "the new version") + " (the current version keeps serving)"
 
 
 HEARTBEAT_S = 60.0  # a skipping --every loop says it is alive at most this often
@@ -143,9 +158,11 @@ def train_every(cfg, every: float, *, force: bool = False, wait: bool = True, lo
             except PublisherBusyError as e:
                 say(f"train: {e}; skipping this round")
                 status = "busy"
-            except Exception:  # a failed run leaves the current version serving; try again
-                traceback.print_exc()
-                print("train: run failed; the current version is unchanged", file=sys.stderr,
+            except Exception as e:  # a failed run leaves the current version serving; try again
+                full = _disk_full_line(cfg, e)
+                if full is None:
+                    traceback.print_exc()
+                print(full or "train: run failed; the current version is unchanged", file=sys.stderr,
                       flush=True)
                 status = "failed"
         statuses.append(status)
