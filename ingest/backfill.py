@@ -27,12 +27,11 @@ from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
+from mcrecall.core.eventfile import BOM  # the one rule for a leading BOM (core/eventfile.py)
 from mcrecall.ingest.events import MAX_MESSAGE_BYTES, parse_scored_many
 from mcrecall.ingest.store import TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
-
-BOM = b"\xef\xbb\xbf"
 READ_BYTES = 4 << 20  # one read of the file
 EXCERPT_BYTES = 256  # what is kept of a line over the limit
 
