@@ -118,8 +118,8 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                             "events_per_s": round(stats.events / (now - t0))})
                         last = now
         if users or stats.rejected:
-            stats.changed_pairs += store.apply_events(users, items, bits,
-                                                      bad_events=stats.rejected)["changed"]
+            stats.changed_pairs += store.apply_events(users, items, bits, bad_events=stats.rejected,
+                                                      rejected=stats.rejected)["changed"]
             stats.events += len(users)
     finally:
         if gc_was_enabled:

@@ -51,7 +51,9 @@ def _be_keys(values: np.ndarray, width: int) -> list[bytes]:
     return np.frombuffer(values.astype(f">u{width}").tobytes(), dtype=f"V{width}").tolist()
 
 # dlq_failed: bad events the dead-letter topic would not take (counted and logged, then skipped)
-COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed")
+# rejected: bad backfill lines, written to F.rejected.jsonl (counted in bad_events too, never
+# sent to the dead-letter topic)
+COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed", "rejected")
 
 
 class StoreFullError(RuntimeError):
@@ -170,6 +172,7 @@ class TripleStore:
         events: int | None = None,
         bad_events: int = 0,
         dlq_failed: int = 0,
+        rejected: int = 0,
     ) -> dict:
         """OR each event's action bits into its (user, item) pair and record ``offsets``, in one
         write transaction.
@@ -228,6 +231,7 @@ class TripleStore:
                 counters["events"] += int(n if events is None else events)
                 counters["bad_events"] += int(bad_events)
                 counters["dlq_failed"] += int(dlq_failed)
+                counters["rejected"] += int(rejected)
                 for name, value in counters.items():
                     txn.put(name.encode(), _U64.pack(value), db=self._meta)
         except lmdb.MapFullError as e:
@@ -398,12 +402,13 @@ class TripleStore:
             return self._get_counter(txn, "seq")
 
     def counts(self) -> dict:
-        """Counters: pairs, users, items, events, bad_events, dlq_failed, seq."""
+        """Counters: pairs, users, items, events, bad_events (all bad events), dlq_failed,
+        rejected (bad backfill lines: in F.rejected.jsonl, not the dead-letter topic), seq."""
         with self.env.begin() as txn:
             c = {name: self._get_counter(txn, name) for name in COUNTERS}
         return {"pairs": c["n_pairs"], "users": c["n_users"], "items": c["n_items"],
                 "events": c["events"], "bad_events": c["bad_events"], "dlq_failed": c["dlq_failed"],
-                "seq": c["seq"]}
+                "rejected": c["rejected"], "seq": c["seq"]}
 
     def offsets(self, topic: str | None = None) -> dict[tuple[str, int], int]:
         """Stored next offsets ``{(topic, partition): offset}`` (optionally for one topic)."""

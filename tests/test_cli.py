@@ -67,10 +67,14 @@ def test_backfill_train_recall_triples_status(tmp_path):
     p = run(["status", "--json"], data)
     st = json.loads(p.stdout)
     assert st["version"] == 1 and st["store"]["pairs"] == len(rows) - 1
-    assert st["dead_letters"]["count"] == 1
+    # issue 20 #11: the rejected line went to events.jsonl.rejected.jsonl, not to the DLQ topic
+    assert st["dead_letters"]["count"] == 0 and st["backfill_rejected"]["count"] == 1
     assert "recall@10" in json.dumps(st["evaluation"])
     p = run(["status"], data)
     assert "version 1 is current" in p.stdout and "recall@10" in p.stdout
+    assert [ln for ln in p.stdout.splitlines() if "dead letters" in ln and " 0 -> " in ln], p.stdout
+    assert [ln for ln in p.stdout.splitlines() if "backfill rejects" in ln and "1 -> " in ln
+            and "rejected.jsonl" in ln], p.stdout
 
 
 # ------------------------------------------------------------------ data-dir problems: one line

@@ -140,3 +140,12 @@ def test_a_leading_bom_is_skipped_by_evaluate_as_by_backfill(tmp_path):
     f.write_bytes(f.read_bytes() + b'\xef\xbb\xbf{"user_id": "u", "item_id": "j", "action": "click"}\n')
     with pytest.raises(ValueError, match="bom.jsonl:2: bad event"):  # not at the start: data
         read_events(f)
+
+
+def test_the_table_names_settings_in_words_not_a_dict_repr(stream):
+    """Issue 20 #13: `1 versions ({'objective': ...})` was a Python dict repr."""
+    res = prequential([(f"u{j % 7}", f"i{j % 5}", ACTION_BITS["click"]) for j in range(40)], _tc(dim=4),
+                      retrain_every=20, refresh_every=5)
+    tail = res.table().splitlines()[-1]
+    assert "{" not in tail and "'" not in tail and "objective implicit" in tail, tail
+    assert ("1 version (" in tail) == (res.versions == 1)

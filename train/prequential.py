@@ -70,7 +70,8 @@ class PrequentialResult:
             r = self.recall(s)  # n/a: no positive event was scored (e.g. a file of one event)
             rows.append(f"| {s} | {'n/a' if r != r else format(r, '.4f')} | {self.hits[s]:,} |")
         rows.append(f"\n{self.positives:,} positive events scored of {self.events:,} events, "
-                    f"{self.versions} versions ({self.settings}), {self.seconds:.1f} s")
+                    f"{self.versions} version{'s' if self.versions != 1 else ''} "
+                    f"({', '.join(f'{k} {v}' for k, v in self.settings.items())}), {self.seconds:.1f} s")
         return "\n".join(rows)
 
     def to_json(self) -> dict:
