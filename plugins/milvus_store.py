@@ -30,8 +30,8 @@ import hashlib
 import logging
 import math
 import os
-import shlex
 import re
+import shlex
 import threading
 import time
 import warnings
@@ -86,7 +86,14 @@ class _OneLine(logging.Filter):
 
 
 def quiet_pymilvus() -> None:
-    """One line per failed pymilvus call (it logs tracebacks at ERROR), once per process."""
+    """One line per failed pymilvus call (it logs tracebacks at ERROR), once per process; none
+    at all under the command line (below -vv), whose own error line says what failed."""
+    import pymilvus  # noqa: F401  (its import configures its loggers: quieten them after)
+
+    from mcrecall.core.logs import quiet_library
+
+    quiet_library("pymilvus")
+    quiet_library("milvus_lite")
     for name in ("pymilvus.decorators", "pymilvus", "pymilvus.client.connection_manager",
                  "pymilvus.client.grpc_handler", "pymilvus.milvus_client.milvus_client"):
         lg = logging.getLogger(name)

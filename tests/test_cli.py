@@ -203,3 +203,21 @@ def test_reading_commands_work_on_a_read_only_data_dir_and_writing_ones_say_why_
     finally:
         _set_write_bits(data, True)
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before, "a reader changed the data dir"
+
+
+# ------------------------------------------------------------------ issue 20 #13: small ones
+def test_global_options_are_accepted_after_the_subcommand(tmp_path):
+    cfg = tmp_path / "x.toml"
+    cfg.write_text('[kafka]\ntopic = "from.the.file"\n')  # status names its .dlq topic
+    for args in (["status", "--config", str(cfg)], ["--config", str(cfg), "status"],
+                 ["status", "--config", str(cfg), "-v"]):
+        p = run(args, tmp_path / "data")
+        assert p.returncode == 0, p.stderr
+        assert "from.the.file.dlq" in p.stdout, p.stdout
+
+
+def test_a_negative_duration_is_named_as_such(tmp_path):
+    for args in (["tune", "--budget", "-5s"], ["train", "--every", "-1m"]):
+        p = run(args, tmp_path / "data")
+        assert p.returncode == 2 and "expected one argument" not in p.stderr, p.stderr
+        assert "duration must be positive, got '-" in p.stderr, p.stderr

@@ -439,6 +439,10 @@ def test_following_the_lock_errors_advice_serves_the_published_versions(tmp_path
     finally:
         holder.kill()
         holder.wait()
+    # issue 20 #13: pymilvus's own ERROR lines stay out of the command's output
+    other = _mcrecall(["recall", "0", "-k", "3"], data, MCRECALL_INDEX_COLLECTION="other")
+    assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert "[ERROR]" not in other.stderr and "does not have it" in other.stderr
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mcrecall", "milvus", "--port", str(port)],
                               env={**ENV, "MCRECALL_STORE_DATA_DIR": str(data)}, cwd=REPO,

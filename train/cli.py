@@ -21,6 +21,8 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``90s``, ``15m``, ``2h``, ``1d``, ``1h30m`` (positive)."""
     t = str(text).strip().lower()
+    if t.startswith("-"):
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", t)
     if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
         raise argparse.ArgumentTypeError(
