@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -127,11 +128,17 @@ def summary(runs: list[str]) -> str:
              r["hits"]] for r in rows]
     lines = run.splitlines()
     setting = next(ln for ln in lines if ln.startswith("`mcrecall.train.synthetic.make_stream("))
+    call = re.search(r"`mcrecall\.train\.synthetic\.(make_stream\([^)]*\))`", setting).group(1)
+    world = re.search(r"\((800 users[^)]*)\)", setting)
+    n_events = re.search(r": ([\d,]+) events in time order", setting).group(1)
+    env = dict(re.findall(r"MCRECALL_TRAIN_(OBJECTIVE|DIM)=(\S+?)`?(?=[ `:])", setting))
     counts = next(ln for ln in lines if "positive events scored of" in ln)
+    scored = counts.split(" positive events")[0]
     command = next(ln.strip() for ln in lines if ln.startswith("    mcrecall evaluate"))
-    scored = counts.split(";")[0]
-    text = (f"On {setting.split(':')[0]} ({setting.split('(800 users, ')[1].split(')')[0]}), "
-            f"{scored}; `{command}` (`benchmarks/results/prequential.png`):")
+    command = re.sub(r" --json| --plot \S+", "", command)
+    text = (f"On `{call}`" + (f" ({world.group(1)}; {n_events} events, {scored} scored)" if world else "")
+            + f", objective `{env.get('OBJECTIVE', '?')}`, dim {env.get('DIM', '?')}: `{command}` "
+            "(plot: `benchmarks/results/prequential.png`):")
     return marked("prequential", text + "\n\n" + table_md(["strategy", recall_col, "hits"], body, "lrr"))
 
 
