@@ -27,8 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from resultsfile import (RESULTS, add_run, machine_note, marked, num, parse_tables,  # noqa: E402
-                         run_sections, table_md, write_file)
+from resultsfile import RESULTS, add_run, machine_note, marked, num, parse_tables, run_sections, table_md, write_file  # noqa: E402
 
 TITLE = "Prequential benchmark"
 INTRO = ("Written whole by `benchmarks/bench_prequential.py` from a real run of "

@@ -453,8 +453,9 @@ def test_backfill_store_matches_the_reference_on_a_random_stream(tmp_path):
 def test_produce_skips_a_leading_bom_like_the_backfill(kafka_bootstrap, kafka_topic, tmp_path):
     """Issue 20 #9: `produce` rejected line 1 of a file with a BOM that `ingest --from-file`
     skips: one rule for every file reader."""
-    from mcrecall.ingest.produce import produce_file
     from test_ingest_worker import make_cfg
+
+    from mcrecall.ingest.produce import produce_file
 
     cfg = make_cfg(kafka_bootstrap, kafka_topic, tmp_path / "data")
     f = tmp_path / "bom.jsonl"

@@ -295,7 +295,7 @@ def test_a_busy_refresher_names_who_holds_the_lock(tmp_path):
                        ("mcrecall train", "a publication is in progress")):
         held, done = threading.Event(), threading.Event()
 
-        def hold(role=role):
+        def hold(role=role, held=held, done=done):
             with publisher_lock(cfg.data_dir, role=role):
                 held.set()
                 done.wait(30)

@@ -477,7 +477,7 @@ def test_exactly_k_for_users_without_a_vector(tmp_path, backend):
         # the stored popularity order first, unchanged; the rest scored 0 (popularity unknown)
         assert ids[:min(k, 30)] == [f"i{j}" for j in range(min(k, 30))]
         assert all(r.score == 0.0 for r in res.items[30:])
-        assert all(a.score >= b.score for a, b in zip(res.items, res.items[1:]))
+        assert all(a.score >= b.score for a, b in zip(res.items, res.items[1:], strict=False))
     # the filler follows the typical taste: the popularity-weighted mean of the listed vectors
     w = np.array([100 - j for j in range(30)], np.float64)
     q = (w[:, None] * V[:30].astype(np.float64)).sum(0) / w.sum()

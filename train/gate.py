@@ -49,8 +49,8 @@ def holdout_keys(run) -> np.ndarray:
 
 def on_version_pairs(run, model, registry, cur: int, cur_meta: dict, log=print) -> dict | None:
     """The new model's figures on version ``cur``'s held-out pairs: ``{"version", "n_test",
-    "n_eval_users", "recorded", "model": {...}, "current": the version's stored figures}``; None when the version recorded no hold-out (or none of its
-    pairs is held out now)."""
+    "n_eval_users", "recorded", "model": {...}, "current": the version's stored figures}``;
+    None when the version recorded no hold-out (or none of its pairs is held out now)."""
     try:
         old = registry.holdout(cur)
     except Exception as e:  # noqa: BLE001 - an unreadable record must not block training
@@ -75,6 +75,7 @@ def on_version_pairs(run, model, registry, cur: int, cur_meta: dict, log=print) 
                   (s.user_idx[test], s.item_idx[test], s.score[test]), user_hash=run.user_hash,
                   max_users=run.tc.eval_users, device=run.device, baselines=False,
                   user_has=user_has, item_has=item_has)
-    return {"version": int(cur), "n_test": int(ev["n_test"]), "n_eval_users": int(ev["n_eval_users"]),
+    return {"version": int(cur), "n_test": int(ev["n_test"]),
+            "n_eval_users": int(ev["n_eval_users"]),
             "recorded": int(len(old)), "model": ev["model"],
             "current": dict((cur_meta.get("evaluation") or {}).get("model") or {})}
