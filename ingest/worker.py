@@ -322,9 +322,13 @@ class IngestWorker:
             if self._fatal:
                 raise self._fatal
             return self.stats
-        # the idle clock runs from the start: a worker the group gives no partition (more
-        # workers than partitions) is idle too, and --until-idle must end it
+        # The idle clock runs from the start: a worker the group never gives a partition (more
+        # workers than partitions) is idle too, and --until-idle must end it. Until its first
+        # assignment it is given at least the session timeout (a rebalance) to join; the first
+        # assignment restarts the clock when nothing came before it.
         last_data = time.monotonic()
+        ever_assigned = False
+        join_s = self.cfg.kafka.session_timeout_ms / 1000.0
         unassigned = _UnassignedReport(self.cfg.kafka.group_id, self.topic,
                                        self.cfg.kafka.session_timeout_ms / 1000.0)
         last_progress = time.monotonic()
@@ -354,15 +358,18 @@ class IngestWorker:
                         self._seek_to_store(self.consumer.assignment())
                         self._stop.wait(1.0)
                         continue
-                    last_data = now
+                    last_data, ever_assigned = now, True
                     g = self._gathered
                     if len(g) >= self.batch_events or now - g.since >= self.batch_wait_s:
                         self._flush()
                 else:
                     self._write_all()  # nothing new: write what was gathered, and finish it now
                     outage.check(now, self._broker_reachable())
+                    assigned = bool(self.consumer.assignment())
+                    if assigned and not ever_assigned:
+                        last_data, ever_assigned = now, True
                     # an outage is not a rebalance: only a reachable cluster's silence counts
-                    unassigned.check(now, bool(self.consumer.assignment()) or outage.since is not None)
+                    unassigned.check(now, assigned or outage.since is not None)
                 if now - last_progress >= self.progress_every_s:
                     total = self.stats.events + self.stats.bad_events
                     # an idle worker: a line when something changed, else a heartbeat a minute
@@ -377,7 +384,8 @@ class IngestWorker:
                         self.stats.exit_reason = "kafka_unreachable"
                         self._fatal = self._unreachable_error(until_idle)
                         break
-                elif until_idle is not None and now - last_data >= until_idle:
+                elif until_idle is not None and now - last_data >= (
+                        until_idle if ever_assigned else max(until_idle, join_s)):
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
