@@ -137,7 +137,10 @@ def train_every(cfg, every: float, *, force: bool = False, wait: bool = True, lo
     i = 0
     while rounds is None or i < rounds:
         started = time.monotonic()
-        state = store_state(cfg)
+        try:
+            state = store_state(cfg)
+        except Exception:  # noqa: BLE001 - unknown state: let the run itself say what is wrong
+            state = None
         msg = None
         if state is not None and refused_at == state:
             msg = (f"train: store (seq {state[0]}) and version {state[1]} unchanged since the "
