@@ -17,10 +17,11 @@ ENV PATH=/opt/mcrecall/bin:$PATH
 # torch first, from the CPU index only (a plain `pip install torch` would take a CUDA build)
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY . /src
-# the constraint keeps pip from replacing the CPU torch while it resolves the project
+# the constraint keeps pip from replacing the CPU torch while it resolves the project; the
+# extras: tune (`mcrecall tune`, Optuna) and fast ([kafka] client = "confluent")
 RUN echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
- && pip install --constraint /tmp/constraints.txt /src \
- && python -c "import torch, lmdb, pymilvus, faiss, hnswlib, core, mcrecall, ingest, train, serve, plugins; print('torch', torch.__version__)"
+ && pip install --constraint /tmp/constraints.txt "/src[tune,fast]" \
+ && python -c "import torch, lmdb, pymilvus, faiss, hnswlib, optuna, confluent_kafka, mcrecall.core, mcrecall.ingest, mcrecall.train, mcrecall.serve, mcrecall.plugins; print('torch', torch.__version__)"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="mcrecall" \

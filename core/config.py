@@ -269,9 +269,16 @@ def _shown(section: str, key: str, value: Any) -> str:
     return REDACTED if (section, key) in SECRET_KEYS else repr(value)
 
 
-def _coerce(section: str, key: str, value: Any, typ: type, origin: str) -> Any:
+def _coerce(section: str, key: str, value: Any, typ: type, origin: str, typed: bool = False) -> Any:
+    """``value`` as ``typ``. ``typed``: the source has types of its own (a TOML file), so a
+    string for a number or a boolean is a mistake to report (``dim = "16"``), not to convert;
+    the environment has only strings."""
     where = f"[{section}] {key} (from {origin})"
     got = _shown(section, key, value)
+    if typed and typ in (bool, int, float) and isinstance(value, str):
+        what = {bool: "a boolean", int: "an integer", float: "a number"}[typ]
+        raise ConfigError(f"{where}: expected {what}, got the string {got}: write it without "
+                          "quotes")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -322,7 +329,7 @@ def _check_value(section: str, key: str, value: Any, origin: str) -> Any:
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _apply(cfg: Config, data: Mapping[str, Mapping[str, Any]], origin: str) -> Config:
+def _apply(cfg: Config, data: Mapping[str, Mapping[str, Any]], origin: str, typed: bool = False) -> Config:
     new_sections = {}
     for section, values in data.items():
         cls = _SECTION_TYPES.get(section)
@@ -344,7 +351,8 @@ def _apply(cfg: Config, data: Mapping[str, Mapping[str, Any]], origin: str) -> C
                     f"known: {', '.join(known)}"
                 )
             typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
-            changes[key] = _check_value(section, key, _coerce(section, key, value, typ, origin), origin)
+            changes[key] = _check_value(section, key, _coerce(section, key, value, typ, origin, typed),
+                                        origin)
         new_sections[section] = replace(current, **changes)
     # checks across keys run once all sources are merged (a password may come from the environment)
     return replace(cfg, **new_sections)
@@ -433,7 +441,7 @@ def load_config(
             raise ConfigError(f"config file {p} cannot be read: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-        cfg = _apply(cfg, data, origin=str(p))
+        cfg = _apply(cfg, data, origin=str(p), typed=True)
         cfg = replace(cfg, source=str(p))
     env = _env_overrides(environ)
     if env:

@@ -20,6 +20,49 @@ class DataDirError(RuntimeError):
     """The data directory cannot serve this command (message: one line, what to do)."""
 
 
+FULL_BELOW_BYTES = 4 << 20  # a filesystem with less free space than this reads as full
+
+
+def disk_full(path: str | os.PathLike) -> bool:
+    """Whether the filesystem holding ``path`` (or its nearest existing parent) is full.
+
+    LMDB reports a full disk as ENOSPC, or — where the write goes through its memory map, as on
+    tmpfs — as a bare ``Input/output error`` (EIO): the free space tells them apart."""
+    import shutil
+
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
+def is_disk_full_error(e: BaseException, path: str | os.PathLike) -> bool:
+    """Whether ``e`` (an LMDB or OS error while writing under ``path``) means the disk is full."""
+    errno = getattr(e, "errno", None)
+    text = str(e)
+    if errno == 28 or "No space left" in text:
+        return True
+    return (errno == 5 or "Input/output error" in text) and disk_full(path)
+
+
+def disk_full_message(path: str | os.PathLike, e: BaseException, what: str) -> str:
+    """One line: the disk is full, where, what was not written, and that a rerun is safe."""
+    import shutil
+
+    where = Path(path)
+    try:
+        u = shutil.disk_usage(where if where.exists() else where.parent)
+        space = f" ({u.free / 1e6:.1f} MB free of {u.total / 1e6:.0f} MB)"
+    except OSError:
+        space = ""
+    return (f"the disk holding {where} is full{space}: {what} was not written (the transaction "
+            f"rolled back; LMDB said: {' '.join(str(e).split())}). Free space or "
+            f"move {_HINT}, then run the command again: a rerun is safe, nothing is half-written")
+
+
 def writable(path: Path) -> bool:
     """Whether this process may create and change files in directory ``path``.
 

@@ -62,8 +62,26 @@ def _fmt(v) -> str:
     return f'"{s}"' if (" " in s or not s) else s
 
 
+# Libraries that log failures mcrecall reports itself, in its own words (one line): silenced by
+# the command line below -vv. pymilvus configures its own handler when imported (after
+# setup_logging), so its loggers are quietened again where it is imported (quiet_library).
+_QUIET_LIBRARIES = {"pymilvus": False, "milvus_lite": False}
+# loggers a library configures apart (own level and handler, no propagation)
+_SUBLOGGERS = {"pymilvus": ("pymilvus.milvus_client", "pymilvus.bulk_writer", "pymilvus.decorators")}
+
+
+def quiet_library(name: str) -> None:
+    """Apply the command line's choice to library ``name``'s loggers (no-op outside the CLI)."""
+    if _QUIET_LIBRARIES.get(name):
+        for n in (name, *_SUBLOGGERS.get(name, ())):
+            logging.getLogger(n).setLevel(logging.CRITICAL)
+
+
 def setup_logging(verbosity: int = 0) -> None:
     """Quiet by default (mcrecall info lines only); ``-v`` adds debug, ``-vv`` library logs."""
+    for name in _QUIET_LIBRARIES:
+        _QUIET_LIBRARIES[name] = verbosity < 2
+        quiet_library(name)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

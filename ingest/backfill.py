@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
 from mcrecall.ingest.attributes import FILE_PARTITION, split_attributes, version_key
+from mcrecall.core.eventfile import BOM  # the one rule for a leading BOM (core/eventfile.py)
 from mcrecall.ingest.events import MAX_MESSAGE_BYTES, parse_scored_many
 from mcrecall.ingest.store import TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
-
-BOM = b"\xef\xbb\xbf"
 READ_BYTES = 4 << 20  # one read of the file
 EXCERPT_BYTES = 256  # what is kept of a line over the limit
 
@@ -128,7 +127,7 @@ def backfill_file(path: str | Path, store: TripleStore, *, batch_size: int = 100
                         last = now
         if users or attrs or stats.rejected:
             stats.changed_pairs += store.apply_events(users, items, bits, bad_events=stats.rejected,
-                                                      attributes=attrs)["changed"]
+                                                      rejected=stats.rejected, attributes=attrs)["changed"]
             stats.events += len(users)
             stats.attribute_events += len(attrs)
     finally:

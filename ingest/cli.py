@@ -88,7 +88,11 @@ def run_ingest(args, cfg) -> int:
                              "backfill prints its own at the end")
         from mcrecall.ingest.backfill import backfill_file
 
-        stats = backfill_file(args.from_file, TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb))
+        try:
+            stats = backfill_file(args.from_file, TripleStore(cfg.data_dir, map_size_gb=cfg.store.map_size_gb))
+        except StoreFullError as e:  # the batches before it are stored; a rerun re-applies idempotently
+            print(f"mcrecall ingest: {e}", file=sys.stderr)
+            return 3
         print(f"backfilled {stats.events} events from {stats.lines} lines in {stats.seconds:.1f}s; "
               f"{stats.rejected} rejected" + (f" -> {stats.rejected_path}" if stats.rejected else ""))
         return 0

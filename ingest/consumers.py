@@ -379,8 +379,43 @@ class KafkaPythonProducer(DeadLetterProducer):
 
 
 # ----------------------------------------------------------------------------- confluent
+class _RdLogFilter(logging.Filter):
+    """librdkafka logs every failed connection attempt (``FAIL ... Connection refused``, ~20 a
+    second while a broker is down). An outage is the worker's to report, the same way for both
+    clients (``kafka_unreachable``, every 10 s): connection-level lines go to DEBUG; any other
+    librdkafka line is kept, at most once per 10 s per facility."""
+
+    TRANSPORT = ("FAIL", "BROKERFAIL", "CONNECT", "DISCONNECT", "ALLBROKERSDOWN", "RESOLVE",
+                 "REQTMOUT", "ERROR")
+    TRANSPORT_TEXT = ("Connection refused", "Connect to ", "Disconnected", "all brokers are down",
+                      "Failed to resolve", "timed out", "Connection reset", "Network is unreachable",
+                      "No route to host", "brokers are down")
+    REPEAT_S = 10.0
+
+    def __init__(self):
+        super().__init__()
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG:
+            return True
+        text = record.getMessage()
+        fac = text.split(" ", 1)[0]
+        if fac in self.TRANSPORT and any(t in text for t in self.TRANSPORT_TEXT):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return record.name != "" and logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        now = time.monotonic()
+        if now - self.last.get(fac, -1e9) < self.REPEAT_S:
+            return False
+        self.last[fac] = now
+        return True
+
+
 def _rd_logger():
-    return logging.getLogger("mcrecall.ingest.librdkafka")
+    lg = logging.getLogger("mcrecall.ingest.librdkafka")
+    if not any(isinstance(f, _RdLogFilter) for f in lg.filters):
+        lg.addFilter(_RdLogFilter())
+    return lg
 
 
 class _ClientErrors:

@@ -12,6 +12,7 @@ from typing import Iterable
 from kafka import KafkaProducer
 
 from mcrecall.ingest.attributes import BadAttributes, parse_attribute_message
+from mcrecall.core.eventfile import open_event_file
 from mcrecall.ingest.broker import port_open
 from mcrecall.ingest.events import BadEvent, parse_event
 from mcrecall.ingest.kafka_io import KafkaUnavailable, ensure_topic, kafka_security_kwargs
@@ -102,7 +103,7 @@ def message_key(raw: bytes) -> bytes:
 
 
 def produce_file(path: str | Path, cfg, *, validate: bool = True) -> ProduceStats:
-    with open(path, "rb") as f:
+    with open_event_file(path) as f:  # a leading BOM is skipped, as by every event-file reader
         stats = produce_lines(f, cfg, validate=validate)
     log.info("produce_done", extra={"file": str(path), "sent": stats.sent, "invalid": stats.invalid,
                                     "events_per_s": round(stats.sent / max(stats.seconds, 1e-9))})

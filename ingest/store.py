@@ -41,7 +41,7 @@ import lmdb
 import numpy as np
 
 from mcrecall.core import lmdbenv
-from mcrecall.core.datadir import lmdb_env_writable
+from mcrecall.core.datadir import disk_full_message, is_disk_full_error, lmdb_env_writable
 from mcrecall.ingest.attributes import VERSION_BYTES, decode_tokens, encode_tokens
 from mcrecall.ingest.events import mask_for_score, score_of
 
@@ -58,7 +58,9 @@ def _be_keys(values: np.ndarray, width: int) -> list[bytes]:
     return np.frombuffer(values.astype(f">u{width}").tobytes(), dtype=f"V{width}").tolist()
 
 # dlq_failed: bad events the dead-letter topic would not take (counted and logged, then skipped)
-COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed",
+# rejected: bad backfill lines, written to F.rejected.jsonl (counted in bad_events too, never
+# sent to the dead-letter topic)
+COUNTERS = ("seq", "n_users", "n_items", "n_pairs", "events", "bad_events", "dlq_failed", "rejected",
             "attr_events", "attr_items", "attr_users", "attr_item_tokens", "attr_user_tokens")
 
 
@@ -183,6 +185,7 @@ class TripleStore:
         bad_events: int = 0,
         dlq_failed: int = 0,
         attributes: Sequence | None = None,
+        rejected: int = 0,
     ) -> dict:
         """OR each event's action bits into its (user, item) pair and record ``offsets``, in one
         write transaction.
@@ -249,19 +252,16 @@ class TripleStore:
                 counters["events"] += int(n if events is None else events)
                 counters["bad_events"] += int(bad_events)
                 counters["dlq_failed"] += int(dlq_failed)
+                counters["rejected"] += int(rejected)
                 for name, value in counters.items():
                     txn.put(name.encode(), _U64.pack(value), db=self._meta)
         except lmdb.MapFullError as e:
             raise StoreFullError(
                 f"triple store {self.path} is full (LMDB map size reached; raise [store] map_size_gb): {e}"
             ) from None
-        except lmdb.Error as e:
-            if "No space left" in str(e) or getattr(e, "errno", None) == 28:
-                raise StoreFullError(f"disk full while writing {self.path}: {e}") from None
-            raise
-        except OSError as e:
-            if e.errno == 28:
-                raise StoreFullError(f"disk full while writing {self.path}: {e}") from None
+        except (lmdb.Error, OSError) as e:
+            if is_disk_full_error(e, self.path):
+                raise StoreFullError(disk_full_message(self.path, e, "this batch")) from None
             raise
         # committed: the new indices are now real
         self._user_cache.update(new_users)
@@ -488,12 +488,13 @@ class TripleStore:
             return self._get_counter(txn, "seq")
 
     def counts(self) -> dict:
-        """Counters: pairs, users, items, events, bad_events, dlq_failed, seq."""
+        """Counters: pairs, users, items, events, bad_events (all bad events), dlq_failed,
+        rejected (bad backfill lines: in F.rejected.jsonl, not the dead-letter topic), seq."""
         with self.env.begin() as txn:
             c = {name: self._get_counter(txn, name) for name in COUNTERS}
         return {"pairs": c["n_pairs"], "users": c["n_users"], "items": c["n_items"],
                 "events": c["events"], "bad_events": c["bad_events"], "dlq_failed": c["dlq_failed"],
-                "seq": c["seq"], "attribute_events": c["attr_events"],
+                "rejected": c["rejected"], "seq": c["seq"], "attribute_events": c["attr_events"],
                 "items_with_attributes": c["attr_items"], "users_with_attributes": c["attr_users"],
                 "item_tokens": c["attr_item_tokens"], "user_tokens": c["attr_user_tokens"]}
 

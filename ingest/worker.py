@@ -32,6 +32,7 @@ from mcrecall.ingest.offset_range import OffsetOutOfRangeError, PartitionRange
 from mcrecall.ingest.store import StoreFullError, TripleStore
 
 log = logging.getLogger("mcrecall.ingest")
+PROGRESS_HEARTBEAT_S = 60.0  # an idle worker's progress line, at most this often
 
 
 @dataclass
@@ -59,6 +60,31 @@ class _SeekToStore:
         self.worker._write_all()  # the store offsets must include the batches gathered and in flight
         self.worker._seek_to_store(assigned)
         log.info("partitions_assigned", extra={"partitions": _fmt_tps(assigned)})
+
+
+class _UnassignedReport:
+    """Warns ``no_partitions`` (naming the group) when the worker has had no partition for
+    longer than a rebalance takes (the session timeout), then every minute while it lasts."""
+
+    REPEAT_S = 60.0
+
+    def __init__(self, group: str, topic: str, grace_s: float):
+        self.group, self.topic, self.grace_s = group, topic, grace_s
+        self.since: float | None = time.monotonic()
+        self.said: float | None = None
+
+    def check(self, now: float, assigned: bool) -> None:
+        if assigned:
+            self.since = self.said = None
+            return
+        if self.since is None:
+            self.since = now
+        if now - self.since >= self.grace_s and (self.said is None or now - self.said >= self.REPEAT_S):
+            self.said = now
+            log.warning("no_partitions", extra={
+                "group": self.group, "topic": self.topic, "seconds": round(now - self.since, 1),
+                "hint": f"every partition of {self.topic!r} is held by other members of group "
+                        f"{self.group!r} (more workers than partitions?); this worker consumes nothing"})
 
 
 class _OutageReport:
@@ -167,8 +193,10 @@ class IngestWorker:
         started = time.monotonic()
         while not self._stop.is_set():
             left = None if give_up_after is None else give_up_after - (time.monotonic() - started)
+            # bounded waits: an unreachable cluster is reported every ~10 s, as once connected
+            wait = _OutageReport.REPEAT_S if left is None else max(0.5, min(left, _OutageReport.REPEAT_S))
             try:
-                self.consumer = open_consumer(self.cfg, connect_timeout_s=left)
+                self.consumer = open_consumer(self.cfg, connect_timeout_s=wait)
                 self.producer = open_dlq_producer(self.cfg, timeout_s=self.dlq_timeout_s)
                 listener = _SeekToStore(self)
                 self.consumer.subscribe(self.topic, on_assigned=listener.on_partitions_assigned,
@@ -180,8 +208,9 @@ class IngestWorker:
                 if give_up_after is not None and time.monotonic() - started >= give_up_after:
                     self._fatal = self._unreachable_error(give_up_after, e)
                     return False
-                log.warning("kafka_unreachable", extra={"bootstrap": k.bootstrap_servers,
-                                                        "error": str(e), "retry_in_s": backoff})
+                log.warning("kafka_unreachable", extra={
+                    "bootstrap": k.bootstrap_servers, "for_s": round(time.monotonic() - started, 1),
+                    "error": str(e), "retry_in_s": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         return False
@@ -300,9 +329,17 @@ class IngestWorker:
             if self._fatal:
                 raise self._fatal
             return self.stats
-        last_data = None  # the idle clock starts once partitions are assigned
+        # The idle clock runs from the start: a worker the group never gives a partition (more
+        # workers than partitions) is idle too, and --until-idle must end it. Until its first
+        # assignment it is given at least the session timeout (a rebalance) to join; the first
+        # assignment restarts the clock when nothing came before it.
+        last_data = time.monotonic()
+        ever_assigned = False
+        join_s = self.cfg.kafka.session_timeout_ms / 1000.0
+        unassigned = _UnassignedReport(self.cfg.kafka.group_id, self.topic,
+                                       self.cfg.kafka.session_timeout_ms / 1000.0)
         last_progress = time.monotonic()
-        progress_events = 0
+        progress_events, progress_said = 0, -1e9
         outage = _OutageReport(self.cfg.kafka.bootstrap_servers)
         try:
             while not self._stop.is_set():
@@ -328,21 +365,28 @@ class IngestWorker:
                         self._seek_to_store(self.consumer.assignment())
                         self._stop.wait(1.0)
                         continue
-                    last_data = now
+                    last_data, ever_assigned = now, True
                     g = self._gathered
                     if len(g) >= self.batch_events or now - g.since >= self.batch_wait_s:
                         self._flush()
                 else:
                     self._write_all()  # nothing new: write what was gathered, and finish it now
-                    if last_data is None and self.consumer.assignment():
-                        last_data = now
                     outage.check(now, self._broker_reachable())
+                    assigned = bool(self.consumer.assignment())
+                    if assigned and not ever_assigned:
+                        last_data, ever_assigned = now, True
+                    # an outage is not a rebalance: only a reachable cluster's silence counts
+                    unassigned.check(now, assigned or outage.since is not None)
                 if self.metrics is not None and now - self._lag_at >= 1.0:
                     self._lag_at = now
                     self._update_lag_gauge()
                 if now - last_progress >= self.progress_every_s:
-                    self._log_progress(now - last_progress, self.stats.events + self.stats.bad_events - progress_events)
-                    progress_events = self.stats.events + self.stats.bad_events
+                    total = self.stats.events + self.stats.bad_events
+                    # an idle worker: a line when something changed, else a heartbeat a minute
+                    if total != progress_events or now - progress_said >= PROGRESS_HEARTBEAT_S:
+                        self._log_progress(now - last_progress, total - progress_events)
+                        progress_said = now
+                    progress_events = total
                     last_progress = now
                 if until_idle is not None and outage.since is not None:
                     # idle only counts while the brokers answer; unreachable as long ends the run
@@ -350,7 +394,8 @@ class IngestWorker:
                         self.stats.exit_reason = "kafka_unreachable"
                         self._fatal = self._unreachable_error(until_idle)
                         break
-                elif until_idle is not None and last_data is not None and now - last_data >= until_idle:
+                elif until_idle is not None and now - last_data >= (
+                        until_idle if ever_assigned else max(until_idle, join_s)):
                     self.stats.exit_reason = f"idle {until_idle:g}s"
                     break
                 pending = self._pending[1]["good"] + self._pending[1]["bad"] if self._pending else 0
@@ -478,6 +523,8 @@ class IngestWorker:
             return None
 
     def _lag(self) -> int | None:
+        if not self.consumer.assignment():  # nothing assigned: the group's lag is not ours to say
+            return None
         return self.consumer.lag()
 
     def _update_lag_gauge(self) -> None:
@@ -497,6 +544,11 @@ class IngestWorker:
         except Exception:
             lag = None
         fields["lag"] = "unknown" if lag is None else lag
+        if self.consumer is not None and not final:
+            try:
+                fields["partitions"] = len(self.consumer.assignment())
+            except Exception:  # noqa: BLE001 - progress must never fail the run
+                pass
         if final:
             fields["elapsed_s"] = round(time.monotonic() - s.started, 1)
             fields["reason"] = s.exit_reason or "error"

@@ -50,13 +50,14 @@ _OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
 
 # How each command uses [store] data_dir: "write" creates or changes files there; "read" needs
 # it to exist (and works on a read-only one); "status" reports a missing one itself.
-DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write",
+DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write", "refresh": "write",
                 "recall": "read", "triples": "read", "tune": "read", "status": "status"}
 
 
 def _check_data_dir(args, cfg) -> None:
     use = DATA_DIR_USE.get(args.command)
-    if use is None or (args.command == "milvus" and getattr(args, "milvus_data_dir", None)):
+    if use is None or (args.command == "milvus" and (getattr(args, "milvus_data_dir", None)
+                                                     or getattr(args, "db", None))):
         return
     check_data_dir(cfg.data_dir, write=use == "write", must_exist=use == "read")
 
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, add, _run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        # the global options after the subcommand too (`mcrecall status --config x.toml`);
+        # SUPPRESS: not given here, the value before the subcommand stands
+        p.add_argument("--config", default=argparse.SUPPRESS, help="TOML configuration file")
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log output")
         try:
             getattr(importlib.import_module(module), add)(p)
         except ImportError as e:  # reported when the command is run, as what it is
@@ -109,9 +115,32 @@ def _quiet_exit_on_closed_stdout() -> int:
     return 0
 
 
+# options whose value may look like an option to argparse (`--budget -5s`): joined as
+# `--budget=-5s`, so that the value's own check says what is wrong with it
+_VALUE_OPTIONS = ("--budget", "--every", "--until-idle", "--retrain-every", "--refresh-every",
+                  "--trials", "--seed", "-k")
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in _VALUE_OPTIONS:
+            nxt = next(it, None)
+            if nxt is not None and nxt[:1] == "-" and nxt[1:2].isdigit():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
     if not args.command:
         parser.print_help()
         return 2

@@ -32,18 +32,39 @@ def run_evaluate(args, cfg) -> int:
     for name in ("retrain_every", "refresh_every", "k"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+    if args.plot:  # before the replay, as tune checks --out: minutes of work must not be lost
+        check_plot_path(args.plot)
     events = read_events(args.prequential)
     if not events:
         raise ValueError(f"{args.prequential}: no events")
     res = prequential(events, cfg.train, retrain_every=args.retrain_every,
                       refresh_every=args.refresh_every, k=args.k,
                       log=lambda s: None if args.json else print(s, flush=True))
-    if args.plot:
-        plot_prequential(res.curve, args.plot, k=res.k)
+    # the table first: a plot that fails after all (disk full, removed folder) loses nothing
     if args.json:
-        print(json.dumps(res.to_json(), indent=2))
+        print(json.dumps(res.to_json(), indent=2, allow_nan=False), flush=True)
     else:
-        print(res.table())
-        if args.plot:
+        print(res.table(), flush=True)
+    if args.plot:
+        try:
+            plot_prequential(res.curve, args.plot, k=res.k)
+        except OSError as e:
+            raise OSError(f"--plot {args.plot}: {e.strerror or e} (the results are above)") from None
+        if not args.json:
             print(f"plot: {args.plot}")
     return 0
+
+
+def check_plot_path(path) -> None:
+    """A ``--plot`` path that can be written (an existing, writable folder), or a ValueError."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ValueError(f"--plot {path}: is a directory; give a file name such as curve.png")
+    if not folder.is_dir():
+        raise ValueError(f"--plot {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"--plot {path}: cannot write there (permissions or a read-only folder)")

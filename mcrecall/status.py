@@ -18,15 +18,20 @@ def collect_status(cfg) -> dict:
         counts, offsets = store.counts(), store.offsets()
         notes = store.offset_notes()
     except FileNotFoundError:
-        counts = {"pairs": 0, "users": 0, "items": 0, "events": 0, "bad_events": 0, "dlq_failed": 0, "seq": 0}
+        counts = {"pairs": 0, "users": 0, "items": 0, "events": 0, "bad_events": 0, "dlq_failed": 0,
+                  "rejected": 0, "seq": 0}
         offsets, notes = {}, {}
     out: dict = {
         "data_dir": str(cfg.data_dir),
         "data_dir_exists": cfg.data_dir.is_dir(),
         "store": counts,
         "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())},
-        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq", "count": counts["bad_events"],
+        # backfill rejects went to F.rejected.jsonl, not to the topic: counted apart
+        "dead_letters": {"topic": f"{cfg.kafka.topic}.dlq",
+                         "count": counts["bad_events"] - counts.get("rejected", 0),
                          "not_written": counts.get("dlq_failed", 0)},
+        "backfill_rejected": {"count": counts.get("rejected", 0),
+                              "where": "<file>.rejected.jsonl beside each backfilled file"},
         # partitions whose stored offset was found outside the broker's range ([kafka] offset_reset)
         "offsets_out_of_range": {f"{t}[{p}]": n for (t, p), n in sorted(notes.items())
                                  if n.get("state") == "out_of_range"},
@@ -96,7 +101,10 @@ def render(st: dict) -> str:
                                                    f"({s.get('item_tokens', 0)} distinct tokens)"),
                          ("users with attributes", f"{s.get('users_with_attributes', 0)} "
                                                    f"({s.get('user_tokens', 0)} distinct tokens)"),
-                         ("dead letters", _dead_letters(st["dead_letters"]))]))
+                         ("dead letters", _dead_letters(st["dead_letters"])),
+                         *([("backfill rejects", f"{st['backfill_rejected']['count']} -> "
+                             f"{st['backfill_rejected']['where']}")]
+                           if st.get("backfill_rejected", {}).get("count") else [])]))
     lines += ["", "offsets (next to consume, from the store):"]
     lines.append(_table(st["offsets"].items()) if st["offsets"] else "  none yet")
     bad = st.get("offsets_out_of_range") or {}

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mcrecall.core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402  (the one id rule)
+from mcrecall.core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402,F401  (the one id rule; MAX_ID_BYTES re-exported)
 from mcrecall.core.ids import check_k as _check_k  # noqa: E402  (the one k rule)
 from mcrecall.plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 

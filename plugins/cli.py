@@ -21,9 +21,29 @@ def add_milvus_arguments(parser: argparse.ArgumentParser) -> None:
         help="bind address (default 127.0.0.1; anything else exposes an unauthenticated database)",
     )
     parser.add_argument(
-        "--milvus-data-dir", default=None,
-        help=f"directory of the Milvus Lite database {DB_NAME} (default <data_dir>/milvus-server)",
+        "--db", default=None, metavar="FILE.db",
+        help="the Milvus Lite database file to serve (default: the file [index] uri names in file "
+             f"mode, else <data_dir>/{DB_NAME}, the file the milvus backend uses by default)",
     )
+    parser.add_argument(
+        "--milvus-data-dir", default=None,
+        help=f"serve <DIR>/{DB_NAME} instead (older default: <data_dir>/milvus-server)",
+    )
+
+
+def default_db_file(cfg) -> Path:
+    """The database ``mcrecall milvus`` serves by default: the one file mode uses, so that the
+    versions already published there are served (the file [index] uri names, or
+    ``<data_dir>/milvus.db``); the older ``<data_dir>/milvus-server/milvus.db`` only when it is
+    the one that exists."""
+    from mcrecall.plugins.milvus_store import is_server_uri
+
+    uri = getattr(cfg.index, "uri", "") or ""
+    if uri and not is_server_uri(uri):
+        return Path(uri)
+    own = cfg.data_dir / DB_NAME
+    older = cfg.data_dir / "milvus-server" / DB_NAME
+    return older if older.exists() and not own.exists() else own
 
 
 def _port_from_config(cfg) -> int:
@@ -46,8 +66,13 @@ def run_milvus(args: argparse.Namespace, cfg) -> int:
 
     port = args.port if getattr(args, "port", None) else _port_from_config(cfg)
     host = getattr(args, "host", None) or DEFAULT_HOST
-    data_dir = Path(getattr(args, "milvus_data_dir", None) or (cfg.data_dir / "milvus-server"))
-    db_file = data_dir / DB_NAME
+    if getattr(args, "db", None):
+        db_file = Path(args.db)
+    elif getattr(args, "milvus_data_dir", None):
+        db_file = Path(args.milvus_data_dir) / DB_NAME
+    else:
+        db_file = default_db_file(cfg)
+    db_file = db_file.absolute()
     if port_open(host, port):
         print(f"mcrecall milvus: {host}:{port} is already in use (another server running?)")
         return 1

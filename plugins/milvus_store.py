@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import threading
 import time
 import warnings
@@ -85,7 +86,14 @@ class _OneLine(logging.Filter):
 
 
 def quiet_pymilvus() -> None:
-    """One line per failed pymilvus call (it logs tracebacks at ERROR), once per process."""
+    """One line per failed pymilvus call (it logs tracebacks at ERROR), once per process; none
+    at all under the command line (below -vv), whose own error line says what failed."""
+    import pymilvus  # noqa: F401  (its import configures its loggers: quieten them after)
+
+    from mcrecall.core.logs import quiet_library
+
+    quiet_library("pymilvus")
+    quiet_library("milvus_lite")
     for name in ("pymilvus.decorators", "pymilvus", "pymilvus.client.connection_manager",
                  "pymilvus.client.grpc_handler", "pymilvus.milvus_client.milvus_client"):
         lg = logging.getLogger(name)
@@ -112,10 +120,13 @@ def _lock_path(db_file: str) -> str:
 
 
 def _lock_holder_message(path: str) -> str:
+    # the exact command that serves THIS file (a server on another file would not have the
+    # versions published here); it has to wait for the holder to stop
     return (
         f"Milvus Lite database {path} is locked by another process (file mode serves one "
-        "process). For several processes run `mcrecall milvus` (a local Milvus Lite server) "
-        "and set [index] uri = \"http://127.0.0.1:19530\" (or MCRECALL_INDEX_URI)."
+        "process). For several processes, stop the holder, run `mcrecall milvus --db "
+        f"{shlex.quote(path)}` (a local Milvus Lite server on this same file) and set [index] "
+        "uri = \"http://127.0.0.1:19530\" (or MCRECALL_INDEX_URI=http://127.0.0.1:19530) everywhere."
     )
 
 

@@ -14,7 +14,10 @@ Where the user vector comes from, in order:
    never saw): solve the version's own objective for this user against the version's item
    vectors (:func:`mcrecall.train.foldin.fold_in`). Cached per (version, user, user_seq).
 2. ``model`` — the vector the version stored for the user.
-3. ``popular`` — no vector: the version's most popular items.
+3. ``popular`` — no vector: the version's most popular items (``metadata["popular_items"]``,
+   the ``[train] popular_items`` most popular), then — so that ``k`` items still come back —
+   the version's other items ranked by the popularity-weighted mean of those items' vectors
+   (the typical taste), with score 0.0: their popularity was not recorded.
 """
 
 from __future__ import annotations
@@ -166,7 +169,8 @@ class RecallClient:
         k : int
             1..``[serve] max_k``. Exactly ``min(k, items of the version not excluded)`` come
             back, on every backend and index type (a short approximate answer is completed by
-            an exact scan); a user without a vector gets at most the version's popular items.
+            an exact scan). A user without a vector gets the version's popular items, then
+            (to make up ``k``) its other items ranked by the typical taste, scored 0.0.
         exclude_seen : bool
             Leave out items the user already has triples for.
 
@@ -501,6 +505,8 @@ class RecallClient:
         if vec is None:
             items = [Recalled(i, s, SOURCE_POPULAR)
                      for i, s in popular_fallback(st.popular, k, seen, key=_first)]
+            if len(items) < k:
+                items += self._popular_fill(st, k - len(items), seen)
             return RecallResult(st.number, items, SOURCE_POPULAR)
         hits = self._search(st, vec, k, seen)
         scale, new = st.scale, tuple.__new__  # tuple.__new__: a third of Recalled()'s cost
@@ -509,6 +515,34 @@ class RecallClient:
         else:
             items = [new(Recalled, (i, s, source)) for i, s in hits]
         return RecallResult(st.number, items, source)
+
+    def _popular_fill(self, st: _Version, n: int, seen: frozenset) -> list[Recalled]:
+        """Up to ``n`` more items for a user without a vector, after the recorded popular list:
+        the index's top items for the popularity-weighted mean of the listed items' vectors
+        (exactly ``min(n, items left)`` by the store's exactly-k contract)."""
+        q = self._fill_query(st)
+        listed = frozenset(i for i, _ in st.popular)
+        hits = self._search(st, q, n, seen | listed)
+        return [Recalled(i, 0.0, SOURCE_POPULAR) for i, _ in hits]
+
+    def _fill_query(self, st: _Version) -> np.ndarray:
+        key = ("fill", st.number, self._registry.refresh_generation(st.number))
+        q = self._foldins.get(key)
+        if q is None:
+            ids = [i for i, _ in st.popular]
+            q = None
+            if ids:
+                V = self._item_vectors(st.number, ids).astype(np.float64)
+                w = np.array([s for _, s in st.popular], np.float64)
+                ok = ~np.isnan(V).any(axis=1) & (w > 0)
+                if ok.any():
+                    q = (w[ok, None] * V[ok]).sum(axis=0) / w[ok].sum()
+            if q is None or not np.all(np.isfinite(q)) or not q.any():
+                # nothing recorded: any fixed direction gives a deterministic, complete order
+                q = np.ones(int(st.meta["dim"]))
+            q = np.asarray(q, dtype=np.float32)
+            self._foldins.put(key, q)
+        return q
 
     def _search(self, st: _Version, vec: np.ndarray, k: int, seen: frozenset) -> list:
         vs, number = self._store(), st.number

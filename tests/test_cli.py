@@ -70,10 +70,14 @@ def test_backfill_train_recall_triples_status(tmp_path):
     p = run(["status", "--json"], data)
     st = json.loads(p.stdout)
     assert st["version"] == 1 and st["store"]["pairs"] == len(rows) - 1
-    assert st["dead_letters"]["count"] == 1
+    # issue 20 #11: the rejected line went to events.jsonl.rejected.jsonl, not to the DLQ topic
+    assert st["dead_letters"]["count"] == 0 and st["backfill_rejected"]["count"] == 1
     assert "recall@10" in json.dumps(st["evaluation"])
     p = run(["status"], data)
     assert "version 1 is current" in p.stdout and "recall@10" in p.stdout
+    assert [ln for ln in p.stdout.splitlines() if "dead letters" in ln and " 0 -> " in ln], p.stdout
+    assert [ln for ln in p.stdout.splitlines() if "backfill rejects" in ln and "1 -> " in ln
+            and "rejected.jsonl" in ln], p.stdout
 
 
 # ------------------------------------------------------------------ data-dir problems: one line
@@ -195,8 +199,28 @@ def test_reading_commands_work_on_a_read_only_data_dir_and_writing_ones_say_why_
         p = run_ro(["triples"])
         assert p.returncode == 0, p.stderr
         assert len(p.stdout.splitlines()) == 121
-        for args in (["ingest", "--from-file", os.devnull], ["train", "--force"]):
+        # refresh too (issue 20 #13: it printed a raw [Errno 30])
+        for args in (["ingest", "--from-file", os.devnull], ["train", "--force"], ["refresh"],
+                     ["refresh", "--every", "1s"]):
             _one_line_failure(run_ro(args), f"data dir {data} is not writable")
     finally:
         _set_write_bits(data, True)
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before, "a reader changed the data dir"
+
+
+# ------------------------------------------------------------------ issue 20 #13: small ones
+def test_global_options_are_accepted_after_the_subcommand(tmp_path):
+    cfg = tmp_path / "x.toml"
+    cfg.write_text('[kafka]\ntopic = "from.the.file"\n')  # status names its .dlq topic
+    for args in (["status", "--config", str(cfg)], ["--config", str(cfg), "status"],
+                 ["status", "--config", str(cfg), "-v"]):
+        p = run(args, tmp_path / "data")
+        assert p.returncode == 0, p.stderr
+        assert "from.the.file.dlq" in p.stdout, p.stdout
+
+
+def test_a_negative_duration_is_named_as_such(tmp_path):
+    for args in (["tune", "--budget", "-5s"], ["train", "--every", "-1m"]):
+        p = run(args, tmp_path / "data")
+        assert p.returncode == 2 and "expected one argument" not in p.stderr, p.stderr
+        assert "duration must be positive, got '-" in p.stderr, p.stderr

@@ -384,3 +384,51 @@ def test_dockerfile_and_dockerignore_match_the_project():
         assert f"!{folder}/" in ignore, f".dockerignore leaves out package {pkg} ({folder}/)"
     for f in ("pyproject.toml", "README.md"):
         assert f"!{f}" in ignore
+
+
+# ---------------------------------------------------------------------------------- issue 20
+def test_the_image_installs_the_tune_and_fast_extras():
+    """`mcrecall tune` and `[kafka] client = "confluent"` work in the image."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    install = re.search(r'pip install --constraint \S+ "?/src\[([a-z,]+)\]"?', dockerfile)
+    assert install, "the project is installed without extras"
+    assert {"tune", "fast"} <= set(install.group(1).split(","))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert {"tune", "fast"} <= set(project["project"]["optional-dependencies"])
+    assert "import torch" in dockerfile and "optuna" in dockerfile and "confluent_kafka" in dockerfile
+
+
+def test_inline_python_imports_the_installed_package(compose):
+    """The wheel holds one top-level package, mcrecall: `from core...` fails in the image."""
+    for name, svc in compose["services"].items():
+        texts = [*_command(svc), *[str(t) for t in ((svc.get("healthcheck") or {}).get("test") or [])]]
+        for t in texts:
+            for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", t, re.M):
+                top = m.group(1).split(".")[0]
+                assert top not in {"core", "ingest", "train", "serve", "plugins"}, (name, m.group(0))
+
+
+def test_kafka_init_uses_the_kafka_security_settings(compose):
+    """Topics are created with the [kafka] security settings, like the workers' clients."""
+    code = "\n".join(_command(compose["services"]["kafka-init"]))
+    assert "kafka_security_kwargs" in code and "security=kafka_security_kwargs(" in code
+
+
+def test_the_tested_server_versions_are_named(raw):
+    """compose.yaml and docs/operations.md say which server versions the tests run."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    deps = [d for ds in project["project"]["optional-dependencies"].values() for d in ds]
+    milvus = next(d for d in deps if d.replace(" ", "").startswith("milvus=="))
+    tested = milvus.split("==")[1].split()[0].strip('",')
+    lite = next(d for d in project["project"]["dependencies"] + deps if d.startswith("milvus-lite"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixtures_kafka import DEFAULT_IMAGE
+
+    ops = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    for text in (raw, ops):
+        assert f"standalone {tested}" in text, "the tested Milvus server version is not named"
+        assert DEFAULT_IMAGE in text
+    assert "Tested versions" in ops and lite.split("==")[-1].split(",")[0].lstrip(">=<~") in ops
+    image = re.search(r"MILVUS_IMAGE:-milvusdb/milvus:v([\d.]+)", raw).group(1)
+    if image != tested:  # an untested default must say so
+        assert "NOT run by the tests" in raw

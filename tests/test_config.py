@@ -108,6 +108,10 @@ def test_a_value_outside_its_range_is_a_one_line_error_at_load(sec, key):
     ("[kafka]\ntopic = 'a b'\n", "topic must be"),
     ("[kafka]\ngroup_id = ' '\n", "group_id must not be empty"),
     ("[store]\ndata_dir = ''\n", "data_dir must not be empty"),
+    # issue 20 #13: a TOML string for a number was converted silently
+    ("[train]\ndim = \"16\"\n", r"\[train\] dim .* expected an integer, got the string '16': write it without quotes"),
+    ("[train]\nlr = \"0.1\"\n", "lr .* expected a number, got the string"),
+    ("[train]\nwarm_start = \"true\"\n", "warm_start .* expected a boolean, got the string"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(tmp_path, text, msg):
     f = tmp_path / "c.toml"

@@ -450,3 +450,19 @@ def test_backfill_store_matches_the_reference_on_a_random_stream(tmp_path):
     assert dump(store) == dump(ref)
     assert store_scores(store) == expected_scores(lines)
     assert np.array_equal(store.snapshot().score, ref.snapshot().score)
+
+
+def test_produce_skips_a_leading_bom_like_the_backfill(kafka_bootstrap, kafka_topic, tmp_path):
+    """Issue 20 #9: `produce` rejected line 1 of a file with a BOM that `ingest --from-file`
+    skips: one rule for every file reader."""
+    from test_ingest_worker import make_cfg
+
+    from mcrecall.ingest.produce import produce_file
+
+    cfg = make_cfg(kafka_bootstrap, kafka_topic, tmp_path / "data")
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + ev("u", "a") + b"\n" + ev("u", "b") + b"\n")
+    stats = produce_file(f, cfg)
+    assert (stats.sent, stats.invalid) == (2, 0)
+    f.write_bytes(f.read_bytes() + b"\xef\xbb\xbf" + ev("u", "c") + b"\n")  # inside: a broken line
+    assert produce_file(f, cfg).invalid == 1

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from mcrecall.core.config import load_config
 from fixtures_kafka import worker_client
 from mcrecall.ingest import dead_letters
-from mcrecall.ingest.broker import LocalBroker, broker_command, free_port, port_open
+from mcrecall.ingest.broker import broker_command, free_port, port_open
 from mcrecall.ingest.kafka_io import ensure_topic
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker

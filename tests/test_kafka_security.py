@@ -438,7 +438,6 @@ def test_a_certificate_file_that_does_not_load_is_one_clear_line(pki, tmp_path, 
 
 @pytest.mark.kafka
 def test_the_command_line_over_sasl_never_shows_the_password_even_in_debug_logs(relays, pki, tmp_path):
-    import os
     import sys
     from pathlib import Path
 

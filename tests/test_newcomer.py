@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +38,10 @@ def test_demo_prints_a_command_that_queries_its_data_after_it_stopped(tmp_path):
     p = run(["demo", "--out", str(out), "--events", "12000", "--more-events", "3000",
              "--users", "300", "--items", "200"], timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    # issue 20 #1: the fresh item really reaches the top 10, and the refresher's pid is printed
+    assert re.search(r"in 'u0''s top 10 \(cluster \d+\) at rank \d+ ", p.stdout), p.stdout[-4000:]
+    assert "FAILED" not in p.stdout and "pid in refresher.log" not in p.stdout
+    assert re.search(r"refresh --every 1s` is running \(pid \d+, log ", p.stdout), p.stdout[-3000:]
     config = out / "mcrecall.toml"
     assert config.is_file()
     printed = [ln for ln in p.stdout.splitlines() if "--config" in ln and ln.rstrip().endswith("status")]

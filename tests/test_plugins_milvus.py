@@ -100,8 +100,8 @@ def test_mcrecall_milvus_command_runs_in_foreground_and_stops_on_sigterm(tmp_pat
     port = free_port()
     code = (
         "import sys, argparse\n"
-        "from core.config import load_config\n"
-        "from plugins.cli import add_milvus_arguments, run_milvus\n"
+        "from mcrecall.core.config import load_config\n"
+        "from mcrecall.plugins.cli import add_milvus_arguments, run_milvus\n"
         "p = argparse.ArgumentParser(); add_milvus_arguments(p)\n"
         "cfg = load_config(environ={'MCRECALL_STORE_DATA_DIR': sys.argv[1]})\n"
         "sys.exit(run_milvus(p.parse_args(sys.argv[2:]), cfg))\n"
@@ -114,7 +114,9 @@ def test_mcrecall_milvus_command_runs_in_foreground_and_stops_on_sigterm(tmp_pat
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.3)
-        assert (tmp_path / "data" / "milvus-server").is_dir()
+        # the data dir's own file-mode database (issue 20 #4), not a separate milvus-server/
+        assert (tmp_path / "data" / ".milvus.db.lock").exists()
+        assert not (tmp_path / "data" / "milvus-server").exists()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -394,3 +396,69 @@ def test_a_recall_client_answers_again_after_its_milvus_lite_restarts(tmp_path):
             client.close()
         reg.close()
         server.stop()
+
+
+def _mcrecall(args, data, timeout=300, **env):
+    e = {**ENV, "MCRECALL_STORE_DATA_DIR": str(data), **env}
+    e.pop("MCRECALL_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "mcrecall", *args], env=e, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_following_the_lock_errors_advice_serves_the_published_versions(tmp_path):
+    """Issue 20 #4: the lock error names the exact command; `mcrecall milvus` serves the data
+    dir's own file-mode database by default, so recall through it finds the current version."""
+    import json
+
+    data = tmp_path / "data"
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"user_id": u, "item_id": f"i{(u * 7 + j) % 40}",
+                                          "action": "like"}) + "\n" for u in range(200) for j in range(6)))
+    assert _mcrecall(["ingest", "--from-file", str(events)], data).returncode == 0
+    tr = _mcrecall(["train"], data, MCRECALL_TRAIN_DIM="4", MCRECALL_TRAIN_EPOCHS="2")
+    assert tr.returncode == 0, tr.stdout[-2000:] + tr.stderr[-2000:]
+    db = data / "milvus.db"  # file mode, the default
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        locked = _mcrecall(["recall", "0", "-k", "3"], data)
+        assert locked.returncode == 1 and "Traceback" not in locked.stderr
+        assert f"mcrecall milvus --db {db.absolute()}" in locked.stderr, locked.stderr
+        # a refresher that loses the file: one line, not a 25-line traceback every cycle
+        more = tmp_path / "more.jsonl"
+        more.write_text("".join(json.dumps({"user_id": u, "item_id": "new-item", "action": "like"}) + "\n"
+                                for u in range(20)))
+        assert _mcrecall(["ingest", "--from-file", str(more)], data).returncode == 0
+        ref = subprocess.Popen([sys.executable, "-m", "mcrecall", "refresh", "--every", "1s"],
+                               env={**ENV, "MCRECALL_STORE_DATA_DIR": str(data)}, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(12)
+        ref.send_signal(signal.SIGINT)
+        _, err = ref.communicate(timeout=60)
+        failed = [ln for ln in err.splitlines() if "cycle failed" in ln]
+        assert "Traceback" not in err and len(failed) == 1, err
+        assert "is locked by another process" in failed[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    # issue 20 #13: pymilvus's own ERROR lines stay out of the command's output
+    other = _mcrecall(["recall", "0", "-k", "3"], data, MCRECALL_INDEX_COLLECTION="other")
+    assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert "[ERROR]" not in other.stderr and "does not have it" in other.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mcrecall", "milvus", "--port", str(port)],
+                              env={**ENV, "MCRECALL_STORE_DATA_DIR": str(data)}, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not server_answers(f"http://127.0.0.1:{port}", timeout=1.0):
+            assert server.poll() is None, server.stdout.read()
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.3)
+        rec = _mcrecall(["recall", "0", "-k", "3"], data, MCRECALL_INDEX_URI=f"http://127.0.0.1:{port}")
+        assert rec.returncode == 0, rec.stderr
+        assert "model version 1" in rec.stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)

@@ -104,3 +104,49 @@ def test_read_events_validates(tmp_path):
     f = tmp_path / "e.jsonl"
     f.write_text('{"user_id": 7, "item_id": "a", "action": "click"}\n\n')
     assert read_events(f) == [("7", "a", ACTION_BITS["click"])]
+
+
+def test_json_of_a_replay_with_nothing_scored_is_valid_json(tmp_path, capsys):
+    """Issue 20 #7: one event scores nothing: null in JSON (NaN is not JSON), n/a in the table."""
+    f = tmp_path / "one.jsonl"
+    f.write_text('{"user_id": "u", "item_id": "i", "action": "click"}\n')
+    assert main(["evaluate", "--prequential", str(f), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out
+    res = json.loads(out)
+    assert all(v is None for v in res["recall"].values())
+    assert main(["evaluate", "--prequential", str(f)]) == 0
+    table = capsys.readouterr().out
+    assert "| n/a |" in table and "nan" not in table.lower()
+
+
+def test_a_bad_plot_path_is_refused_before_the_replay(tmp_path, stream, capsys):
+    """Issue 20 #8: --plot /nonexistent/x.png replayed the whole file, then printed only
+    [Errno 2]: the path is checked first, and the table is never lost."""
+    f = tmp_path / "events.jsonl"
+    f.write_text("".join(json.dumps(e) + "\n" for e in stream[:3000]))
+    assert main(["evaluate", "--prequential", str(f), "--plot", "/nonexistent/x.png"]) == 1
+    cap = capsys.readouterr()
+    assert "--plot /nonexistent/x.png" in cap.err and "does not exist" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1 and cap.out == ""  # nothing was replayed
+    assert main(["evaluate", "--prequential", str(f), "--plot", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_leading_bom_is_skipped_by_evaluate_as_by_backfill(tmp_path):
+    """Issue 20 #9: one rule for every file reader: a BOM at the very start is skipped."""
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"user_id": "u", "item_id": "i", "action": "click"}\n')
+    assert read_events(f) == [("u", "i", ACTION_BITS["click"])]
+    f.write_bytes(f.read_bytes() + b'\xef\xbb\xbf{"user_id": "u", "item_id": "j", "action": "click"}\n')
+    with pytest.raises(ValueError, match="bom.jsonl:2: bad event"):  # not at the start: data
+        read_events(f)
+
+
+def test_the_table_names_settings_in_words_not_a_dict_repr(stream):
+    """Issue 20 #13: `1 versions ({'objective': ...})` was a Python dict repr."""
+    res = prequential([(f"u{j % 7}", f"i{j % 5}", ACTION_BITS["click"]) for j in range(40)], _tc(dim=4),
+                      retrain_every=20, refresh_every=5)
+    tail = res.table().splitlines()[-1]
+    assert "{" not in tail and "'" not in tail and "objective implicit" in tail, tail
+    assert ("1 version (" in tail) == (res.versions == 1)

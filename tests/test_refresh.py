@@ -282,3 +282,34 @@ def test_refresh_stays_with_the_current_version_under_the_lock(tmp_path, data):
     release.set()
     t.join()
     assert refresh_once(cfg, **QUIET).status == "refreshed"
+
+
+def test_a_busy_refresher_names_who_holds_the_lock(tmp_path):
+    """Issue 20 #13: the losing refresher said "a publication is in progress" when the holder
+    was another refresher."""
+    import threading
+
+    from mcrecall.train.refresh import describe
+
+    cfg = small_config(tmp_path / "data")
+    for role, says in (("mcrecall refresh", "another refresher holds the publisher lock"),
+                       ("mcrecall train", "a publication is in progress")):
+        held, done = threading.Event(), threading.Event()
+
+        def hold(role=role, held=held, done=done):
+            with publisher_lock(cfg.data_dir, role=role):
+                held.set()
+                done.wait(30)
+
+        t = threading.Thread(target=hold, daemon=True)
+        t.start()
+        assert held.wait(30)
+        r = Refresher(cfg)
+        try:
+            res = r.run_once(wait=False)
+        finally:
+            r.close()
+            done.set()
+            t.join(30)
+        assert res.status == "busy" and f"({role})" in res.holder
+        assert says in describe(res) and f"({role})" in describe(res)

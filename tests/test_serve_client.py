@@ -460,3 +460,39 @@ def test_exactly_k_with_an_ann_index_and_exclude_seen(tmp_path, backend, direct_
         assert len(e.client.recall("u5", k)) == min(k, N_ITEMS)
     e.client.close()
     e.vs.close()
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_exactly_k_for_users_without_a_vector(tmp_path, backend):
+    """Issue 20 #10: a user without a vector gets min(k, items) too, not just the stored list."""
+    index = {"index_type": "HNSW", "flat_max_items": 0} if backend == "faiss" else None
+    e = Env(tmp_path, backend=backend, index=index, serve_cfg={"fold_in": False})
+    popular = [[f"i{j}", float(100 - j)] for j in range(30)]
+    v = e.publish(popular_items=popular, index_type="HNSW" if index else "FLAT")
+    _, V = e.versions[v]
+    for k in (5, 30, 31, 200, N_ITEMS, e.cfg.serve.max_k):
+        res = e.client.recall_result("nobody", k)
+        ids = [r.item_id for r in res.items]
+        assert res.source == "popular" and {r.source for r in res.items} == {"popular"}
+        assert len(ids) == min(k, N_ITEMS) == len(set(ids)), (k, len(ids))
+        # the stored popularity order first, unchanged; the rest scored 0 (popularity unknown)
+        assert ids[:min(k, 30)] == [f"i{j}" for j in range(min(k, 30))]
+        assert all(r.score == 0.0 for r in res.items[30:])
+        assert all(a.score >= b.score for a, b in zip(res.items, res.items[1:], strict=False))
+    # the filler follows the typical taste: the popularity-weighted mean of the listed vectors
+    w = np.array([100 - j for j in range(30)], np.float64)
+    q = (w[:, None] * V[:30].astype(np.float64)).sum(0) / w.sum()
+    want = [e.item_ids[j] for j in np.argsort(-(V.astype(np.float64) @ q), kind="stable") if j >= 30][:20]
+    got = [r.item_id for r in e.client.recall("nobody", 50)][30:]
+    if backend == "exact":
+        assert got == want
+    # with exclude_seen: min(k, unseen items), seen ones left out of both parts
+    seen = ["i0", "i1", "i40", "i41", "i42"]
+    e.triples.put_scores(["shy"] * len(seen), seen, [0] * len(seen))
+    got = e.client.recall("shy", N_ITEMS, exclude_seen=True)
+    assert len(got) == N_ITEMS - len(seen) and not {r.item_id for r in got} & set(seen)
+    # a version that recorded no popularity at all still answers k items
+    e.publish(popular_items=[], index_type="HNSW" if index else "FLAT")
+    assert len(e.client.recall("nobody", 77)) == 77
+    e.client.close()
+    e.vs.close()

@@ -187,7 +187,7 @@ def test_fold_in_over_milvus_is_the_training_step(world):
 def test_version_swap_while_recalling(world):
     """`mcrecall train` publishes twice (other processes) while threads recall in a loop: every
     answer is complete and exactly the answer of one version."""
-    cfg, client, users = world["cfg"], world["client"], world["users"]
+    cfg, client = world["cfg"], world["client"]
     probe = ["c0u1", "c1u2", "c2u3", "c3u4"]
     k = 10
     vs = vector_store_from_config(cfg)

@@ -314,6 +314,7 @@ def test_no_wait_exits_with_a_clear_message(tmp_path, data):
         out, _ = p.communicate(timeout=120)
     assert p.returncode == 75, out
     assert "another publisher holds" in out and "--no-wait" in out and "Traceback" not in out
+    assert out.count("not waiting") == 1, out  # issue 20 #13: it said so twice
     assert ModelRegistry(tmp_path, readonly=True).current_version() is None
 
 
@@ -457,3 +458,79 @@ def test_a_version_missing_items_is_removed_not_made_current(tmp_path):
     assert vs.stored_versions() == [1]
     assert publish(reg, vs, version=next_version(reg, vs), **kw) == 3  # numbers never go back
     reg.close()
+
+
+def test_gate_compares_on_the_same_held_out_pairs(tmp_path, data):
+    """Issue 20 #3: figures from different hold-outs must not freeze publication. New users on
+    new items with noise histories make the new run's hold-out far harder than version 1's; the
+    gate compares the new model on version 1's own held-out pairs with version 1's figure there."""
+    import shutil
+
+    from mcrecall.ingest.store import TripleStore
+
+    fill_store(tmp_path / "d", data)
+    cfg = small_config(tmp_path / "d", dim=8, epochs=10, warm_start=False)
+    assert train_run(cfg, **QUIET).status == "published"
+    rng = np.random.default_rng(0)
+    store = TripleStore(tmp_path / "d")
+    n = 300 * 8  # new users on new items: a block of noise beside the old data
+    store.put_scores([f"noise{u}" for u in rng.integers(0, 300, n)],
+                     [f"noise-item{i}" for i in rng.integers(0, 150, n)], rng.integers(1, 5, n).tolist())
+    store.close()
+    # a dry run on a copy gives the new model's two figures (training is deterministic)
+    shutil.copytree(tmp_path / "d", tmp_path / "dry")
+    assert train_run(small_config(tmp_path / "dry", dim=8, epochs=10, warm_start=False),
+                     force=True, **QUIET).status == "published"
+    dry = ModelRegistry(tmp_path / "dry", readonly=True).metadata(2)["evaluation"]
+    full, same = dry["model"]["recall@10"], dry["gate"]["model"]["recall@10"]
+    assert full < same - 0.05  # the new, noisy hold-out is much harder than version 1's pairs
+    # version 1's figure between the two: the figure on the new hold-out would be refused
+    reg = ModelRegistry(tmp_path / "d")
+    meta = reg.metadata(1)
+    meta["evaluation"]["model"]["recall@10"] = (full + same) / 2
+    reg.write_metadata(1, meta)
+    reg.close()
+    lines = []
+    res = train_run(cfg, log=lines.append)
+    out = "\n".join(lines)
+    assert res.status == "published", out
+    ev = ModelRegistry(tmp_path / "d", readonly=True).metadata(2)["evaluation"]
+    g = ev["gate"]
+    v1 = meta["evaluation"]
+    assert g["version"] == 1 and g["n_test"] == v1["n_test"] and g["n_eval_users"] == v1["n_eval_users"]
+    assert g["model"]["recall@10"] == pytest.approx(same) and g["current"]["recall@10"] == (full + same) / 2
+    assert "v1 (same pairs)" in out and "on v1's pairs" in out  # both figures in the table
+    # a truly worse model is still refused, and the message says the pairs were the same
+    bad = cfg.with_overrides(train={"reg": 500.0, "max_recall_regression": 0.0})
+    lines = []
+    assert train_run(bad, log=lines.append).status == "refused"
+    msg = next(ln for ln in lines if "NOT publishing" in ln)
+    assert f"on version 2's {ev['n_test']:,} held-out pairs" in msg and "on the same pairs" in msg
+
+
+def test_every_does_not_retrain_an_unchanged_store_after_a_refusal(tmp_path, data):
+    """Issue 20 #3: after a refusal, --every skips periods while neither the store nor the
+    current version changed, then trains again as soon as one does."""
+    from mcrecall.train.cli import train_every
+
+    early = np.arange(len(data)) < len(data) // 2
+    fill_store(tmp_path, data, early)
+    cfg = small_config(tmp_path, dim=8, epochs=2)
+    assert train_run(cfg, **QUIET).status == "published"
+    some = ~early & (np.arange(len(data)) % 7 == 0)
+    fill_store(tmp_path, data, some)  # a few new triples
+    bad = cfg.with_overrides(train={"reg": 500.0, "max_recall_regression": 0.0, "warm_start": False})
+    lines = []
+
+    def after(i):
+        if i == 2:
+            fill_store(tmp_path, data, ~early)  # new triples: train again
+
+    statuses = train_every(bad, 0.0, rounds=5, log=lines.append, after_round=after)
+    assert statuses == ["refused", "skipped", "skipped", "refused", "skipped"], statuses
+    assert sum("NOT publishing" in ln for ln in lines) == 2
+    assert sum("skipping" in ln for ln in lines) == 2, lines  # once per refusal, not per period
+    # an unchanged store after a publication: one line, not one a period
+    lines = []
+    assert train_every(cfg, 0.0, rounds=3, log=lines.append)[1:] == ["unchanged", "unchanged"]
+    assert sum("unchanged" in ln for ln in lines) == 1, lines

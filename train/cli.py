@@ -21,6 +21,8 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``90s``, ``15m``, ``2h``, ``1d``, ``1h30m`` (positive)."""
     t = str(text).strip().lower()
+    if t.startswith("-"):
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", t)
     if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
         raise argparse.ArgumentTypeError(
@@ -61,24 +63,120 @@ def run_train(args, cfg) -> int:
         try:
             res = train_run(cfg, force=force, wait=wait)
         except PublisherBusyError as e:
-            print(f"mcrecall train: {e}; not waiting (--no-wait)", file=sys.stderr, flush=True)
+            print(f"mcrecall train: {e} (--no-wait)", file=sys.stderr, flush=True)
             return 75
+        except Exception as e:
+            full = _disk_full_line(cfg, e)
+            if full is None:
+                raise
+            print(f"mcrecall train: {full}", file=sys.stderr, flush=True)
+            return 1
         return {"published": 0, "refused": 3, "empty": 1, "unchanged": 0}[res.status]
     print(f"train: retraining every {every:g} s (Ctrl-C stops)", flush=True)
     try:
-        while True:
-            started = time.monotonic()
-            try:
-                train_run(cfg, force=force, skip_unchanged=True, wait=wait)
-            except PublisherBusyError as e:
-                print(f"train: {e}; skipping this round (--no-wait)", flush=True)
-            except Exception:  # a failed run leaves the current version serving; try again
-                traceback.print_exc()
-                print("train: run failed; the current version is unchanged", file=sys.stderr,
-                      flush=True)
-            time.sleep(max(0.0, every - (time.monotonic() - started)))
+        train_every(cfg, every, force=force, wait=wait)
     except KeyboardInterrupt:
         return 0
+    return 0
+
+
+def _disk_full_line(cfg, e: BaseException) -> str | None:
+    """The one line for a run that failed because the disk is full (None: another failure)."""
+    from mcrecall.core.datadir import disk_full_message, is_disk_full_error
+
+    if not is_disk_full_error(e, cfg.data_dir):
+        return None
+    return disk_full_message(cfg.data_dir, e, "the new version") + " (the current version keeps serving)"
+
+
+HEARTBEAT_S = 60.0  # a skipping --every loop says it is alive at most this often
+
+
+def store_state(cfg) -> tuple | None:
+    """(store seq, current version, the current version's store_seq): what decides whether a
+    period has anything new to train on. None without a triple store."""
+    from mcrecall.ingest.store import TripleStore
+
+    from .versions import ModelRegistry
+
+    if not (cfg.data_dir / "triples.lmdb").exists():
+        return None
+    store = TripleStore(cfg.data_dir, readonly=True, map_size_gb=cfg.store.map_size_gb)
+    try:
+        seq = store.seq
+    finally:
+        store.close()
+    reg = ModelRegistry(cfg.data_dir, readonly=True)
+    try:
+        cur = reg.current_version()
+        cur_seq = reg.metadata(cur).get("store_seq") if cur is not None else None
+    finally:
+        reg.close()
+    return seq, cur, cur_seq
+
+
+def train_every(cfg, every: float, *, force: bool = False, wait: bool = True, log=None,
+                rounds: int | None = None, after_round=None) -> list[str]:
+    """The ``--every`` loop: one :func:`~train.trainer.train_run` a period, except a period with
+    nothing new: the store unchanged since the current version (``unchanged``), or neither the
+    store nor the current version changed since the last refusal (``skipped``: the same triples
+    would be refused again). A skip is logged when it starts, then at most every minute.
+
+    ``rounds`` / ``after_round(i)``: stop after that many periods / a hook after each (tests).
+    Returns the status of each period.
+    """
+    from .lock import PublisherBusyError
+    from .trainer import train_run
+
+    def say(msg: str) -> None:
+        (log or (lambda m: print(m, flush=True)))(msg)
+
+    statuses: list[str] = []
+    refused_at = None  # store_state() of the last refusal
+    skip_msg, skip_said = None, 0.0
+    i = 0
+    while rounds is None or i < rounds:
+        started = time.monotonic()
+        try:
+            state = store_state(cfg)
+        except Exception:  # noqa: BLE001 - unknown state: let the run itself say what is wrong
+            state = None
+        msg = None
+        if state is not None and refused_at == state:
+            msg = (f"train: store (seq {state[0]}) and version {state[1]} unchanged since the "
+                   "refusal; skipping until either changes (--force publishes anyway)")
+            status = "skipped"
+        elif state is not None and state[1] is not None and state[0] == state[2]:
+            msg = (f"train: store unchanged since version {state[1]} (seq {state[0]}); "
+                   "skipping until new triples arrive")
+            status = "unchanged"
+        if msg is not None:
+            if msg != skip_msg or started - skip_said >= HEARTBEAT_S:
+                say(msg if msg != skip_msg else f"{msg} (still)")
+                skip_msg, skip_said = msg, started
+        else:
+            skip_msg = None
+            try:
+                kw = {} if log is None else {"log": log}
+                status = train_run(cfg, force=force, skip_unchanged=True, wait=wait, **kw).status
+                refused_at = state if status == "refused" else None
+            except PublisherBusyError as e:
+                say(f"train: {e}; skipping this round")
+                status = "busy"
+            except Exception as e:  # a failed run leaves the current version serving; try again
+                full = _disk_full_line(cfg, e)
+                if full is None:
+                    traceback.print_exc()
+                print(full or "train: run failed; the current version is unchanged", file=sys.stderr,
+                      flush=True)
+                status = "failed"
+        statuses.append(status)
+        if after_round is not None:
+            after_round(i)
+        i += 1
+        if rounds is None or i < rounds:
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    return statuses
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

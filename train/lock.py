@@ -46,7 +46,7 @@ def lock_path(data_dir) -> Path:
 
 
 def holder(data_dir) -> str:
-    """Who holds the lock, as its holder wrote it (``pid N on HOST since T``), or ""."""
+    """Who holds the lock, as its holder wrote it (``pid N (ROLE) on HOST since T``), or ""."""
     try:
         return lock_path(data_dir).read_text().strip()
     except OSError:
@@ -61,7 +61,8 @@ def _busy(data_dir, why: str) -> PublisherBusyError:
 
 
 @contextmanager
-def publisher_lock(data_dir, *, wait: bool = True, timeout_s: float | None = None):
+def publisher_lock(data_dir, *, wait: bool = True, timeout_s: float | None = None,
+                   role: str = "a publisher"):
     """Hold the publisher lock of ``data_dir`` for the ``with`` block.
 
     Parameters
@@ -72,6 +73,9 @@ def publisher_lock(data_dir, *, wait: bool = True, timeout_s: float | None = Non
         Wait for the current holder to finish (default). False: raise at once if held.
     timeout_s : float, optional
         With ``wait``, give up after this many seconds (None: wait as long as it takes).
+    role : str
+        Who takes it (``"mcrecall train"``, ``"mcrecall refresh"``), written in the lock file
+        so that a process kept waiting can say who holds it (:func:`holder`).
 
     Raises
     ------
@@ -106,7 +110,7 @@ def publisher_lock(data_dir, *, wait: bool = True, timeout_s: float | None = Non
             raise
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since "
+            os.pwrite(fd, f"pid {os.getpid()} ({role}) on {os.uname().nodename} since "
                           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
         except OSError:  # who holds it is information only
             pass
@@ -162,7 +166,7 @@ def is_locked(data_dir) -> bool:
 def publisher_lock_logged(data_dir, *, wait: bool = True, log=print, what: str = "train"):
     """:func:`publisher_lock`, saying so in ``log`` when it has to wait for another holder."""
     try:
-        with publisher_lock(data_dir, wait=False):
+        with publisher_lock(data_dir, wait=False, role=f"mcrecall {what}"):
             yield
             return
     except PublisherBusyError:
@@ -170,6 +174,6 @@ def publisher_lock_logged(data_dir, *, wait: bool = True, log=print, what: str =
             raise
     log(f"{what}: waiting for the publisher lock {lock_path(data_dir)} held by "
         f"{holder(data_dir) or 'another process'} (one publisher at a time)")
-    with publisher_lock(data_dir, wait=True):
+    with publisher_lock(data_dir, wait=True, role=f"mcrecall {what}"):
         log(f"{what}: got the publisher lock")
         yield

@@ -78,14 +78,18 @@ class PrequentialResult:
         """A markdown table of Recall@k per strategy."""
         rows = [f"| strategy | Recall@{self.k} | hits |", "| --- | ---: | ---: |"]
         for s in self.hits:  # STRATEGIES, then the attributes strategy when measured
-            rows.append(f"| {s} | {self.recall(s):.4f} | {self.hits[s]:,} |")
+            r = self.recall(s)  # n/a: no positive event was scored (e.g. a file of one event)
+            rows.append(f"| {s} | {'n/a' if r != r else format(r, '.4f')} | {self.hits[s]:,} |")
         rows.append(f"\n{self.positives:,} positive events scored of {self.events:,} events, "
-                    f"{self.versions} versions ({self.settings}), {self.seconds:.1f} s")
+                    f"{self.versions} version{'s' if self.versions != 1 else ''} "
+                    f"({', '.join(f'{k} {v}' for k, v in self.settings.items())}), {self.seconds:.1f} s")
         return "\n".join(rows)
 
     def to_json(self) -> dict:
         return {"k": self.k, "events": self.events, "positives": self.positives,
-                "recall": {s: self.recall(s) for s in self.hits}, "hits": self.hits,
+                # null, not NaN (which is no JSON): nothing was scored
+                "recall": {s: (None if self.recall(s) != self.recall(s) else self.recall(s))
+                           for s in self.hits}, "hits": self.hits,
                 "versions": self.versions, "settings": self.settings, "seconds": self.seconds}
 
 
@@ -108,7 +112,9 @@ def read_events(path) -> list[tuple]:
     from mcrecall.ingest.attributes import BadAttributes, parse_attribute_message
 
     out = []
-    with open(path, "rb") as f:
+    from mcrecall.core.eventfile import open_event_file
+
+    with open_event_file(path) as f:  # a leading BOM is skipped, as by every event-file reader
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -238,9 +238,18 @@ def _write_version(registry, vs, version, user_ids, user_vectors, item_ids, item
 
 def _abandon(registry, vs, version, log) -> None:
     """Best effort after a failed publication: remove what was written of ``version``."""
+    from mcrecall.core.datadir import is_disk_full_error
+    from mcrecall.plugins import VersionNotFoundError
+
     for what, fn in (("users.lmdb", lambda: registry.drop(version, in_flight_ok=True)),
                      ("vector store", lambda: vs.drop_version(version))):
         try:
             fn()
+        except VersionNotFoundError:  # it never got there: nothing to remove
+            pass
         except Exception as e:
-            log(f"  note: could not remove the failed version {version} from the {what}: {e}")
+            if is_disk_full_error(e, registry.path):
+                log(f"  note: the failed version {version} stays in the {what} until the next "
+                    "publication removes it (the disk is full)")
+            else:
+                log(f"  note: could not remove the failed version {version} from the {what}: {e}")

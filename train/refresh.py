@@ -64,6 +64,7 @@ class RefreshResult:
     updated: int = 0  # items given a vector
     skipped: int = 0  # changed items with nothing to learn from in this version
     clipped: int = 0  # vectors scaled down to the version's max_norm
+    holder: str = ""  # busy: who holds the publisher lock (train.lock.holder)
     store_seq: int = 0  # store seq the version's items are now up to date with
     seconds: float = 0.0
 
@@ -124,11 +125,14 @@ class Refresher:
         """One refresh cycle under the publisher lock (``busy`` if it cannot get it)."""
         t0 = time.perf_counter()
         try:
-            with publisher_lock(self.cfg.data_dir, wait=wait, timeout_s=timeout_s):
+            with publisher_lock(self.cfg.data_dir, wait=wait, timeout_s=timeout_s,
+                                role="mcrecall refresh"):
                 crash_point("locked")
                 res = self._cycle()
         except PublisherBusyError:
-            return RefreshResult("busy")
+            from .lock import holder
+
+            return RefreshResult("busy", holder=holder(self.cfg.data_dir))
         res.seconds = time.perf_counter() - t0
         return res
 
@@ -253,7 +257,10 @@ def describe(res: RefreshResult) -> str:
     if res.status == "no_version":
         return "refresh: no model version yet (run `mcrecall train` first)"
     if res.status == "busy":
-        return "refresh: a publication is in progress; will retry"
+        who = res.holder or "another process"
+        if "(mcrecall refresh)" in who:  # not a publication: one refresher per data dir is enough
+            return f"refresh: another refresher holds the publisher lock ({who}); will retry"
+        return f"refresh: a publication is in progress ({who}); will retry"
     return (f"refresh: version {res.version} was trained with an objective without a closed-form "
             "item step (bce); items wait for the next training")
 
@@ -267,6 +274,13 @@ def add_refresh_arguments(parser):
                         help="repeat on this period (e.g. 2s, 1m); a cycle without changed items "
                              "writes nothing")
     return parser
+
+
+def _environmental(e: BaseException) -> bool:
+    """An error about the environment (says what to do in its message), not a bug here."""
+    from mcrecall.plugins.milvus_store import MilvusStoreLockedError
+
+    return isinstance(e, (MilvusStoreLockedError, OSError)) or type(e).__module__.startswith("lmdb")
 
 
 def run_refresh(args, cfg) -> int:
@@ -291,9 +305,15 @@ def run_refresh(args, cfg) -> int:
                 if res.status == "refreshed" or line != last:  # quiet while nothing changes
                     print(line, flush=True)
                 last = line
-            except Exception:  # the version keeps serving; the next cycle redoes the work
-                traceback.print_exc()
-                print("refresh: cycle failed; will retry", file=sys.stderr, flush=True)
+            except Exception as e:  # the version keeps serving; the next cycle redoes the work
+                if _environmental(e):  # a locked Milvus file, a full or read-only disk: one line
+                    line = f"refresh: cycle failed: {' '.join(str(e).split())}; will retry"
+                    if line != last:
+                        print(line, file=sys.stderr, flush=True)
+                    last = line
+                else:
+                    traceback.print_exc()
+                    print("refresh: cycle failed; will retry", file=sys.stderr, flush=True)
                 r.close()
                 r = Refresher(cfg)
             time.sleep(max(0.0, every - (time.monotonic() - started)))

@@ -9,8 +9,14 @@ from typing import Callable
 def format_table(ev: dict) -> str:
     """A small fixed-width table of the figures."""
     # "squared baseline": the original matrix-completion objective (squared error on observed
-    # scores, docs/design.md §9) fitted on the same split, when it was measured
-    rows = [("model", ev.get("model")), ("squared baseline", ev.get("squared")),
+    # scores, docs/design.md §9) fitted on the same split, when it was measured; the gate's pair
+    # of figures: the new model on version N's held-out pairs, beside version N's figure on them
+    # (stored with it)
+    g = ev.get("gate") or {}
+    rows = [("model", ev.get("model")),
+            (f" on v{g.get('version')}'s pairs", g.get("model")),
+            (f"v{g.get('version')} (same pairs)", g.get("current")),
+            ("squared baseline", ev.get("squared")),
             ("global mean", ev.get("global_mean")), ("most popular", ev.get("popular"))]
     cols = ["rmse", "mae", "recall@10", "ndcg@10"]
     lines = [f"  {'':<16}" + "".join(f"{c:>11}" for c in cols)]
@@ -30,6 +36,9 @@ def format_table(ev: dict) -> str:
         lines.append(f"  {'model':<22}{f(cold.get('recall@20')):>11}")
         lines.append(f"  {'attribute popularity':<22}{f(cold.get('attribute_popularity', {}).get('recall@20')):>11}")
         lines.append(f"  {'two-stage mapping':<22}{f(cold.get('two_stage_mapping', {}).get('recall@20')):>11}")
+    if g:
+        lines.append(f"  gate: on version {g['version']}'s {g['n_test']} held-out pairs still in the store "
+                     f"(ranked users {g['n_eval_users']})")
     return "\n".join(lines)
 
 

@@ -39,6 +39,12 @@ def id_hashes(ids: list[str]) -> np.ndarray:
     return out
 
 
+def pair_keys(user_hash: np.ndarray, item_hash: np.ndarray) -> np.ndarray:
+    """A uint64 key per (user, item) pair from the two id hashes (stable across snapshots and
+    stores: it depends on the external ids only)."""
+    return _splitmix64(user_hash ^ _splitmix64(item_hash))
+
+
 def pair_hash_unit(user_hash: np.ndarray, item_hash: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) value per pair from the two id hashes."""
     h = _splitmix64(user_hash ^ _splitmix64(item_hash))

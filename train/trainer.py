@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from .attributes import snapshot_tokens  # noqa: E402
 from .cold import cold_evaluation, cold_item_mask  # noqa: E402
+from . import gate  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
 from .fit import _log_default, fit_model, resolve_device  # noqa: E402,F401  (re-exported)
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
@@ -35,8 +36,13 @@ from .versions import ModelRegistry  # noqa: E402
 GATE_METRIC = {name: spec.gate for name, spec in OBJECTIVES.items()}
 
 
-def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
+def gate_refusal(tc, cur, cur_meta, ev, log=_log_default, same: dict | None = None) -> str | None:
     """Why the new model must not replace version ``cur`` (None: it may).
+
+    ``same``: the new model's figures on version ``cur``'s own held-out pairs
+    (:func:`mcrecall.train.gate.on_version_pairs`), compared with the figure stored with the
+    version, measured on those pairs; without it (a version that recorded no hold-out), this
+    run's figure on its own hold-out.
 
     The gate compares the objective's own held-out figure with the current version's: RMSE for
     ``squared`` (refused when it rises by more than ``[train] max_rmse_regression``), Recall@10
@@ -52,15 +58,18 @@ def gate_refusal(tc, cur, cur_meta, ev, log=_log_default) -> str | None:
         return None
     fig, direction, key = objective_spec(tc.objective).gate
     old = cur_meta.get("evaluation", {}).get("model", {}).get(fig)
-    new = ev["model"].get(fig)
+    new = (same if same is not None else ev)["model"].get(fig)
     if old is None or new is None:
         return None
     tol = getattr(tc, key)
     worse = new > old + tol if direction == "lower" else new < old - tol
     if not worse:
         return None
-    return (f"held-out {fig} {new:.4f} is worse than version {cur}'s {old:.4f} by more than "
-            f"{key} {tol}")
+    if same is not None:
+        return (f"held-out {fig} {new:.4f} on version {cur}'s {same['n_test']:,} held-out pairs is "
+                f"worse than version {cur}'s {old:.4f} on the same pairs by more than {key} {tol}")
+    return (f"held-out {fig} {new:.4f} is worse than version {cur}'s {old:.4f} by more than {key} "
+            f"{tol} (version {cur} recorded no held-out pairs: its figure is from its own hold-out)")
 
 
 def squared_comparison(snap, tc, train_mask, test_mask, *, user_hash, device: str,
@@ -384,7 +393,11 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         model, history, train_s, warm_info = fit_step(run, registry, vs, cur, cur_meta)
         ev = evaluate_step(run, model)
 
-        refusal = gate_refusal(tc, cur, cur_meta, ev, log)  # on the objective's own metric
+        same = (gate.on_version_pairs(run, model, registry, cur, cur_meta, log)
+                if gate.comparable(tc, cur_meta) else None)
+        if same is not None:
+            ev["gate"] = same  # the new model on the current version's own held-out pairs
+        refusal = gate_refusal(tc, cur, cur_meta, ev, log, same)  # objective's own metric
         if refusal is not None:
             if not force:
                 log(f"train: NOT publishing: {refusal} (use --force to publish anyway)")
@@ -410,6 +423,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
                 user_vectors=user_pub[uid], item_ids=[snap.item_ids[j] for j in iid],
                 item_vectors=item_pub[iid], meta=meta, metric=cfg.index.metric,
                 index_type=cfg.index.index_type, log=log, tokens=served.token_tables())
+        registry.write_holdout(version, gate.holdout_keys(run))  # the next run's gate pairs
         pub_s = time.perf_counter() - t_pub
     finally:
         if vs is not None:

@@ -53,6 +53,7 @@ ALLOCATED = b"allocated"
 INFLIGHT = b"inflight/"
 REFRESH = b"refresh/"
 TOKENS = b"tokens/"
+HOLDOUT = b"holdout/"  # sorted <u8 pair keys of the version's held-out pairs (train/gate.py)
 DEFAULT_MAP_SIZE = 8 << 30
 
 
@@ -303,6 +304,18 @@ class ModelRegistry:
         dim, _, raw = bytes(emb).partition(b"\0")
         return tuple(json.loads(bytes(vocab).decode("utf-8"))), \
             np.frombuffer(raw, dtype="<f4").reshape(-1, int(dim)).astype(np.float32)
+    def write_holdout(self, version: int, keys: np.ndarray) -> None:
+        """Record the pair keys (``train.split.pair_keys``) of the pairs version N held out."""
+        blob = np.unique(np.asarray(keys, dtype=np.uint64)).astype("<u8").tobytes()
+        with self._writer().begin(write=True) as txn:
+            if txn.get(META + _ver(version)) is None:
+                raise ValueError(f"version {version} is not complete (no metadata)")
+            txn.put(HOLDOUT + _ver(version), blob)
+
+    def holdout(self, version: int) -> np.ndarray | None:
+        """The sorted pair keys version N held out, or None if it recorded none (older versions)."""
+        raw = self._get(HOLDOUT + _ver(version))
+        return None if raw is None else np.frombuffer(raw, dtype="<u8").astype(np.uint64)
 
     def write_metadata(self, version: int, meta: dict) -> None:
         """Store the metadata: from now on the version is complete (listed by versions())."""
@@ -372,6 +385,7 @@ class ModelRegistry:
             for kind in (b"item", b"user"):
                 txn.delete(TOKENS + ver + kind + b"/vocab")
                 txn.delete(TOKENS + ver + kind + b"/emb")
+            txn.delete(HOLDOUT + ver)
         prefix = USER + ver
         while True:  # bounded transactions so a huge version does not need one huge txn
             with env.begin(write=True) as txn:
