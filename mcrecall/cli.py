@@ -35,6 +35,10 @@ COMMANDS = {
     "evaluate": ("mcrecall.evaluate", "add_evaluate_arguments", "run_evaluate",
                  "prequential (streaming) evaluation of a time-ordered event file"),
     "recall": ("mcrecall.serve.cli", "add_recall_arguments", "run_recall", "print a user's top-k items"),
+    "replica": ("mcrecall.serve.replica", "add_replica_arguments", "run_replica",
+                "run a serving replica: events and the model log from Kafka into this data dir"),
+    "snapshot": ("mcrecall.ingest.cli", "add_snapshot_arguments", "run_snapshot",
+                 "copy the triple store and its offsets consistently to DIR (a new replica starts from it)"),
     "triples": ("mcrecall.ingest.cli", "add_triples_arguments", "run_triples",
                 "write all triples as CSV user_id,item_id,score"),
     "status": ("mcrecall.status", "add_status_arguments", "run_status",
@@ -48,7 +52,8 @@ _OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
 
 # How each command uses [store] data_dir: "write" creates or changes files there; "read" needs
 # it to exist (and works on a read-only one); "status" reports a missing one itself.
-DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write",
+DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write", "replica": "write",
+                "snapshot": "read",
                 "recall": "read", "triples": "read", "tune": "read", "status": "status"}
 
 

@@ -34,10 +34,11 @@ import numpy as np
 from mcrecall.plugins.base import CRASH_ENV, crash_point  # noqa: F401  (CRASH_ENV re-exported for tests)
 
 from .lock import publisher_lock
+from .model_log import ModelLogError
 from .versions import ModelRegistry
 
-CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "current", "alias",
-                "dropped")
+CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "logged", "current",
+                "alias", "dropped")
 CRASH_EXIT_CODE = -9  # SIGKILL, as subprocess reports it
 # M of the dot -> L2/COSINE reduction is the largest item norm times this: item refresh
 # (train/refresh.py) may add longer vectors later, and any M >= every norm keeps search exact.
@@ -157,12 +158,17 @@ def drop_old(registry: ModelRegistry, vs, keep: set[int], log=print) -> list[int
 
 def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
             user_vectors: np.ndarray, item_ids: list[str], item_vectors: np.ndarray, meta: dict,
-            metric: str, index_type: str, log: Callable[[str], None] = print) -> int:
+            metric: str, index_type: str, log: Callable[[str], None] = print,
+            model_log=None) -> int:
     """Write version ``version`` completely, make it current atomically, drop old versions.
 
     ``version`` comes from :func:`next_version`. Returns the version number. The item vectors
     are model-space; the plugin applies the metric reduction (``max_norm`` = the largest item
     norm × NORM_HEADROOM, needed for dot through L2/COSINE).
+
+    ``model_log`` (:class:`mcrecall.train.model_log.ModelLog`, ``[replication] publish``): the
+    complete version is also written to the model log and acknowledged (acks=all) BEFORE the
+    pointer flips; if that fails the version is removed and the previous one keeps serving.
 
     Raises
     ------
@@ -184,8 +190,17 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
         try:
             _write_version(registry, vs, version, user_ids, user_vectors, item_ids,
                            item_vectors, meta, metric, index_type)
-        except BaseException:
+            if model_log is not None:  # replicas can rebuild N from the log before N serves
+                sent = model_log.publish_version(version, registry.metadata(version), user_ids,
+                                                 user_vectors, item_ids, item_vectors)
+                log(f"  model log: version {version} -> {sent['topic']} ({sent['records']} "
+                    f"records, {sent['bytes'] / 1e6:.1f} MB, acknowledged)")
+                crash_point("logged")
+        except BaseException as e:
             _abandon(registry, vs, version, log)
+            if isinstance(e, ModelLogError):
+                keeps = f"version {previous} keeps serving" if previous else "no version serves yet"
+                raise ModelLogError(f"{e}; version {version} was not published, {keeps}") from None
             raise
         registry.set_current(version)  # the one atomic step
         crash_point("current")
@@ -198,6 +213,8 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
         dropped = drop_old(registry, vs, keep, log)
         if dropped:
             log(f"  dropped old version(s) {dropped}")
+        if model_log is not None:
+            model_log.drop_versions(keep)
         crash_point("dropped")
     return version
 

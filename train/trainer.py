@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from .evaluate import evaluate, popularity  # noqa: E402
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
+from .model_log import model_log_from_config  # noqa: E402
 from .objectives import OBJECTIVES, model_from_config, objective_spec, rows_with_data  # noqa: E402
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
 from .report import format_table  # noqa: E402
@@ -297,6 +298,11 @@ def evaluate_step(run: _Run, model) -> dict:
     return ev
 
 
+def store_offsets_json(offsets) -> dict:
+    """``{(topic, partition): offset}`` as JSON: ``{"<topic>[<partition>]": offset}``."""
+    return {f"{t}[{p}]": int(o) for (t, p), o in sorted(offsets.items())}
+
+
 def version_metadata(run: _Run, version: int, served, served_info: dict, user_has, item_has,
                      item_pub, ev: dict, warm_info: dict, history, train_s: float) -> dict:
     """The metadata a version is published with (DESIGN: versions)."""
@@ -323,6 +329,8 @@ def version_metadata(run: _Run, version: int, served, served_info: dict, user_ha
         "n_users": int(user_has.sum()),
         "n_items": int(item_has.sum()),
         "store_seq": int(snap.seq),
+        # the event offsets the store_seq covers: a replica maps them to its own store's seq
+        "store_offsets": store_offsets_json(getattr(snap, "offsets", {})),
         **served.hyperparameters(),
         "score_scale": float(served.scale),
         "epochs": tc.epochs,
@@ -371,6 +379,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         return TrainResult("empty")
     registry = ModelRegistry(cfg.data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
     vs = None
+    model_log = model_log_from_config(cfg)
     try:
         cur = registry.current_version()
         cur_meta = registry.metadata(cur) if cur is not None else None
@@ -404,11 +413,13 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         publish(registry, vs, version=version, user_ids=[snap.user_ids[j] for j in uid],
                 user_vectors=user_pub[uid], item_ids=[snap.item_ids[j] for j in iid],
                 item_vectors=item_pub[iid], meta=meta, metric=cfg.index.metric,
-                index_type=cfg.index.index_type, log=log)
+                index_type=cfg.index.index_type, log=log, model_log=model_log)
         pub_s = time.perf_counter() - t_pub
     finally:
         if vs is not None:
             vs.close()
+        if model_log is not None:
+            model_log.close()
         registry.close()
     log(summary(meta, train_s, pub_s, time.perf_counter() - t_start))
     return TrainResult("published", version)
