@@ -625,10 +625,10 @@ class Replica:
         try:
             from kafka import TopicPartition
 
-            parts = self._consumer.partitions_for_topic(self.cfg.kafka.topic) or set()
-            tps = [TopicPartition(self.cfg.kafka.topic, p) for p in parts]
-            ends = self._consumer.end_offsets(tps) if tps else {}
             pos = self._position() or (0, {})
+            # partitions from the store (no metadata round trip that could block while Kafka is away)
+            tps = [TopicPartition(t, p) for (t, p) in pos[1] if t == self.cfg.kafka.topic]
+            ends = self._consumer.end_offsets(tps, timeout_ms=2000) if tps else {}
             self._lag_events = sum(max(0, e - pos[1].get((tp.topic, tp.partition), 0)) for tp, e in ends.items())
             self._reachable = True
         except Exception:
