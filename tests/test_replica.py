@@ -392,18 +392,19 @@ def test_sigkill_during_bootstrap_and_version_transfer(world):
     ingest(primary)
     v1 = train(primary)
     rng = random.Random(8)
-    kills = 0
-    deadline = time.monotonic() + 120
-    while True:
+
+    def kill_at_random(version, times, longest, **kw):
+        for _ in range(times):  # SIGKILL at a random moment (startup, staging, applying...)
+            replica.start_replica()
+            try:
+                replica.wait_current(version, timeout=rng.uniform(0.5, longest), **kw)
+                return
+            except AssertionError:
+                replica.stop(signal.SIGKILL)
         replica.start_replica()
-        try:
-            replica.wait_current(v1, timeout=rng.uniform(0.3, 3.0), events=store_events(primary))
-            break
-        except AssertionError:
-            replica.stop(signal.SIGKILL)
-            kills += 1
-            assert time.monotonic() < deadline
-    assert kills >= 1
+        replica.wait_current(version, timeout=120, **kw)
+
+    kill_at_random(v1, 5, 8.0, events=store_events(primary))
     users = [f"u{j}" for j in range(0, n_users, 37)] + ["nobody"]
     assert triples_of(replica) == triples_of(primary)
     assert assert_same(primary, replica, users) == v1
@@ -418,14 +419,7 @@ def test_sigkill_during_bootstrap_and_version_transfer(world):
         assert replica.proc.returncode == -signal.SIGKILL, (point, replica.log_text()[-2000:])
         replica.proc = None
         assert replica.status()["current_version"] in (v1, v2)
-    while True:
-        replica.start_replica()
-        try:
-            replica.wait_current(v2, timeout=rng.uniform(0.3, 2.0))
-            break
-        except AssertionError:
-            replica.stop(signal.SIGKILL)
-            assert time.monotonic() < deadline + 120
+    kill_at_random(v2, 3, 6.0)
     reg_p, reg_r = ModelRegistry(primary.data_dir, readonly=True), ModelRegistry(replica.data_dir, readonly=True)
     try:
         np.testing.assert_array_equal(reg_p.user_matrix(v2), reg_r.user_matrix(v2))
