@@ -107,6 +107,8 @@ class Replica:
         self._stop = threading.Event()
         self._consumer = None
         self._assigned: tuple | None = None
+        self._assigned_at = 0.0
+        self._timing: dict = {}  # of the version being transferred (logged when it is current)
         self.control: dict | None = None  # the newest control record seen
         self._blocked: int | None = None  # version whose end is in but that waits (triples)
         self._events = events
@@ -192,7 +194,9 @@ class Replica:
                 bootstrap_servers=self.cfg.kafka.bootstrap_servers, group_id=None,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20,
-                request_timeout_ms=5000, **kafka_security_kwargs(self.cfg))
+                request_timeout_ms=5000, metadata_max_age_ms=2000,  # a topic created later is seen
+                allow_auto_create_topics=False,  # the primary creates the log's topics, compacted
+                **kafka_security_kwargs(self.cfg))
             self._assigned = None
             self._reachable = True
             return True
@@ -220,13 +224,18 @@ class Replica:
 
         target = self._target()
         want = (target,)
+        if self.control is None and time.monotonic() - self._assigned_at > 3.0:
+            # a control topic assigned before it existed is not fetched once it does (kafka-python
+            # keeps the failed offset reset): assign it again until its first record arrives
+            self._assigned = None
         if self._assigned == want:
             return
+        self._assigned_at = time.monotonic()
         tps = [TopicPartition(self.control_topic, 0)]
         if target is not None:
             tps.append(TopicPartition(ml.version_topic(self.control_topic, target), 0))
         self._consumer.assign(tps)
-        if self._assigned is None:  # the control topic: read all of it (compacted, small)
+        if self.control is None:  # the control topic: read all of it (compacted, small)
             self._consumer.seek_to_beginning(tps[0])
         if target is not None:
             self._consumer.seek(tps[1], self._offset(tps[1].topic))
@@ -317,6 +326,8 @@ class Replica:
         with self.env.begin(write=True) as txn:
             txn.put(key, bytes(record.value))
             txn.put(okey, nxt)
+        if kind == "meta":
+            self._timing = {"stage_from": time.monotonic()}
         _crash("staged")
         if kind == "end":
             if self._try_finalize(version) == "waiting":
@@ -527,6 +538,8 @@ class Replica:
             return "waiting"
         self.state = "applying"
         t0 = time.perf_counter()
+        stage_from = self._timing.get("stage_from")
+        self._timing = {"stage_s": None if stage_from is None else round(time.monotonic() - stage_from, 2)}
         try:
             spec = self._apply(version, meta, chunks)
         except ReplicaError as e:
@@ -554,7 +567,7 @@ class Replica:
         self._assigned = None
         log.info("replica_version_current", extra={
             "version": version, "previous": cur, "users": end["n_users"], "items": end["n_items"],
-            "apply_s": round(time.perf_counter() - t0, 2)})
+            "apply_s": round(time.perf_counter() - t0, 2), **self._timing})
         self.state = "following"
         self._write_status(force=True)
         return "current"
@@ -565,10 +578,12 @@ class Replica:
 
         if version in self.registry.stored_versions():  # a kill during an earlier apply
             self.registry.drop(version, in_flight_ok=True)
+        t0 = time.perf_counter()
         for h, payload in chunks:
             if h["kind"] == "users":
                 ids, vecs = ml.decode_chunk(h, payload, verify=False)
                 self.registry.write_users(version, ids, vecs)
+        self._timing["users_s"] = round(time.perf_counter() - t0, 2)
         _crash("users")
         spec = VersionSpec(**meta["vector_store"])
         if self.backend == "milvus":
@@ -597,6 +612,7 @@ class Replica:
                     ids, vecs = ml.decode_chunk(h, payload, verify=False)
                     builder.upsert(version, ids, vecs)
             builder.finalize(version)
+            self._timing["index_s"] = round(time.perf_counter() - t0 - self._timing["users_s"], 2)
             _crash("index")
             return json.loads(builder.version_info(version).to_json())
         finally:

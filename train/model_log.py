@@ -289,7 +289,8 @@ class ModelLog:
 
         producer = self._get_producer(deadline)
         try:
-            futures = [producer.send(topic, key=k, value=v) for k, v in records]
+            # partition 0 whatever the topic has: the log is one ordered partition per topic
+            futures = [producer.send(topic, key=k, value=v, partition=0) for k, v in records]
             producer.flush(timeout=max(0.1, self._deadline_left(deadline)))
             for f in futures:
                 f.get(timeout=max(0.1, self._deadline_left(deadline)))
