@@ -111,7 +111,7 @@ def main() -> None:
                                  "replica", "--no-events"], env=env, cwd=ROOT,
                                 stdout=open(tmp / "replica.log", "wb"), stderr=subprocess.STDOUT)
         log = ModelLog(primary)
-        for n in range(args.versions):
+        for _ in range(args.versions):
             U = rng.normal(size=(args.users, args.dim)).astype(np.float32)
             V = rng.normal(size=(args.items, args.dim)).astype(np.float32)
             _, t_base = publish_once(baseline, U, V, users, items, None)

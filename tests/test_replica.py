@@ -234,7 +234,8 @@ def test_replica_equals_primary_first_version_refresh_second_version(world, back
     reg = ModelRegistry(replica.data_dir, readonly=True)
     try:
         assert reg.versions() == [v1, v2]  # the previous version kept, like the primary
-        np.testing.assert_array_equal(reg.user_matrix(v2), ModelRegistry(primary.data_dir, readonly=True).user_matrix(v2))
+        with ModelRegistry(primary.data_dir, readonly=True) as reg_p:
+            np.testing.assert_array_equal(reg.user_matrix(v2), reg_p.user_matrix(v2))
     finally:
         reg.close()
     st = replica.status()
@@ -454,7 +455,7 @@ def test_model_log_records_round_trip_and_chunk_limit():
         ml.decode_record(b"\x80\x04pickle")
 
 
-def test_replication_config_keys():
+def test_replication_config_keys(tmp_path):
     from mcrecall.core.config import ConfigError
 
     cfg = load_config(environ={"MCRECALL_REPLICATION_PUBLISH": "true", "MCRECALL_KAFKA_TOPIC": "ev"})
@@ -465,4 +466,7 @@ def test_replication_config_keys():
                 {"MCRECALL_REPLICATION_COLOR": "x"}):
         with pytest.raises(ConfigError):
             load_config(environ=bad)
-    assert replica_status(load_config(environ={})) is None or True  # no data dir: None
+    primary = load_config(environ={}).with_overrides(store={"data_dir": str(tmp_path)})
+    assert replica_status(primary) is None  # no users.lmdb
+    ModelRegistry(tmp_path).close()
+    assert replica_status(primary) is None  # a primary's users.lmdb
