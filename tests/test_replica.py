@@ -197,8 +197,20 @@ USERS = [f"u{j}" for j in range(N_USERS)] + ["nobody"]
 def test_replica_equals_primary_first_version_refresh_second_version(world, backend):
     if backend != "exact":
         pytest.importorskip(backend)
-    primary = world["make"]("primary", backend, publish=True)
-    replica = world["make"]("replica", backend)
+    _equal_through_versions(world, backend)
+
+
+@pytest.mark.slow
+@pytest.mark.milvus
+def test_replica_adopts_the_shared_milvus_collection(world, milvus_uri, milvus_collection):
+    """Milvus on a shared server (`mcrecall milvus`): the replica adopts each version's collection
+    by its spec (no index of its own) and answers like the primary."""
+    _equal_through_versions(world, "milvus", index={"uri": milvus_uri, "collection": milvus_collection})
+
+
+def _equal_through_versions(world, backend, **extra):
+    primary = world["make"]("primary", backend, publish=True, **extra)
+    replica = world["make"]("replica", backend, **extra)
     lines = events(N_USERS, N_ITEMS, 800, seed=1)
     produce_lines(lines, primary.cfg)
     assert ingest(primary) == len(lines)
