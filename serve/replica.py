@@ -461,7 +461,7 @@ class Replica:
         """This store's seq for the version's training offsets; None while the store has not
         reached them (the version waits)."""
         want = _parse_offsets(meta.get("store_offsets"))
-        if not want:
+        if not want or not self._events:  # --no-events: no store of its own to wait for
             return int(meta.get("store_seq", 0))  # a version without offsets: the primary's seq
         pos = self._position()
         if pos is None:

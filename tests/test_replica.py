@@ -296,6 +296,13 @@ def test_corrupt_version_is_never_current_and_status_reports(world):
     assert assert_same(primary, replica, USERS) == v1
     shown = _status_json(replica)
     assert shown["role"] == "replica" and shown["replica"]["current_version"] == v1
+    # the newest on the log is refused: the replica is as up to date as it can be (bad_versions says why)
+    assert shown["replica"]["newest_version"] == v1 + 10 and shown["replica"]["lag_versions"] == 0
+    text = subprocess.run([sys.executable, "-m", "mcrecall", "--config", str(replica.toml), "status"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert "role: replica" in text and f"version {v1 + 10} NOT made current" in text, text
+    assert _status_json(primary)["role"] == "primary"
     # the next good version still becomes current
     v2 = train(primary)
     replica.wait_current(v2)
