@@ -108,6 +108,7 @@ class Replica:
         self._consumer = None
         self._assigned: tuple | None = None
         self._assigned_at = 0.0
+        self._wait_logged = time.monotonic()
         self._timing: dict = {}  # of the version being transferred (logged when it is current)
         self.control: dict | None = None  # the newest control record seen
         self._blocked: int | None = None  # version whose end is in but that waits (triples)
@@ -470,6 +471,14 @@ class Replica:
         topic = self.cfg.kafka.topic
         want = {tp: o for tp, o in want.items() if tp[0] == topic}
         if any(have.get(tp, 0) < o for tp, o in want.items()):
+            now = time.monotonic()
+            if now - self._wait_logged > 30.0:  # visible, not silent, when it lasts
+                self._wait_logged = now
+                log.warning("replica_waiting_for_events", extra={
+                    "version": meta.get("version"), "store_seq": seq,
+                    "behind": {f"{t}[{p}]": o - have.get((t, p), 0) for (t, p), o in want.items()
+                               if have.get((t, p), 0) < o},
+                    "action": "the version waits until this store holds the events it was trained on"})
             return None
         if all(have.get(tp, 0) == o for tp, o in want.items()):
             return seq
@@ -562,7 +571,9 @@ class Replica:
                 self.vs.make_current(version)
             except Exception as e:  # serving follows users.lmdb
                 log.warning("replica_make_current_failed", extra={"error": str(e)})
-        self._drop_stage(version)
+        for v in self._staged_versions():  # this one, and any superseded before it completed
+            if v <= version:
+                self._drop_stage(v)
         self._drop_old(keep={version} | ({cur} if cur is not None else set()))
         self._assigned = None
         log.info("replica_version_current", extra={

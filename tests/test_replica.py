@@ -307,6 +307,16 @@ def test_corrupt_version_is_never_current_and_status_reports(world):
     v2 = train(primary)
     replica.wait_current(v2)
     assert assert_same(primary, replica, USERS) == v2
+    # the primary keeps the current and the previous version on the log; others are deleted
+    from mcrecall.ingest.kafka_io import admin_client
+
+    admin = admin_client(world["bootstrap"])
+    try:
+        prefix = primary.cfg.model_log_topic + ".v"
+        assert sorted(t for t in admin.list_topics() if t.startswith(prefix)) == sorted(
+            ml.version_topic(primary.cfg.model_log_topic, v) for v in (v1, v2))
+    finally:
+        admin.close()
 
 
 def test_two_replicas_and_a_replica_from_a_snapshot(world):
@@ -398,6 +408,18 @@ def test_publication_fails_cleanly_when_kafka_is_unreachable(world):
         reg.close()
     with RecallClient(primary.cfg) as c:
         assert c.version == v1 and c.recall("u1", 5)
+    # a refresh cycle fails the same way: nothing applied, the next cycle redoes it
+    produce_lines(events(N_USERS, N_ITEMS, 50, seed=9, extra_items=["late"]), primary.cfg)
+    ingest(primary)
+    out = subprocess.run([sys.executable, "-m", "mcrecall", "--config", str(dead.toml), "refresh"],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         timeout=120)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(err) == 1 and "model log" in err[0], (out.stdout, out.stderr)
+    with ModelRegistry(primary.data_dir, readonly=True) as reg:
+        assert reg.refresh_generation(v1) == 0
+    with RecallClient(primary.cfg) as c:
+        assert c.score("u1", ["late"]) == [None]
 
 
 @pytest.mark.slow
