@@ -1,4 +1,4 @@
-"""``mcrecall replica``: a serving host fed by Kafka (issue 18; docs/design.md "Model log").
+"""``mcrecall replica``: a serving host fed by Kafka (issue 18; docs/design.md §9 "The model log").
 
 One process, two feeds, each into its own LMDB with its offsets in the same transaction:
 

@@ -1,6 +1,6 @@
 """The model log: every published version (and each item refresh of it) written to Kafka, so that
 serving replicas (``mcrecall replica``, :mod:`mcrecall.serve.replica`) can rebuild it from the log
-alone (docs/design.md "Model log"; LinkedIn Venice's pattern, /work/shared/FINDINGS.md).
+alone (docs/design.md §9 "The model log"; the pattern of LinkedIn Venice's read replicas).
 
 Layout (a contract; ``C`` = ``[replication] topic``, default ``<kafka.topic>.models``):
 
