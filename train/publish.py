@@ -16,6 +16,9 @@ users.lmdb):
 3. finalize (index built and loaded)          -> finalized, non-current: removed next run
 4. check: N has every user and item vector, metadata (with the store's spec) into users.lmdb
                                               -> complete but not current: removed next run
+4b. ``[replication] publish``: N to the model log, acknowledged (train/model_log.py)
+                                              -> on the log, not current: removed next run here;
+                                                 replicas may serve it until the next version
 5. ``current`` := N in users.lmdb             -> THE atomic step: N serves from here on
 6. vector store ``make_current(N)`` (Milvus alias) -> reconciled by the next run if missed
 7. drop every version except N and C (C is kept for recalls in flight), and leftovers
@@ -195,7 +198,7 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
                                                  user_vectors, item_ids, item_vectors)
                 log(f"  model log: version {version} -> {sent['topic']} ({sent['records']} "
                     f"records, {sent['bytes'] / 1e6:.1f} MB, acknowledged)")
-                crash_point("logged")
+            crash_point("logged")
         except BaseException as e:
             _abandon(registry, vs, version, log)
             if isinstance(e, ModelLogError):
