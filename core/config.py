@@ -147,6 +147,15 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    # every publication and refresh cycle is also written to the model log (docs/design.md
+    # "Model log") and becomes current only once Kafka acknowledged it (acks=all)
+    publish: bool = False
+    topic: str = ""  # the model log's control topic; "" = "<kafka.topic>.models"
+    timeout_s: float = 30.0  # how long a publication retries an unreachable Kafka, then fails
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -154,11 +163,17 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     source: str = "<defaults>"
 
     @property
     def data_dir(self) -> Path:
         return Path(self.store.data_dir)
+
+    @property
+    def model_log_topic(self) -> str:
+        """The model log's control topic: ``[replication] topic`` or ``<kafka.topic>.models``."""
+        return self.replication.topic or f"{self.kafka.topic}.models"
 
     def with_overrides(self, *, origin: str = "override", **sections: Mapping[str, Any]) -> "Config":
         """Return a copy with ``section={key: value}`` overrides applied (validated); ``origin``
@@ -173,6 +188,7 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "index": IndexConfig,
     "serve": ServeConfig,
+    "replication": ReplicationConfig,
 }
 
 # Keys whose value is a secret: shown as "<redacted>" in errors, as_dict() and repr().
@@ -247,6 +263,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("serve", "foldin_cache_size"): Range(0, _I32),
     ("serve", "max_lag_s"): Range(0.0, math.inf, lo_open=True),
     ("serve", "max_batch_users"): Range(1, 1_000_000),
+    ("replication", "timeout_s"): Range(0.0, 86_400.0, lo_open=True),
 }
 
 # Enumerated string keys (values compared case-insensitively, stored as written here).
@@ -263,6 +280,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 _HOST_PORT = re.compile(r"[^\s,:]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,245}")  # Kafka's rule, leaving room for ".dlq"
+# the model log's control topic; each version's topic is "<topic>.v<N>" (N < 2^32: 11 more)
+_MODEL_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,238}")
 
 
 def _shown(section: str, key: str, value: Any) -> str:
@@ -371,6 +390,14 @@ def _validate(cfg: Config) -> Config:
                           f"(Kafka's rule; <topic>.dlq must fit too), got {k.topic!r}")
     if not k.group_id.strip():
         raise ConfigError("[kafka] group_id must not be empty")
+    if not _MODEL_TOPIC.fullmatch(cfg.model_log_topic):
+        where = "[replication] topic" if cfg.replication.topic else "<kafka.topic>.models"
+        raise ConfigError(f"{where} must be 1..238 characters of A-Z a-z 0-9 . _ - (version "
+                          f"topics <topic>.v<N> must fit Kafka's 249), got {cfg.model_log_topic!r}"
+                          + ("" if cfg.replication.topic else "; set [replication] topic"))
+    if cfg.model_log_topic == k.topic or cfg.model_log_topic == f"{k.topic}.dlq":
+        raise ConfigError(f"[replication] topic {cfg.model_log_topic!r} must differ from the event "
+                          "topic and its dead-letter topic")
     if not cfg.store.data_dir.strip():
         raise ConfigError("[store] data_dir must not be empty")
     i = cfg.index

@@ -120,6 +120,38 @@ def run_ingest(args, cfg) -> int:
     return 0
 
 
+def add_snapshot_arguments(p) -> None:
+    p.add_argument("dir", metavar="DIR", help="new directory: DIR/triples.lmdb and DIR/snapshot.json")
+
+
+def run_snapshot(args, cfg) -> int:
+    """``mcrecall snapshot DIR``: one read transaction copies the store (compacted) with the
+    offsets it covers; a replica whose [store] data_dir is DIR resumes from those offsets."""
+    import json
+    from pathlib import Path
+
+    from mcrecall.ingest.store import TripleStore
+
+    dest = Path(args.dir)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        print(f"mcrecall snapshot: {dest} exists and is not an empty directory", file=sys.stderr)
+        return 1
+    dest.mkdir(parents=True, exist_ok=True)
+    store = TripleStore(cfg.data_dir, readonly=True)
+    try:
+        info = store.copy_consistent(dest)
+    finally:
+        store.close()
+    offsets = {f"{t}[{p}]": o for (t, p), o in sorted(info["offsets"].items())}
+    (dest / "snapshot.json").write_text(json.dumps(
+        {"source": str(cfg.data_dir), "seq": info["seq"], "offsets": offsets,
+         "counts": info["counts"]}, indent=2) + "\n")
+    c = info["counts"]
+    print(f"snapshot: {c['n_pairs']} pairs, {c['n_users']} users, {c['n_items']} items at store seq "
+          f"{info['seq']} -> {dest / 'triples.lmdb'}; offsets {offsets or 'none'}")
+    return 0
+
+
 def add_triples_arguments(p) -> None:
     pass
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -80,6 +80,8 @@ class Snapshot:
     seq: int
     item_tokens: dict | None = None  # {dense item index: tuple of tokens} (non-empty sets only)
     user_tokens: dict | None = None
+    # {(topic, partition): next offset} read in the same transaction: what the triples cover
+    offsets: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
@@ -520,10 +522,11 @@ class TripleStore:
             user_ids = [v.decode("utf-8") for v in txn.cursor(db=self._users_by_idx).iternext(keys=False)]
             item_ids = [v.decode("utf-8") for v in txn.cursor(db=self._items_by_idx).iternext(keys=False)]
             item_tokens, user_tokens = self._read_tokens(txn, "item"), self._read_tokens(txn, "user")
+            offsets = self._read_offsets(txn)
         idx = np.frombuffer(keys, dtype=">u4").reshape(-1, 2).astype(np.int32)
         score = _SCORE_TABLE[np.frombuffer(masks, dtype=np.uint8)]
         return Snapshot(np.ascontiguousarray(idx[:, 0]), np.ascontiguousarray(idx[:, 1]),
-                        score, user_ids, item_ids, seq, item_tokens, user_tokens)
+                        score, user_ids, item_ids, seq, item_tokens, user_tokens, offsets=offsets)
 
     def _read_tokens(self, txn, kind: str) -> dict:
         db = self._attrs[kind]
@@ -570,6 +573,35 @@ class TripleStore:
                         break
                     out[k[1:].decode("utf-8")] = _U64.unpack(v)[0]
         return out
+
+    def _read_offsets(self, txn, topic: str | None = None) -> dict[tuple[str, int], int]:
+        out = {}
+        for k, v in txn.cursor(db=self._offsets):
+            t, _, p = bytes(k).rpartition(b"\0")
+            name = t.decode()
+            if topic is None or name == topic:
+                out[(name, int(p))] = _I64.unpack(bytes(v))[0]
+        return out
+
+    def position(self) -> tuple[int, dict[tuple[str, int], int]]:
+        """``(seq, offsets)`` read in one transaction: the store seq and the Kafka offsets its
+        triples cover at that seq (a replica maps a version's training offsets to its own seq)."""
+        with self.env.begin() as txn:
+            return self._get_counter(txn, "seq"), self._read_offsets(txn)
+
+    def copy_consistent(self, dest_dir: str | os.PathLike) -> dict:
+        """``mcrecall snapshot``: a compacted copy of the store as ``<dest_dir>/triples.lmdb``,
+        taken inside ONE read transaction with the seq, counters and offsets read in it (the
+        copy holds exactly those offsets, so a worker started on it resumes from them).
+        Returns ``{"seq", "offsets", "counts"}`` of the copy."""
+        dest = Path(dest_dir) / "triples.lmdb"
+        dest.mkdir(parents=True, exist_ok=False)
+        with self.env.begin() as txn:
+            seq = self._get_counter(txn, "seq")
+            offsets = self._read_offsets(txn)
+            counts = {name: self._get_counter(txn, name) for name in COUNTERS}
+            self.env.copy(str(dest), compact=True, txn=txn)
+        return {"seq": seq, "offsets": offsets, "counts": counts}
 
     def user_history(self, user_id: str) -> tuple[list[str], np.ndarray]:
         """One user's items and scores (``([], empty)`` for an unknown user)."""

@@ -37,6 +37,10 @@ COMMANDS = {
     "recall": ("mcrecall.serve.cli", "add_recall_arguments", "run_recall", "print a user's top-k items"),
     "serve": ("mcrecall.serve.cli", "add_serve_arguments", "run_serve",
               "serve recall over HTTP (GET/POST /recall, /healthz, /readyz, /metrics)"),
+    "replica": ("mcrecall.serve.replica", "add_replica_arguments", "run_replica",
+                "run a serving replica: events and the model log from Kafka into this data dir"),
+    "snapshot": ("mcrecall.ingest.cli", "add_snapshot_arguments", "run_snapshot",
+                 "copy the triple store and its offsets consistently to DIR (a new replica starts from it)"),
     "triples": ("mcrecall.ingest.cli", "add_triples_arguments", "run_triples",
                 "write all triples as CSV user_id,item_id,score"),
     "status": ("mcrecall.status", "add_status_arguments", "run_status",
@@ -51,6 +55,7 @@ _OWN_PACKAGES = {"ingest", "train", "serve", "plugins", "mcrecall"}
 # How each command uses [store] data_dir: "write" creates or changes files there; "read" needs
 # it to exist (and works on a read-only one); "status" reports a missing one itself.
 DATA_DIR_USE = {"ingest": "write", "train": "write", "milvus": "write", "refresh": "write",
+                "replica": "write", "snapshot": "read",
                 "recall": "read", "triples": "read", "tune": "read", "status": "status"}
 
 

@@ -42,6 +42,13 @@ def collect_status(cfg) -> dict:
         from mcrecall.train.versions import ModelRegistry
     except ImportError:
         return out
+    try:
+        from mcrecall.serve.replica import replica_status
+
+        out["replica"] = replica_status(cfg)
+    except ImportError:
+        out["replica"] = None
+    out["role"] = "replica" if out["replica"] else "primary"
     reg = ModelRegistry(cfg.data_dir, readonly=True)
     current = reg.current_version()
     if current is not None:
@@ -117,6 +124,17 @@ def render(st: dict) -> str:
         lines.append(_table((k, f"{n['stored']} -> {n.get('reset_to')} ({n.get('policy')}; range "
                                 f"[{n['beginning']}, {n['end']}])") for k, n in resets.items()))
     lines += [""]
+    rep = st.get("replica")
+    if rep:
+        lag_ev = "unknown" if rep["lag_events"] is None else rep["lag_events"]
+        lines.append(f"role: replica ({rep['state']}; model log {rep['log_topic']})")
+        lines.append(_table([("current version", _fmt(rep["current_version"])),
+                             ("newest on the log", _fmt(rep["newest_version"])),
+                             ("lag", f"{rep['lag_versions']} version(s), {lag_ev} event(s), {rep['lag_s']} s"),
+                             ("kafka reachable", _fmt(rep["kafka_reachable"]))]))
+        for v, why in rep["bad_versions"].items():
+            lines.append(f"  version {v} NOT made current (corrupt on the log): {why}")
+        lines.append("")
     if st.get("version") is None:
         lines.append("model: no version published yet (run `mcrecall train`)")
         return "\n".join(lines)

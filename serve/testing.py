@@ -32,7 +32,7 @@ def publish_vectors(registry, vs, *, user_ids: list[str], user_vectors: np.ndarr
                     similarity: str = "dot", reg: float = 0.1, alpha: float = 3.0,
                     mu: float = 0.0, score_scale: float = 1.0, store_seq: int = 0,
                     popular_items: list | None = None, version: int | None = None,
-                    log=lambda *_: None) -> int:
+                    log=lambda *_: None, model_log=None, extra_meta: dict | None = None) -> int:
     """Publish one complete version and make it current; returns its number.
 
     Parameters
@@ -45,6 +45,8 @@ def publish_vectors(registry, vs, *, user_ids: list[str], user_vectors: np.ndarr
     store_seq : triple-store seq the version "was trained on" (users changed later fold in).
     popular_items : ``[[item_id, score], ...]``, best first (default: the first 20 items).
     version : number to publish (default: one more than any seen).
+    model_log : a :class:`mcrecall.train.model_log.ModelLog` to replicate through (optional).
+    extra_meta : more metadata keys (e.g. ``store_offsets``).
     """
     from mcrecall.train.publish import next_version, publish
 
@@ -70,6 +72,7 @@ def publish_vectors(registry, vs, *, user_ids: list[str], user_vectors: np.ndarr
         "foldin": foldin_meta(item_vectors, objective=objective, similarity=similarity, reg=reg,
                               alpha=alpha, mu=mu, score_scale=score_scale),
     }
+    meta.update(extra_meta or {})
     return publish(registry, vs, version=int(version), user_ids=list(user_ids),
                    user_vectors=user_vectors, item_ids=list(item_ids), item_vectors=item_vectors,
-                   meta=meta, metric=metric, index_type=index_type, log=log)
+                   meta=meta, metric=metric, index_type=index_type, log=log, model_log=model_log)

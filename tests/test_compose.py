@@ -111,9 +111,14 @@ def _depends(service: dict) -> dict[str, str]:
     return {k: (v or {}).get("condition", "service_started") for k, v in dep.items()}
 
 
-def _lmdb_users(compose) -> dict[str, dict]:
-    """The services that open the LMDB data directory (they set MCRECALL_STORE_DATA_DIR)."""
-    return {n: s for n, s in compose["services"].items() if "MCRECALL_STORE_DATA_DIR" in _env(s)}
+REPLICA_PROFILE = "replica"
+
+
+def _lmdb_users(compose, replica: bool = False) -> dict[str, dict]:
+    """The services that open the LMDB data directory (they set MCRECALL_STORE_DATA_DIR): the
+    primary's, or (``replica``) those of the ``replica`` profile, which have their own."""
+    return {n: s for n, s in compose["services"].items() if "MCRECALL_STORE_DATA_DIR" in _env(s)
+            and (REPLICA_PROFILE in (s.get("profiles") or [])) == replica}
 
 
 # ---------------------------------------------------------------------------------- docker compose
@@ -432,3 +437,25 @@ def test_the_tested_server_versions_are_named(raw):
     image = re.search(r"MILVUS_IMAGE:-milvusdb/milvus:v([\d.]+)", raw).group(1)
     if image != tested:  # an untested default must say so
         assert "NOT run by the tests" in raw
+
+
+def test_replica_profile_has_its_own_volume_group_and_serve(compose):
+    svcs = compose["services"]
+    reps = _lmdb_users(compose, replica=True)
+    assert {"replica", "replica-recall"} <= set(reps), sorted(reps)
+    assert _command(svcs["replica"])[:1] == ["replica"]
+    assert _command(svcs["replica-recall"])[:1] == ["serve"]
+    primary_src = {dict((t, src) for src, t in _mounts(s))["/data"] for s in _lmdb_users(compose).values()}
+    sources = set()
+    for name, s in reps.items():
+        mounts = dict((t, src) for src, t in _mounts(s))
+        sources.add(mounts[_env(s)["MCRECALL_STORE_DATA_DIR"]])
+        assert s.get("pid") == "host", f"{name} opens LMDB and needs pid: host"
+    assert len(sources) == 1 and not sources & primary_src, (sources, primary_src)
+    assert sources <= set(compose.get("volumes") or {})
+    # its own consumer group: it must read every event, not share them with the primary's workers
+    assert _env(svcs["replica"])["MCRECALL_KAFKA_GROUP_ID"] != _env(svcs["ingest"])["MCRECALL_KAFKA_GROUP_ID"]
+    assert (svcs["replica"].get("healthcheck") or {}).get("test")
+    # the primary publishes to the model log the replicas read
+    assert _env(svcs["trainer"])["MCRECALL_REPLICATION_PUBLISH"] == "true"
+    assert _env(svcs["refresher"])["MCRECALL_REPLICATION_PUBLISH"] == "true"

@@ -16,6 +16,9 @@ users.lmdb):
 3. finalize (index built and loaded)          -> finalized, non-current: removed next run
 4. check: N has every user and item vector, metadata (with the store's spec) into users.lmdb
                                               -> complete but not current: removed next run
+4b. ``[replication] publish``: N to the model log, acknowledged (train/model_log.py)
+                                              -> on the log, not current: removed next run here;
+                                                 replicas may serve it until the next version
 5. ``current`` := N in users.lmdb             -> THE atomic step: N serves from here on
 6. vector store ``make_current(N)`` (Milvus alias) -> reconciled by the next run if missed
 7. drop every version except N and C (C is kept for recalls in flight), and leftovers
@@ -36,10 +39,11 @@ from mcrecall.core.crashpoints import TRAIN as CRASH_HOOK
 from mcrecall.core.crashpoints import crash_point
 
 from .lock import publisher_lock
+from .model_log import ModelLogError
 from .versions import ModelRegistry
 
-CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "current", "alias",
-                "dropped")
+CRASH_POINTS = ("start", "users", "created", "items", "finalize", "metadata", "logged", "current",
+                "alias", "dropped")
 CRASH_ENV = CRASH_HOOK.env  # MCR_TRAIN_CRASH_AT (core/crashpoints.py)
 CRASH_EXIT_CODE = CRASH_HOOK.exit_code  # -9: SIGKILL, as subprocess reports it
 # M of the dot -> L2/COSINE reduction is the largest item norm times this: item refresh
@@ -161,13 +165,17 @@ def drop_old(registry: ModelRegistry, vs, keep: set[int], log=print) -> list[int
 def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
             user_vectors: np.ndarray, item_ids: list[str], item_vectors: np.ndarray, meta: dict,
             metric: str, index_type: str, log: Callable[[str], None] = print,
-            tokens: dict | None = None) -> int:
+            tokens: dict | None = None, model_log=None) -> int:
     """Write version ``version`` completely, make it current atomically, drop old versions.
 
     ``version`` comes from :func:`next_version`. Returns the version number. The item vectors
     are model-space; the plugin applies the metric reduction (``max_norm`` = the largest item
     norm × NORM_HEADROOM, needed for dot through L2/COSINE). ``tokens``: ``{kind: (vocab,
     embeddings)}`` of the hybrid model (train/attributes.py), stored with the version.
+
+    ``model_log`` (:class:`mcrecall.train.model_log.ModelLog`, ``[replication] publish``): the
+    complete version is also written to the model log and acknowledged (acks=all) BEFORE the
+    pointer flips; if that fails the version is removed and the previous one keeps serving.
 
     Raises
     ------
@@ -191,8 +199,17 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
                 registry.write_tokens(version, kind, vocab, emb)
             _write_version(registry, vs, version, user_ids, user_vectors, item_ids,
                            item_vectors, meta, metric, index_type)
-        except BaseException:
+            if model_log is not None:  # replicas can rebuild N from the log before N serves
+                sent = model_log.publish_version(version, registry.metadata(version), user_ids,
+                                                 user_vectors, item_ids, item_vectors)
+                log(f"  model log: version {version} -> {sent['topic']} ({sent['records']} "
+                    f"records, {sent['bytes'] / 1e6:.1f} MB, acknowledged)")
+            crash_point("logged")
+        except BaseException as e:
             _abandon(registry, vs, version, log)
+            if isinstance(e, ModelLogError):
+                keeps = f"version {previous} keeps serving" if previous else "no version serves yet"
+                raise ModelLogError(f"{e}; version {version} was not published, {keeps}") from None
             raise
         registry.set_current(version)  # the one atomic step
         crash_point("current")
@@ -205,6 +222,8 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
         dropped = drop_old(registry, vs, keep, log)
         if dropped:
             log(f"  dropped old version(s) {dropped}")
+        if model_log is not None:
+            model_log.drop_versions(keep)
         crash_point("dropped")
     return version
 

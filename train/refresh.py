@@ -37,6 +37,7 @@ from mcrecall.core.crashpoints import crash_point as _crash_point
 from mcrecall.train.foldin import fold_in_item
 from mcrecall.train.lock import PublisherBusyError, publisher_lock
 from mcrecall.train.objectives import OBJECTIVES
+from mcrecall.train.model_log import ModelLogError, model_log_from_config
 from mcrecall.train.versions import ModelRegistry
 
 CRASH_ENV = CRASH_HOOK.env  # MCR_REFRESH_CRASH_AT (core/crashpoints.py)
@@ -89,6 +90,7 @@ class Refresher:
         self._vs = vector_store
         self._ts = triple_store
         self._gram: tuple[int, np.ndarray] | None = None  # (version, Σ a aᵀ over its users)
+        self.model_log = model_log_from_config(cfg)  # [replication] publish: cycles go to the log
 
     @property
     def vs(self):
@@ -108,6 +110,8 @@ class Refresher:
         return self._ts
 
     def close(self) -> None:
+        if self.model_log is not None:
+            self.model_log.close()
         if self._vs is not None and self._own["vs"]:
             self._vs.close()
             self._vs = None
@@ -159,18 +163,23 @@ class Refresher:
             if spec.reduction.augmented:
                 vectors, clipped = clip_norms(vectors, spec.max_norm)
         crash_point("solved")
-        if ids:
-            self.vs.replace_items(version, ids, vectors)
-        crash_point("items")
         res = RefreshResult("refreshed", version, changed=len(items), updated=len(ids),
                             skipped=len(items) - len(ids), clipped=clipped, store_seq=seq_now)
-        reg.write_refresh(version, {
+        record = {
             "seq": seq_now,
             "generation": int(info.get("generation", 0)) + 1,
             "at_unix": time.time(),
             "items_total": int(info.get("items_total", 0)) + len(ids),
             "last": {k: v for k, v in asdict(res).items() if k not in ("status", "seconds")},
-        })
+        }
+        if self.model_log is not None:
+            # on the log (acknowledged) before it is applied here: a failure leaves N as it was
+            # and the next cycle redoes the same items; a replica then gets the same cycle
+            self.model_log.publish_refresh(version, record, ids, vectors)
+        if ids:
+            self.vs.replace_items(version, ids, vectors)
+        crash_point("items")
+        reg.write_refresh(version, record)
         crash_point("recorded")
         return res
 
@@ -290,7 +299,11 @@ def run_refresh(args, cfg) -> int:
 
     every = getattr(args, "every", None)
     if not every:
-        res = refresh_once(cfg, wait=True, timeout_s=60.0)
+        try:
+            res = refresh_once(cfg, wait=True, timeout_s=60.0)
+        except ModelLogError as e:  # [replication] publish and Kafka unreachable: N unchanged
+            print(f"mcrecall refresh: {e}; the version is unchanged", file=sys.stderr, flush=True)
+            return 1
         print(describe(res), flush=True)
         return 0 if res.status in ("refreshed", "unchanged", "unsupported") else 1
     print(f"refresh: every {every:g} s (Ctrl-C stops)", flush=True)
@@ -305,6 +318,8 @@ def run_refresh(args, cfg) -> int:
                 if res.status == "refreshed" or line != last:  # quiet while nothing changes
                     print(line, flush=True)
                 last = line
+            except ModelLogError as e:  # the log is down: the version is unchanged, retried
+                print(f"refresh: {e}; will retry", file=sys.stderr, flush=True)
             except Exception as e:  # the version keeps serving; the next cycle redoes the work
                 if _environmental(e):  # a locked Milvus file, a full or read-only disk: one line
                     line = f"refresh: cycle failed: {' '.join(str(e).split())}; will retry"

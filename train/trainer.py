@@ -26,6 +26,7 @@ from . import gate  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
 from .fit import _log_default, fit_model, resolve_device  # noqa: E402,F401  (re-exported)
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
+from .model_log import model_log_from_config  # noqa: E402
 from .objectives import OBJECTIVES, objective_spec, rows_with_data  # noqa: E402
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
 from .report import format_table  # noqa: E402
@@ -308,6 +309,11 @@ def evaluate_step(run: _Run, model) -> dict:
     return ev
 
 
+def store_offsets_json(offsets) -> dict:
+    """``{(topic, partition): offset}`` as JSON: ``{"<topic>[<partition>]": offset}``."""
+    return {f"{t}[{p}]": int(o) for (t, p), o in sorted(offsets.items())}
+
+
 def version_metadata(run: _Run, version: int, served, served_info: dict, user_has, item_has,
                      item_pub, ev: dict, warm_info: dict, history, train_s: float) -> dict:
     """The metadata a version is published with (DESIGN: versions)."""
@@ -334,6 +340,8 @@ def version_metadata(run: _Run, version: int, served, served_info: dict, user_ha
         "n_users": int(user_has.sum()),
         "n_items": int(item_has.sum()),
         "store_seq": int(snap.seq),
+        # the event offsets the store_seq covers: a replica maps them to its own store's seq
+        "store_offsets": store_offsets_json(getattr(snap, "offsets", {})),
         **served.hyperparameters(),
         "score_scale": float(served.scale),
         "epochs": tc.epochs,
@@ -382,6 +390,7 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         return TrainResult("empty")
     registry = ModelRegistry(cfg.data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
     vs = None
+    model_log = model_log_from_config(cfg)
     try:
         cur = registry.current_version()
         cur_meta = registry.metadata(cur) if cur is not None else None
@@ -422,12 +431,15 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         publish(registry, vs, version=version, user_ids=[snap.user_ids[j] for j in uid],
                 user_vectors=user_pub[uid], item_ids=[snap.item_ids[j] for j in iid],
                 item_vectors=item_pub[iid], meta=meta, metric=cfg.index.metric,
-                index_type=cfg.index.index_type, log=log, tokens=served.token_tables())
+                index_type=cfg.index.index_type, log=log, tokens=served.token_tables(),
+                model_log=model_log)
         registry.write_holdout(version, gate.holdout_keys(run))  # the next run's gate pairs
         pub_s = time.perf_counter() - t_pub
     finally:
         if vs is not None:
             vs.close()
+        if model_log is not None:
+            model_log.close()
         registry.close()
     log(summary(meta, train_s, pub_s, time.perf_counter() - t_start))
     return TrainResult("published", version)
