@@ -94,8 +94,12 @@ class Replica:
     events : also run the ingest worker (default); False follows the model log only.
     """
 
-    def __init__(self, cfg, *, events: bool = True, poll_s: float = 0.2):
+    def __init__(self, cfg, *, events: bool = True, poll_s: float = 0.2, metrics=None):
         self.cfg = cfg
+        # ingest.metrics.WorkerMetrics of `--metrics-port` (None: no metrics): the event worker's
+        # counters, plus this replica's version and lag gauges in the same registry
+        self.metrics = metrics
+        self._gauges = _replica_gauges(metrics.registry) if metrics is not None else None
         self.control_topic = cfg.model_log_topic
         self.poll_s = poll_s
         self.registry = ModelRegistry(cfg.data_dir, map_size=int(cfg.store.map_size_gb * (1 << 30)))
@@ -138,7 +142,7 @@ class Replica:
     def _start_worker(self) -> None:
         from mcrecall.ingest.worker import IngestWorker
 
-        self._worker = IngestWorker(self.cfg)
+        self._worker = IngestWorker(self.cfg, metrics=self.metrics)
 
         def run():
             try:
@@ -679,6 +683,28 @@ class Replica:
                "log_topic": self.control_topic, "pid": os.getpid(), "started_at": self._started}
         with self.env.begin(write=True) as txn:
             txn.put(STATUS, json.dumps(rec, sort_keys=True).encode())
+        if self._gauges is not None:
+            g = self._gauges
+            if cur is not None:
+                g["current"].set(cur)
+            if newest is not None:
+                g["newest"].set(newest)
+                g["lag_versions"].set(max(0, newest - (cur or 0)) if not self._is_bad(newest) else 0)
+            g["lag_events"].set(float("nan") if self._lag_events is None else self._lag_events)
+            g["lag_s"].set(0.0 if up and self._reachable else max(0.0, now - self._caught_up_at))
+
+
+def _replica_gauges(registry) -> dict:
+    """The replica's gauges (DESIGN §10 names, as ``mcrecall serve`` exposes them), in ``registry``."""
+    from prometheus_client import Gauge
+
+    return {
+        "current": Gauge("mcrecall_model_version", "current model version on this replica", registry=registry),
+        "newest": Gauge("mcrecall_replica_newest_version", "newest version on the model log", registry=registry),
+        "lag_versions": Gauge("mcrecall_replica_lag_versions", "versions behind the log", registry=registry),
+        "lag_events": Gauge("mcrecall_replica_lag_events", "events behind the event topic", registry=registry),
+        "lag_s": Gauge("mcrecall_replica_lag_seconds", "seconds since last caught up", registry=registry),
+    }
 
 
 def _bad_versions(env) -> dict[int, dict]:
@@ -749,21 +775,32 @@ def replica_status(cfg) -> dict | None:
 
 # ---------------------------------------------------------------------- command line
 def add_replica_arguments(parser) -> None:
+    from mcrecall.ingest.cli import add_metrics_arguments
+
     parser.add_argument("--no-events", action="store_true",
                         help="follow the model log only (no triple store: no fold-in, no exclude_seen)")
+    add_metrics_arguments(parser)  # --metrics-port P: the worker's counters and the replica's lag
 
 
 def run_replica(args, cfg) -> int:
     """``mcrecall replica``: follow the event topic and the model log until SIGTERM / Ctrl-C."""
     from mcrecall.core.datadir import check_data_dir
 
+    from mcrecall.ingest.cli import start_metrics_from_args
+
     check_data_dir(cfg.data_dir, write=True, must_exist=False)
-    rep = Replica(cfg, events=not getattr(args, "no_events", False))
+    server = start_metrics_from_args(args)
+    rep = Replica(cfg, events=not getattr(args, "no_events", False),
+                  metrics=server.metrics if server is not None else None)
     rep.install_signal_handlers()
     print(f"replica: {cfg.data_dir} <- events {cfg.kafka.topic} (group {cfg.kafka.group_id}) and model log "
           f"{cfg.model_log_topic} at {cfg.kafka.bootstrap_servers}; current version "
           f"{rep.registry.current_version()} (Ctrl-C stops)", flush=True)
-    return rep.run()
+    try:
+        return rep.run()
+    finally:
+        if server is not None:
+            server.close()
 
 
 __all__ = ["Replica", "ReplicaError", "replica_status", "add_replica_arguments", "run_replica"]

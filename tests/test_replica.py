@@ -61,14 +61,14 @@ class Host:
         self.log_path = tmp / f"{name}.log"
 
     # -- the replica process
-    def start_replica(self, env: dict | None = None) -> subprocess.Popen:
+    def start_replica(self, env: dict | None = None, args: tuple = ()) -> subprocess.Popen:
         e = dict(os.environ)
         e.pop("MCRECALL_CONFIG", None)
         e["PYTHONPATH"] = str(ROOT)
         e.update(env or {})
         out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mcrecall", "--config", str(self.toml), "replica"],
-                                     env=e, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "mcrecall", "--config", str(self.toml), "replica",
+                                      *args], env=e, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         return self.proc
 
     def stop(self, sig=signal.SIGTERM) -> int | None:
@@ -347,6 +347,34 @@ def test_two_replicas_and_a_replica_from_a_snapshot(world):
     assert triples_of(r3) == triples_of(primary)
     r1.wait_current(v1, events=store_events(primary))
     assert assert_same(r1, r3, USERS) == v1
+
+
+def test_replica_metrics_port_serves_worker_counters_and_its_version(world):
+    """`mcrecall replica --metrics-port P`: the event worker's counters and the replica's gauges."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mcrecall.ingest.broker import free_port
+
+    primary = world["make"]("mprimary", publish=True)
+    rep = world["make"]("mrep")
+    produce_lines(events(N_USERS, N_ITEMS, 300, seed=6), primary.cfg)
+    ingest(primary)
+    v1 = train(primary)
+    port = free_port()
+    rep.start_replica(args=("--metrics-port", str(port)))
+    rep.wait_current(v1, events=store_events(primary))
+    deadline = time.monotonic() + 20
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        values = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+        if values.get("mcrecall_model_version") == v1 and values.get("mcrecall_replica_lag_versions") == 0:
+            break
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.5)
+    assert values["mcrecall_ingest_events_total"] == store_events(primary)
+    assert values["mcrecall_replica_newest_version"] == v1
 
 
 def test_kafka_down_replica_keeps_serving(tmp_path):
