@@ -97,6 +97,9 @@ class TrainConfig:
     # several times faster a sweep) | cholesky (exact; cosine rows are always exact)
     solver: str = "cg"
     cg_steps: int = 3  # solver = cg: CG steps per row and half-sweep
+    # `train --nproc N` / torchrun: a collective, the join of every rank or a peer's reply waits
+    # at most this long; past it the training ends, nothing is published (train/distributed.py)
+    dist_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "refit_sweeps"): Range(0, 1_000_000),
     ("train", "compare_squared_sweeps"): Range(0, 1_000_000),
     ("train", "cg_steps"): Range(1, 1000),
+    ("train", "dist_timeout_s"): Range(0.0, 7 * 86400.0, lo_open=True),
     ("train", "reg"): Range(0.0, 1e9),
     ("train", "seed"): Range(0, 2**32 - 1),  # numpy's seed range
     ("train", "holdout_fraction"): Range(0.0, 1.0, lo_open=True, hi_open=True),

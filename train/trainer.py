@@ -20,9 +20,10 @@ from datetime import datetime, timezone  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .distributed import model_for_fit, world_size  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
-from .objectives import OBJECTIVES, model_from_config, objective_spec, rows_with_data  # noqa: E402
+from .objectives import OBJECTIVES, objective_spec, rows_with_data  # noqa: E402
 from .publish import cleanup_stale, next_version, publish  # noqa: E402
 from .report import format_table  # noqa: E402
 from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
@@ -51,8 +52,9 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
     model's; the ALS objectives recompute theirs).
     """
     u, i, y = snap.user_idx, snap.item_idx, snap.score
-    model = model_from_config(tc, (u[train_mask], i[train_mask], y[train_mask]),
-                              len(snap.user_ids), len(snap.item_ids), device=device)
+    # one process, or every rank of `train --nproc N` / torchrun (train/distributed.py)
+    model = model_for_fit(tc, (u[train_mask], i[train_mask], y[train_mask]),
+                          len(snap.user_ids), len(snap.item_ids), device=device)
     model.warm_start(tc.seed, *(warm[:2] if warm else (None, None)), scale=scale)
     on_sweep = None
     if test_mask is not None and test_mask.any():
@@ -331,7 +333,9 @@ def version_metadata(run: _Run, version: int, served, served_info: dict, user_ha
         "evaluation": ev,
         "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
         "warm_start": warm_info,
-        "training": {"seconds": train_s, "history": history},
+        "training": {"seconds": train_s, "history": history,
+                     "seconds_per_sweep": _median([h["seconds"] for h in history])},
+        "world_size": world_size(),  # ranks of the fits (train/distributed.py)
         "served_model": served_info,
         "train_config": asdict(tc),
         "foldin": served.foldin_section(item_pub, item_has, tc.seed),
@@ -412,6 +416,10 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         registry.close()
     log(summary(meta, train_s, pub_s, time.perf_counter() - t_start))
     return TrainResult("published", version)
+
+
+def _median(xs):
+    return float(np.median(xs)) if len(xs) else None
 
 
 def summary(meta: dict, train_s: float, pub_s: float, total_s: float) -> str:
