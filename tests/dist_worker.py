@@ -1,6 +1,6 @@
 """One torchrun launch of 3 ranks that checks every distributed fit against one process.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 3 tests/dist_worker.py OUT.json
+    python -m torch.distributed.run --standalone --nproc-per-node 3 tests/dist_worker.py OUT.json [--device cuda]
 
 Run by tests/test_train_distributed.py (one launch: the start-up costs most of the time). The
 group of 3 ranks and its subgroup of ranks {0, 1} each fit every ALS configuration (implicit and
@@ -22,8 +22,7 @@ import numpy as np  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from mcrecall.core.config import load_config  # noqa: E402
-from mcrecall.train.distributed import (DistContext, follow, init_from_env, model_for_fit,  # noqa: E402
-                                        stop_followers, using)
+from mcrecall.train.distributed import DistContext, follow, init_from_env, model_for_fit, stop_followers, using  # noqa: E402
 from mcrecall.train.evaluate import evaluate  # noqa: E402
 from mcrecall.train.split import holdout_from_hashes, id_hashes  # noqa: E402
 from mcrecall.train.synthetic import make_synthetic  # noqa: E402
@@ -32,10 +31,11 @@ ALS_CONFIGS = [(obj, sim, solver) for obj in ("implicit", "squared")
                for sim, solver in (("dot", "cg"), ("dot", "cholesky"), ("cosine", "cholesky"))]
 BCE_CONFIGS = ["dot", "cosine"]
 SWEEPS, BCE_EPOCHS = 4, 6
+DEVICE = ["cpu"]  # the one-process reference's device: the ranks'
 
 
 def fit(tc, triples, nu, ni, warm=None):
-    m = model_for_fit(tc, triples, nu, ni)
+    m = model_for_fit(tc, triples, nu, ni, device=DEVICE[0])
     m.warm_start(tc.seed, *(warm or (None, None)))
     m.fit(tc.epochs if tc.objective != "bce" else BCE_EPOCHS, log=lambda s: None)
     return m
@@ -84,8 +84,11 @@ def leader(groups, out_path):
 
 
 def main():
-    cfg = load_config(environ={}).with_overrides(train={"threads": 1, "dist_timeout_s": 120})
+    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+    cfg = load_config(environ={}).with_overrides(train={"threads": 1, "dist_timeout_s": 120,
+                                                        "device": device})
     ctx3 = init_from_env(cfg)
+    DEVICE[0] = str(ctx3.device)
     sub = dist.new_group([0, 1])
     sub_ctl = dist.new_group([0, 1], timeout=timedelta(hours=1))
     groups = [ctx3]

@@ -241,7 +241,7 @@ def gather_rows(ctx: DistContext, block: torch.Tensor, sizes) -> torch.Tensor:
     pad = _comm(ctx, pad.contiguous())
     out = [torch.empty_like(pad) for _ in range(ctx.world)]
     _call(dist.all_gather, out, pad, group=ctx.group)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(block.device)
+    return torch.cat([o[:s] for o, s in zip(out, sizes, strict=True)]).to(block.device)
 
 
 def _send_arrays(ctx: DistContext, dst: int, arrays) -> int:
@@ -261,7 +261,7 @@ def _recv_arrays(ctx: DistContext, dtypes) -> list[np.ndarray]:
     lens = _comm(ctx, torch.zeros(len(dtypes), dtype=torch.int64))
     _call(dist.recv, lens, src=ctx.ranks[0], group=ctx.group)
     out = []
-    for n, dt in zip(lens.cpu().tolist(), dtypes):
+    for n, dt in zip(lens.cpu().tolist(), dtypes, strict=True):
         t = _comm(ctx, torch.empty(int(n), dtype=dt))
         if n:
             _call(dist.recv, t, src=ctx.ranks[0], group=ctx.group)
@@ -693,6 +693,8 @@ def main(argv=None) -> int:
                     pass
                 out = {}
         dist.destroy_process_group()
+    except KeyboardInterrupt:  # the launcher passed on Ctrl-C / SIGTERM
+        return 130
     except (Exception, MemoryError) as e:
         line = describe_failure(e, cfg.train.dist_timeout_s)
         _write_error_file(line)
@@ -712,10 +714,14 @@ def main(argv=None) -> int:
 
 # -- `mcrecall train --nproc N` -----------------------------------------------------------------
 def failure_line(failures: dict) -> str:
-    """One line from the elastic agent's failures: the rank killed by a signal if any (the
-    others failed because it did), else the first to fail, and the cause."""
-    fs = sorted(failures.values(), key=lambda f: (f.exitcode >= 0, f.timestamp, f.rank))
-    f = fs[0]
+    """One line from the elastic agent's failures (global rank -> ProcessFailure): the rank
+    killed by a signal if any (the others failed because it did; SIGTERM is the agent stopping
+    the survivors), else the first that failed with an error, and the cause."""
+    def order(rf):  # a signal (not the agent's SIGTERM to the survivors), then an error, then SIGTERM
+        code = rf[1].exitcode
+        return (1 if code >= 0 else 2 if code == -signal.SIGTERM else 0), rf[1].timestamp, rf[0]
+
+    rank, f = min(failures.items(), key=order)
     if f.exitcode < 0:
         name = f.signal_name()
         cause = f"killed by {name}"
@@ -724,7 +730,7 @@ def failure_line(failures: dict) -> str:
     else:
         msg = f.message if isinstance(f.message, str) else ""
         cause = msg if msg and not msg.startswith("To enable traceback") else f"exited with status {f.exitcode}"
-    return f"rank {f.rank}: {cause}"
+    return f"rank {rank}: {cause}"
 
 
 def launch_once(nproc: int, worker_args: list[str], timeout_s: float) -> tuple[dict | None, str | None]:
@@ -733,12 +739,16 @@ def launch_once(nproc: int, worker_args: list[str], timeout_s: float) -> tuple[d
     import tempfile
     import uuid
 
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if not logging.getLogger("mcrecall").isEnabledFor(logging.DEBUG):
-        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # we say what failed
+    if not logging.getLogger("mcrecall").isEnabledFor(logging.DEBUG):  # we say what failed
+        for name in list(logging.root.manager.loggerDict):  # elastic sets each logger's level
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ[LAUNCHED_ENV] = "1"
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's socket warnings: we say what failed
     with tempfile.TemporaryDirectory(prefix="mcrecall-dist-") as tmp:
         result = os.path.join(tmp, "result.json")
         lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
@@ -752,6 +762,8 @@ def launch_once(nproc: int, worker_args: list[str], timeout_s: float) -> tuple[d
                                                "--result-file", result)
         except ChildFailedError as e:
             return None, failure_line(e.failures)
+        except SignalException as e:  # Ctrl-C / SIGTERM: the agent has stopped the ranks
+            raise KeyboardInterrupt(str(e)) from None
         try:
             with open(result) as f:
                 return json.load(f), None
@@ -791,4 +803,8 @@ def launch_local(cfg, nproc: int, *, config: str | None, verbose: int = 0, force
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module's main, not this __main__ copy: the trainer's hook reads the
+    # process group from mcrecall.train.distributed
+    from mcrecall.train.distributed import main as _main
+
+    raise SystemExit(_main())
