@@ -176,12 +176,13 @@ def test_a_rank_dying_mid_sweep_publishes_nothing(tmp_path, data, point, rank, c
 
 
 @pytest.mark.slow
-def test_a_peer_that_never_joins_ends_within_dist_timeout_s(tmp_path, data):
+@pytest.mark.parametrize("point", ["join", "sweep2"])
+def test_a_peer_that_never_joins_or_hangs_ends_within_dist_timeout_s(tmp_path, data, point):
     cfg = _setup(tmp_path, data, timeout_s=6)
     v1 = _one_process_version(tmp_path, cfg)
     t0 = time.monotonic()
     rc, out = _run("--config", str(cfg), "train", "--nproc", "2", "--force",
-                   env_extra={KILL_ENV: "1:join:hang"})
+                   env_extra={KILL_ENV: f"1:{point}:hang"})
     took = time.monotonic() - t0
     assert rc == 1, out
     lines = [ln for ln in out.splitlines() if "failed" in ln]

@@ -417,26 +417,29 @@ class DistALS(ALS):
         # what this rank's blocks cost its peers a sweep (each of W-1 peers receives them)
         sent = ((self.uhi - self.ulo) + (self.ihi - self.ilo)) * self.k * 4 * (ctx.world - 1)
         for ep in range(1, epochs + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             self._local_half("item")
-            busy = time.perf_counter() - t0
+            busy, cpu = time.perf_counter() - t0, time.process_time() - c0
             fault_point(ctx.global_rank, f"sweep{ep}")
             self.V = gather_rows(ctx, self.V[self.ilo:self.ihi], isz)
             if self.similarity == "cosine":  # before the users: they are solved for the final s
                 self._refit_scale()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             self._local_half("user", track=True)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            busy += time.perf_counter() - t1
+            busy, cpu = busy + time.perf_counter() - t1, cpu + time.process_time() - c1
             self.U = gather_rows(ctx, self.U[self.ulo:self.uhi], usz)
             data, = all_sum(ctx, [self.uside._data])
             self._data = data
-            shares = [s[0] for s in all_gather_floats(ctx, [busy])]
+            got = all_gather_floats(ctx, [busy, cpu])
+            shares = [g[0] for g in got]
             dt = time.perf_counter() - t0
             if ctx.leader:
+                # rank_seconds: each rank's solving (wall); rank_cpu_seconds: its CPU time in it
                 end_epoch(history, {"epoch": ep, "seconds": dt, **self.loss(), "world_size": ctx.world,
-                                    "rank_seconds": shares, "bytes_sent_per_rank": int(sent)},
+                                    "rank_seconds": shares, "rank_cpu_seconds": [g[1] for g in got],
+                                    "bytes_sent_per_rank": int(sent)},
                           self, epochs, on_sweep, log, "sweep", self.n, "triples")
                 if ctx.verbose:
                     log(rank_share_line(shares, dt))
