@@ -214,7 +214,7 @@ def test_every_tries_again_after_a_failed_distributed_run(tmp_path, data):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-    assert len(seen) == 2 and all("rank 1: killed by SIGKILL" in s and "trying again" in s for s in seen)
+    assert len(seen) == 2 and all("rank 1: killed by SIGKILL" in s and "trying again" in s for s in seen), seen
     assert _current(tmp_path)[0] == v1
 
 
