@@ -100,6 +100,25 @@ def main():
     else:  # serve the fits in the leader's order: the group of 3's, then the subgroup's
         while any([follow(c) for c in groups]):
             pass
+    # the leader need not be torchrun's rank 0 (it is the rank on the store's host): global
+    # rank 1 leads the group of 3 in the order 1, 2, 0
+    g = ctx3.global_rank
+    rot = replace(ctx3, rank=(g - 1) % 3, ranks=[1, 2, 0])
+    if rot.leader:
+        base = load_config(environ={}).train
+        tc = replace(base, objective="implicit", similarity="dot", epochs=SWEEPS, dim=8)
+        d = make_synthetic(n_users=500, n_items=300, n_triples=15_000, seed=5)
+        tri, nu, ni = (d.user_idx, d.item_idx, d.score), len(d.user_ids), len(d.item_ids)
+        with using(None):
+            ref = np.vstack(fit(tc, tri, nu, ni).published())
+        with using(rot):
+            got = np.vstack(fit(tc, tri, nu, ni).published())
+        stop_followers(rot)
+        with open(sys.argv[1] + ".rotated", "w") as f:
+            json.dump({"max_abs_diff": float(np.abs(got - ref).max()), "largest": float(np.abs(ref).max())}, f)
+    else:
+        while follow(rot):
+            pass
     dist.destroy_process_group()
 
 

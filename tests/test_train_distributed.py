@@ -89,6 +89,8 @@ def test_n_ranks_give_the_factors_of_one_rank(tmp_path):
     for r in res["als"]:
         assert r["max_abs_diff"] <= 1e-4 * r["largest"], r
     assert [r["similarity"] for r in res["bce"]] == ["dot", "cosine"]
+    rot = json.loads((tmp_path / "out.json.rotated").read_text())  # led by global rank 1
+    assert rot["max_abs_diff"] <= 1e-4 * rot["largest"], rot
     for r in res["bce"]:
         assert r["recall_1"] > 0.1, r  # it learnt something: the comparison means something
         assert abs(r["recall_2"] - r["recall_1"]) <= 0.005 and abs(r["recall_3"] - r["recall_1"]) <= 0.005, r

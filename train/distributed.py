@@ -8,13 +8,14 @@ Two ways to start the same code (docs/operations.md, "Training on several proces
   mcrecall.train.distributed`` and reports the run's outcome, or one line naming the rank that
   failed and why.
 - across hosts: ``torchrun --nnodes H --nproc-per-node P --rdzv-backend c10d
-  --rdzv-endpoint HOST:PORT -m mcrecall.train.distributed --config F`` on every host; global
-  rank 0 must run on the host that holds the triple store (``--node-rank 0`` there, or a
-  static rendezvous), and every host needs the same configuration, not the data.
+  --rdzv-endpoint HOST:PORT -m mcrecall.train.distributed --config F`` on every host, the same
+  configuration on each; the data stay on the host that holds the triple store, whose first
+  rank becomes the leader (rank 0 of the training, whatever number torchrun gave it).
 
 Roles
 -----
-Rank 0 (the *leader*) runs the whole of :func:`mcrecall.train.trainer.train_run` as one process
+Rank 0 (the *leader*: the first rank on the host with ``<data_dir>/triples.lmdb``) runs the
+whole of :func:`mcrecall.train.trainer.train_run` as one process
 would: publisher lock, snapshot, split, evaluation, gate, publication. Only its fits are shared:
 :func:`model_for_fit` (the one hook in ``trainer.fit_model``) returns a model whose ``fit``
 runs on every rank. The other ranks (*followers*) wait in :func:`follow` for the leader's next
@@ -115,6 +116,13 @@ class DistContext:
     @property
     def global_rank(self) -> int:
         return self.ranks[self.rank]
+
+    def by_rank(self, out: list) -> list:
+        """A collective's per-member results (in the group's own rank order) in this context's
+        rank order (the leader first: it need not be torchrun's rank 0)."""
+        if self.group is None:
+            return [out[g] for g in self.ranks]
+        return [out[dist.get_group_rank(self.group, g)] for g in self.ranks]
 
 
 _CTX: DistContext | None = None
@@ -230,7 +238,7 @@ def all_gather_floats(ctx: DistContext, values) -> list[list[float]]:
     t = _comm(ctx, torch.tensor([float(v) for v in values], dtype=torch.float64))
     out = [torch.empty_like(t) for _ in range(ctx.world)]
     _call(dist.all_gather, out, t, group=ctx.group)
-    return [o.cpu().tolist() for o in out]
+    return [o.cpu().tolist() for o in ctx.by_rank(out)]
 
 
 def gather_rows(ctx: DistContext, block: torch.Tensor, sizes) -> torch.Tensor:
@@ -241,7 +249,7 @@ def gather_rows(ctx: DistContext, block: torch.Tensor, sizes) -> torch.Tensor:
     pad = _comm(ctx, pad.contiguous())
     out = [torch.empty_like(pad) for _ in range(ctx.world)]
     _call(dist.all_gather, out, pad, group=ctx.group)
-    return torch.cat([o[:s] for o, s in zip(out, sizes, strict=True)]).to(block.device)
+    return torch.cat([o[:s] for o, s in zip(ctx.by_rank(out), sizes, strict=True)]).to(block.device)
 
 
 def _send_arrays(ctx: DistContext, dst: int, arrays) -> int:
@@ -608,10 +616,18 @@ def init_from_env(cfg, verbose: bool = False) -> DistContext:
     try:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
         ctl = dist.new_group(backend=backend, timeout=CTL_TIMEOUT)
+        # the leader: the first rank whose host holds the triple store (torchrun's c10d
+        # rendezvous numbers hosts by name, not by where the data are); 0 if none has it
+        here = torch.tensor([float((cfg.data_dir / "triples.lmdb").exists())])
+        here = here.to(device) if device.type == "cuda" else here
+        flags = [torch.zeros_like(here) for _ in range(world)]
+        dist.all_gather(flags, here)
     except (RuntimeError, dist.DistError) as e:
         raise DistError(f"the process group of {world} ranks did not form within dist_timeout_s = "
                         f"{tc.dist_timeout_s:g} s: " + " ".join(str(e).split())[:300]) from e
-    return DistContext(rank=rank, world=world, ranks=list(range(world)), device=device,
+    lead = next((g for g in range(world) if float(flags[g]) > 0), 0)
+    return DistContext(rank=(rank - lead) % world, world=world,
+                       ranks=[(lead + v) % world for v in range(world)], device=device,
                        group=None, ctl=ctl, timeout_s=tc.dist_timeout_s, verbose=verbose)
 
 
