@@ -758,11 +758,14 @@ def launch_once(nproc: int, worker_args: list[str], timeout_s: float) -> tuple[d
     import tempfile
     import uuid
 
+    quiet = not logging.getLogger("mcrecall").isEnabledFor(logging.DEBUG)
+    if quiet:  # torch.distributed.elastic sets each of its loggers' level from LOGLEVEL
+        os.environ.setdefault("LOGLEVEL", "CRITICAL")
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if not logging.getLogger("mcrecall").isEnabledFor(logging.DEBUG):  # we say what failed
+    if quiet:  # we say what failed; loggers made before LOGLEVEL was set
         for name in list(logging.root.manager.loggerDict):  # elastic sets each logger's level
             if name.startswith("torch.distributed"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
