@@ -102,6 +102,9 @@ class TrainConfig:
     # attribute tokens' embeddings, whenever the store holds attributes; false = ID only
     attributes: bool = True
     min_token_count: int = 2  # tokens held by fewer entities than this are dropped
+    # `train --nproc N` / torchrun: a collective, the join of every rank or a peer's reply waits
+    # at most this long; past it the training ends, nothing is published (train/distributed.py)
+    dist_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "compare_squared_sweeps"): Range(0, 1_000_000),
     ("train", "cg_steps"): Range(1, 1000),
     ("train", "min_token_count"): Range(1, _I32),
+    ("train", "dist_timeout_s"): Range(0.0, 7 * 86400.0, lo_open=True),
     ("train", "reg"): Range(0.0, 1e9),
     ("train", "seed"): Range(0, 2**32 - 1),  # numpy's seed range
     ("train", "holdout_fraction"): Range(0.0, 1.0, lo_open=True, hi_open=True),

@@ -57,6 +57,7 @@ def collect_status(cfg) -> dict:
         out["versions"] = reg.versions()
         out["model"] = {k: meta.get(k) for k in ("created_at", "dim", "similarity", "objective", "metric",
                                                  "backend", "collection", "n_triples", "store_seq")}
+        out["model"]["world_size"] = int(meta.get("world_size") or 1)  # ranks it was trained on
         out["evaluation"] = meta.get("evaluation")
         out["new_triples_since_version"] = out["store"]["seq"] > int(meta.get("store_seq") or 0)
         out["refresh"] = refresh_status(reg.refresh_info(current), meta, out["store"]["seq"])

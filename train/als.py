@@ -153,7 +153,10 @@ class ALS(FactorModel):
     def __init__(self, user_idx, item_idx, score, n_users, n_items, *, objective,
                  similarity=_TC.similarity, dim=_TC.dim, reg=_TC.reg, alpha=_TC.alpha,
                  solver=_TC.solver, cg_steps=_TC.cg_steps, device="cpu", budget=None,
-                 item_tokens: TokenMatrix | None = None, user_tokens: TokenMatrix | None = None):
+                 item_tokens: TokenMatrix | None = None, user_tokens: TokenMatrix | None = None,
+                 sides=("user", "item")):
+        # sides: the half-sweeps this object runs (a rank of train/distributed.py solves one
+        # side of its own shard per object, so it lays out only that side's entries)
         if solver not in ("cg", "cholesky"):
             raise ValueError(f"solver must be cg or cholesky, got {solver!r}")
         if int(cg_steps) < 1:
@@ -181,9 +184,11 @@ class ALS(FactorModel):
         self._csr: dict[str, CSRSide] = {}
         self._cg_fixed: dict[str, tuple] = {}  # side -> (y, w, λ_r) in the CSR entry order
         if self.use_cg:
-            self._csr["user"] = CSRSide.build(user_idx, item_idx, n_users, n_items, self.device)
-            self._csr["item"] = CSRSide.build(item_idx, user_idx, n_items, n_users, self.device)
-            for side in ("user", "item"):
+            if "user" in sides:
+                self._csr["user"] = CSRSide.build(user_idx, item_idx, n_users, n_items, self.device)
+            if "item" in sides:
+                self._csr["item"] = CSRSide.build(item_idx, user_idx, n_items, n_users, self.device)
+            for side in sides:
                 self._cg_values(side)
         self.scale = 1.0
         self._init_tokens(item_tokens, user_tokens, user_idx, item_idx, score)
@@ -322,7 +327,11 @@ class ALS(FactorModel):
             V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.U, self.V = U.to(self.device), V.to(self.device)
         if self.similarity == "cosine":
-            self.scale = 1.0 if self.objective == "implicit" else max(1.0, float(self.y.max()))
+            self.scale = self._initial_scale()
+
+    def _initial_scale(self) -> float:
+        """Cosine's starting score scale (squared: the largest training score)."""
+        return 1.0 if self.objective == "implicit" else max(1.0, float(self.y.max()))
 
     # -- one half-sweep -------------------------------------------------------------------------
     def _solve_side(self, chunks: list[Chunk], X: torch.Tensor, F: torch.Tensor,
@@ -423,15 +432,24 @@ class ALS(FactorModel):
 
     def _refit_scale(self):
         """Closed-form scale s for cosine: s = Σ t c / Σ w c² over the objective's cells."""
-        c = (self.U[self.u] * self.V[self.i]).sum(1)
+        self._set_scale(*self._scale_sums(self.u, self.i, self.y))
+
+    def _scale_sums(self, u, i, y) -> tuple[float, float]:
+        """(Σ t c, Σ w c² over the triples) of the scale's fit for triples (u, i, y), summed in
+        float64: a sum over row blocks (train/distributed.py) then gives the same s as one
+        process to the last float32 bit (a rounding flip in s flips near-degenerate rows)."""
+        c = (self.U[u] * self.V[i]).sum(1)
         if self.objective == "implicit":
-            a = self.alpha * self.y
-            num = ((1.0 + a) * c).sum()
-            den = torch.trace((self.U.T @ self.U) @ (self.V.T @ self.V)) + (a * c * c).sum()
-        else:
-            num, den = (self.y * c).sum(), (c * c).sum()
-        if float(den) > 0:
-            self.scale = max(1e-3, float(num / den))
+            a = self.alpha * y
+            return float(((1.0 + a) * c).double().sum()), float((a * c * c).double().sum())
+        return float((y * c).double().sum()), float((c * c).double().sum())
+
+    def _set_scale(self, num: float, part: float) -> None:
+        den = part
+        if self.objective == "implicit":  # the all-cells term
+            den += float(torch.trace((self.U.T @ self.U) @ (self.V.T @ self.V)).double())
+        if den > 0:
+            self.scale = max(1e-3, num / den)
 
     def loss(self, exact: bool = False) -> dict:
         """Data term of the objective per training triple (and training RMSE for squared).

@@ -1,4 +1,4 @@
-"""``mcrecall train [--force] [--every DURATION]`` (wired into mcrecall/cli.py by its owner).
+"""``mcrecall train [--force] [--every DURATION] [--nproc N]`` (wired into mcrecall/cli.py by its owner).
 
 Exit status: 0 published (or, with ``--every``, stopped by Ctrl-C); 1 nothing to train on;
 3 not published because the objective's held-out figure regressed (RMSE for ``squared``,
@@ -46,6 +46,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--no-wait", action="store_true",
                         help="exit (status 75) instead of waiting when another trainer is "
                              "publishing in the same data dir")
+    parser.add_argument("--nproc", metavar="N", type=_positive_int, default=1,
+                        help="train on N processes of this host joined by torch.distributed "
+                             "(gloo; NCCL with one CUDA device a rank); 1 = in this process. "
+                             "Across hosts: torchrun ... -m mcrecall.train.distributed "
+                             "(docs/operations.md)")
     return parser
 
 
@@ -57,6 +62,12 @@ def run_train(args, cfg) -> int:
     force = bool(getattr(args, "force", False))
     every = getattr(args, "every", None)
     wait = not getattr(args, "no_wait", False)
+    nproc = int(getattr(args, "nproc", 1) or 1)
+    if nproc > 1:  # the same run on N ranks (train/distributed.py); rank 0 publishes
+        from .distributed import launch_local
+
+        return launch_local(cfg, nproc, config=getattr(args, "config", None),
+                            verbose=getattr(args, "verbose", 0), force=force, every=every, wait=wait)
     from .lock import PublisherBusyError
 
     if not every:

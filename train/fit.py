@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .attributes import snapshot_tokens  # noqa: E402
-from .objectives import model_from_config  # noqa: E402
+from .distributed import model_for_fit  # noqa: E402
 
 
 def resolve_device(name: str) -> str:
@@ -47,12 +47,13 @@ def fit_model(snap, tc, *, device: str, train_mask: np.ndarray, warm=None,
     model's; the ALS objectives recompute theirs).
     """
     u, i, y = snap.user_idx, snap.item_idx, snap.score
-    # the hybrid model's tokens (train/attributes.py): None when [train] attributes is off or
-    # the snapshot holds none
-    model = model_from_config(tc, (u[train_mask], i[train_mask], y[train_mask]),
-                              len(snap.user_ids), len(snap.item_ids), device=device,
-                              item_tokens=snapshot_tokens(snap, tc, "item"),
-                              user_tokens=snapshot_tokens(snap, tc, "user"))
+    # one process, or every rank of `train --nproc N` / torchrun (train/distributed.py); the
+    # hybrid model's tokens (train/attributes.py): None when [train] attributes is off or the
+    # snapshot holds none
+    model = model_for_fit(tc, (u[train_mask], i[train_mask], y[train_mask]),
+                          len(snap.user_ids), len(snap.item_ids), device=device,
+                          item_tokens=snapshot_tokens(snap, tc, "item"),
+                          user_tokens=snapshot_tokens(snap, tc, "user"))
     model.warm_start(tc.seed, *(warm[:2] if warm else (None, None)), scale=scale)
     if warm and len(warm) > 2 and hasattr(model, "warm_tokens"):  # the hybrid model's tokens
         known = {side: ~np.isnan(w).any(1) for side, w in (("user", warm[0]), ("item", warm[1]))

@@ -218,12 +218,13 @@ class BCE(FactorModel):
             m = self._bufs[("mark", n)] = torch.zeros(n, dtype=torch.bool, device=self.device)
         return m
 
-    def _dot_grads(self, a, bp, bn):
-        """Data loss and the written-out gradients of the batch-mean loss (dot logits)."""
+    def _dot_grads(self, a, bp, bn, batch: int | None = None):
+        """Data loss and the written-out gradients of the batch-mean loss (dot logits);
+        ``batch``: the whole batch's size when these rows are one rank's slice of it."""
         zp = (a * bp).sum(1)  # (B,)
         zn = (bn * a.unsqueeze(1)).sum(2)  # (B, negatives)
         data = Fn.softplus(-zp).sum() + Fn.softplus(zn).sum()
-        inv = 1.0 / len(a)
+        inv = 1.0 / (batch or len(a))
         gp = (torch.sigmoid(zp) - 1.0).mul_(inv)
         gn = torch.sigmoid(zn).mul_(inv)
         r2 = 2.0 * self.reg * inv

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from .attributes import snapshot_tokens  # noqa: E402
 from .cold import cold_evaluation, cold_item_mask  # noqa: E402
 from . import gate  # noqa: E402
+from .distributed import world_size  # noqa: E402
 from .evaluate import evaluate, popularity  # noqa: E402
 from .fit import _log_default, fit_model, resolve_device  # noqa: E402,F401  (re-exported)
 from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
@@ -350,7 +351,9 @@ def version_metadata(run: _Run, version: int, served, served_info: dict, user_ha
         "evaluation": ev,
         "popular_items": [[snap.item_ids[j], float(pop[j])] for j in top],
         "warm_start": warm_info,
-        "training": {"seconds": train_s, "history": history},
+        "training": {"seconds": train_s, "history": history,
+                     "seconds_per_sweep": _median([h["seconds"] for h in history])},
+        "world_size": world_size(),  # ranks of the fits (train/distributed.py)
         "served_model": served_info,
         "train_config": asdict(tc),
         "foldin": served.foldin_section(item_pub, item_has, tc.seed),
@@ -443,6 +446,10 @@ def _train_run(cfg, force: bool = False, *, skip_unchanged: bool = False,
         registry.close()
     log(summary(meta, train_s, pub_s, time.perf_counter() - t_start))
     return TrainResult("published", version)
+
+
+def _median(xs):
+    return float(np.median(xs)) if len(xs) else None
 
 
 def summary(meta: dict, train_s: float, pub_s: float, total_s: float) -> str:
