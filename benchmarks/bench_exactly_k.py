@@ -18,19 +18,19 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from mcrecall.plugins import open_vector_store  # noqa: E402
-from mcrecall.plugins.testing import brute_force_topk, clustered_vectors, queries_like, recall_at_k  # noqa: E402
+from mcrecall.plugins import open_vector_store
+from mcrecall.plugins.testing import brute_force_topk, clustered_vectors, queries_like, recall_at_k
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exactly_k.md"
 
@@ -75,8 +75,8 @@ def main() -> int:
                 got = [vs.search(1, qq, k) for qq in q]
                 counts = {len(g) for g in got}
                 rec = recall_at_k([[i for i, _ in g] for g in got], truth10) if k == 10 else None
-                t_search = p50_ms(lambda qq: vs.search(1, qq, k), q)
-                t_numpy = p50_ms(lambda qq: np.argpartition(-(x64 @ qq), min(k, n) - 1)[:k], q)
+                t_search = p50_ms(lambda qq, vs=vs, k=k: vs.search(1, qq, k), q)
+                t_numpy = p50_ms(lambda qq, k=k: np.argpartition(-(x64 @ qq), min(k, n) - 1)[:k], q)
                 rows.append((backend, k, t_search, t_numpy, short, counts, rec, build))
             vs.close()
     head = (f"`python benchmarks/bench_exactly_k.py --items {n} --queries {args.queries}`: dim "

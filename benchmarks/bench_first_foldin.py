@@ -21,16 +21,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcrecall.ingest.store import TripleStore  # noqa: E402
-from mcrecall.core.config import load_config  # noqa: E402
-from mcrecall.plugins import open_vector_store  # noqa: E402
-from mcrecall.serve import RecallClient  # noqa: E402
-from mcrecall.serve.testing import publish_vectors  # noqa: E402
-from mcrecall.train.versions import ModelRegistry  # noqa: E402
+from mcrecall.core.config import load_config
+from mcrecall.ingest.store import TripleStore
+from mcrecall.plugins import open_vector_store
+from mcrecall.serve import RecallClient
+from mcrecall.serve.testing import publish_vectors
+from mcrecall.train.versions import ModelRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import FIRST_FOLDIN, RESULTS, render  # noqa: E402
-from resultsfile import add_run, machine_note, table_md  # noqa: E402
+from bench_serve import FIRST_FOLDIN, RESULTS, render
+from resultsfile import add_run, machine_note, table_md
 
 
 def measure(n: int, rng) -> list[tuple]:

@@ -23,17 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from kafka import KafkaConsumer  # noqa: E402
+from eventlib import random_events
+from kafka import KafkaConsumer
+from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, table_md, write_file
 
-from eventlib import random_events  # noqa: E402
-from mcrecall.ingest.backfill import backfill_file  # noqa: E402
-from mcrecall.ingest.broker import LocalBroker  # noqa: E402
-from mcrecall.ingest.produce import produce_lines  # noqa: E402
-from mcrecall.ingest.store import TripleStore  # noqa: E402
-from mcrecall.ingest.worker import IngestWorker  # noqa: E402
-from mcrecall.core.config import load_config  # noqa: E402
-from resultsfile import (add_run, machine_note, marked, num, parse_tables, run_sections,  # noqa: E402
-                         table_md, write_file)
+from mcrecall.core.config import load_config
+from mcrecall.ingest.backfill import backfill_file
+from mcrecall.ingest.broker import LocalBroker
+from mcrecall.ingest.produce import produce_lines
+from mcrecall.ingest.store import TripleStore
+from mcrecall.ingest.worker import IngestWorker
 
 
 def raw_consume_rate(bootstrap, topic, n) -> float:

@@ -13,7 +13,8 @@
 2. Freshness latency: a broker (tansu), the ingest worker and ``mcrecall refresh --every 1s``
    run as processes (exact backend, a trained implicit model); a brand-new item gets 60 positive
    events (click + like + collect) from the 20 users nearest to a target user (with 8 users ×
-   2 events it reached rank ~50 of 10,000, not the top 10); the time from its first triple being stored to it appearing in the
+   2 events it reached rank ~50 of 10,000, not the top 10); the time from its first triple being stored to it
+   appearing in the
    target user's ``recall(user, 100)`` (median and max over ``--latency-runs`` items), and the
    rank it had then (rank <= 10: in the top 10).
 """
@@ -35,12 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcrecall.ingest.store import TripleStore  # noqa: E402
-from mcrecall.core.config import load_config  # noqa: E402
-from mcrecall.plugins import open_vector_store  # noqa: E402
-from mcrecall.serve.testing import publish_vectors  # noqa: E402
-from mcrecall.train.refresh import Refresher  # noqa: E402
-from mcrecall.train.versions import ModelRegistry  # noqa: E402
+from mcrecall.core.config import load_config
+from mcrecall.ingest.store import TripleStore
+from mcrecall.plugins import open_vector_store
+from mcrecall.serve.testing import publish_vectors
+from mcrecall.train.refresh import Refresher
+from mcrecall.train.versions import ModelRegistry
 
 DIM, USERS, TRIPLES_PER_ITEM = 32, 20_000, 20
 INDEX = {"exact": "FLAT", "faiss": "HNSW", "hnswlib": "HNSW", "milvus": "HNSW"}

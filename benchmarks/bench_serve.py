@@ -35,33 +35,33 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss/torch: docs/measurements.md
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import itertools
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from mcrecall.core.config import load_config  # noqa: E402
-from mcrecall.ingest.store import TripleStore  # noqa: E402
-from mcrecall.plugins import vector_store_from_config  # noqa: E402
-from mcrecall.plugins.testing import clustered_vectors, queries_like  # noqa: E402
-from mcrecall.serve import RecallClient  # noqa: E402
-from mcrecall.serve.testing import publish_vectors  # noqa: E402
-from mcrecall.train.foldin import fold_in  # noqa: E402
-from mcrecall.train.versions import ModelRegistry  # noqa: E402
+from mcrecall.core.config import load_config
+from mcrecall.ingest.store import TripleStore
+from mcrecall.plugins import vector_store_from_config
+from mcrecall.plugins.testing import clustered_vectors, queries_like
+from mcrecall.serve import RecallClient
+from mcrecall.serve.testing import publish_vectors
+from mcrecall.train.foldin import fold_in
+from mcrecall.train.versions import ModelRegistry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.md"
 HTTP_RESULTS = RESULTS.with_name("serve_http.md")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, span, table_md, write_file  # noqa: E402,E501
+from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, span, table_md, write_file  # noqa: E402
 
 
 def timed_calls(fn, args: list, seconds: float, max_calls: int) -> np.ndarray:
@@ -144,7 +144,7 @@ def bench_one(backend: str, n_items: int, args, tmp: Path, milvus_uri: str) -> d
     sample = rng.choice(len(user_ids), 256, replace=False)
     uids = [user_ids[j] for j in sample]
     vecs = [registry.user_vector(version, u) for u in uids]
-    pairs = list(zip(uids, vecs))
+    pairs = list(zip(uids, vecs, strict=False))
     kv = lambda u: registry.user_vector(version, u)  # noqa: E731
     search = lambda p: vs.search(version, p[1], k)  # noqa: E731
     # the parts composed by hand: KV lookup, then search (what recall cannot do with less)

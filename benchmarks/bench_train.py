@@ -30,8 +30,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/measurements.md)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,8 +46,7 @@ from mcrecall.train.split import id_hashes, pair_hash_unit  # noqa: E402
 from mcrecall.train.synthetic import make_synthetic  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from resultsfile import (add_run, machine_note, marked, num, parse_tables, run_sections,  # noqa: E402
-                         table_md, write_file)
+from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, table_md, write_file  # noqa: E402
 
 
 def _quiet(_):
@@ -500,7 +499,7 @@ def summary(runs: list[str]) -> str:
     if not runs:
         return ""
     t = parse_tables(runs[-1])[0]
-    rows = {r[0]: dict(zip(t.header, r)) for r in t.rows}
+    rows = {r[0]: dict(zip(t.header, r, strict=False)) for r in t.rows}
 
     def get(prefix, col):
         r = next((v for k, v in rows.items() if k.startswith(prefix)), None)
@@ -525,7 +524,7 @@ def summary(runs: list[str]) -> str:
     speed = next((x for x in tables if x.header[:2] == ["method", "s / sweep"]), None)
     extra = []
     if speed is not None:  # the ALS ratios come from the turns below (load moves in a run)
-        sp = {r[0]: dict(zip(speed.header, r)) for r in speed.rows}
+        sp = {r[0]: dict(zip(speed.header, r, strict=False)) for r in speed.rows}
         for name in ("ours bce (sparse Adagrad)",):
             if name in sp and sp[name]["ratio"] != "—":
                 before = next((k for k in sp if k.startswith("bce before")), "")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/measurements.md)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,8 +41,7 @@ from mcrecall.train.trainer import fit_model  # noqa: E402
 from mcrecall.train.tune import tune  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from resultsfile import (add_run, machine_note, marked, num, parse_tables, run_sections,  # noqa: E402
-                         table_md, write_file)
+from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, table_md, write_file  # noqa: E402
 
 TITLE = "Tuning benchmark"
 INTRO = ("Written whole by `benchmarks/bench_tune.py`: `mcrecall tune`'s best settings against "

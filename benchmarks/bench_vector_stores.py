@@ -33,13 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcrecall.plugins import open_vector_store  # noqa: E402
-from mcrecall.plugins.exact_store import top_k  # noqa: E402
-from mcrecall.plugins.milvus_server import MilvusLiteServer  # noqa: E402
-from mcrecall.plugins.testing import clustered_vectors, queries_like, recall_at_k, uniform_vectors  # noqa: E402
+from mcrecall.plugins import open_vector_store
+from mcrecall.plugins.exact_store import top_k
+from mcrecall.plugins.milvus_server import MilvusLiteServer
+from mcrecall.plugins.testing import clustered_vectors, queries_like, recall_at_k, uniform_vectors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, span, table_md, write_file  # noqa: E402,E501
+from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, span, table_md, write_file
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vector_stores.md"
 K = 10
@@ -138,7 +138,8 @@ def _ratio(x: float) -> str:
 def fmt_table(rows: list[Row]) -> str:
     base = {(r.size, r.dataset): r for r in rows if r.backend == "numpy"}
     lines = [
-        "| items | data | backend | index | metric | build s | p50 ms | p99 ms | batch q/s | recall@10 | p50 speed-up vs numpy | batch speed-up | note |",
+        "| items | data | backend | index | metric | build s | p50 ms | p99 ms | batch q/s | recall@10 "
+        "| p50 speed-up vs numpy | batch speed-up | note |",
         "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -233,7 +234,8 @@ def main(argv=None) -> int:
                             options["uri"] = server.uri
                         else:
                             options["uri"] = str(work / f"milvus-{n}-{dataset}.db")
-                        note = f"{args.milvus_mode}, {chunk}/call" + (f", ef {args.milvus_ef}" if args.milvus_ef else "")
+                        note = (f"{args.milvus_mode}, {chunk}/call"
+                                + (f", ef {args.milvus_ef}" if args.milvus_ef else ""))
                     store = open_vector_store(backend, data_dir=work / f"{backend}-{n}-{dataset}",
                                               collection=f"bench_{n}_{dataset}", **options)
                     types = DEFAULT_INDEX_TYPES[label]
@@ -261,7 +263,8 @@ def main(argv=None) -> int:
     header = args.title or f"Run of {time.strftime('%Y-%m-%d %H:%M')}"
     info = (
         f"## {header}\n\n"
-        f"`{' '.join(['python', 'benchmarks/bench_vector_stores.py'] + (argv if argv is not None else sys.argv[1:]))}` — "
+        f"`{' '.join(['python', 'benchmarks/bench_vector_stores.py', *(argv if argv is not None else sys.argv[1:])])}`"
+        " — "
         f"dim {args.dim}, top-{K}, {args.queries} queries (single-query timing on {args.single}, "
         f"Milvus {args.milvus_single}), similarity `dot`; {machine_note()}; "
         f"total {time.time() - t0:.0f} s.\n\n"

@@ -44,7 +44,7 @@ class Table:
     rows: list[list[str]]
 
     def dicts(self) -> list[dict[str, str]]:
-        return [dict(zip(self.header, r)) for r in self.rows]
+        return [dict(zip(self.header, r, strict=False)) for r in self.rows]
 
 
 def parse_tables(text: str) -> list[Table]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from resultsfile import RESULTS, marked_blocks, replace_marked  # noqa: E402
+from resultsfile import RESULTS, marked_blocks, replace_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,8 +27,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
-from mcrecall.ingest.attributes import FILE_PARTITION, split_attributes, version_key
 from mcrecall.core.eventfile import BOM  # the one rule for a leading BOM (core/eventfile.py)
+from mcrecall.ingest.attributes import FILE_PARTITION, split_attributes, version_key
 from mcrecall.ingest.events import MAX_MESSAGE_BYTES, parse_scored_many
 from mcrecall.ingest.store import TripleStore
 

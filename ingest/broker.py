@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from mcrecall.core.net import free_port, port_open  # noqa: F401  (re-exported)
+from mcrecall.core.net import free_port, port_open
 
 log = logging.getLogger("mcrecall.broker")
 

@@ -529,13 +529,13 @@ class ConfluentConsumer(EventConsumer):
         msg = _ck.Message
         errors = list(map(msg.error, msgs))
         if errors.count(None) != len(errors):  # rare: errors (partition EOF and the like) among them
-            for m in (m for m, e in zip(msgs, errors) if e is not None):
+            for m in (m for m, e in zip(msgs, errors, strict=False) if e is not None):
                 self._message_error(m)
-            msgs = [m for m, e in zip(msgs, errors) if e is None]
+            msgs = [m for m, e in zip(msgs, errors, strict=False) if e is None]
             if not msgs:
                 return EMPTY_BATCH
         # the last message of each partition (a partition's messages come in offset order)
-        last = dict(zip(map(msg.partition, msgs), msgs))
+        last = dict(zip(map(msg.partition, msgs), msgs, strict=False))
         topic = self.topic
         nexts = {Partition(m.topic() or topic, p): m.offset() + 1 for p, m in last.items()}
 

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
     _DecodeErrors = (json.JSONDecodeError, RecursionError)
 
 from mcrecall.core import ids as _ids  # the one place for the id rules
-from mcrecall.core.ids import MAX_ID_BYTES  # noqa: F401  (re-exported: the hot path below uses it)
+from mcrecall.core.ids import MAX_ID_BYTES
 
 MAX_MESSAGE_BYTES = 64 * 1024
 

@@ -11,8 +11,8 @@ from typing import Iterable
 
 from kafka import KafkaProducer
 
-from mcrecall.ingest.attributes import BadAttributes, parse_attribute_message
 from mcrecall.core.eventfile import open_event_file
+from mcrecall.ingest.attributes import BadAttributes, parse_attribute_message
 from mcrecall.ingest.broker import port_open
 from mcrecall.ingest.events import BadEvent, parse_event
 from mcrecall.ingest.kafka_io import KafkaUnavailable, ensure_topic, kafka_security_kwargs

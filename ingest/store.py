@@ -294,7 +294,7 @@ class TripleStore:
                                     self._users_by_idx, counters, "n_users")
             db, prefix = self._attrs[kind], kind[0].encode()
             stamped = []
-            for ent, idx in zip(ents, dense.tolist()):
+            for ent, idx in zip(ents, dense.tolist(), strict=False):
                 version, enc = best[(kind, ent)]
                 ikey = _U32.pack(idx)
                 old = txn.get(ikey, db=db)
@@ -348,16 +348,16 @@ class TripleStore:
             unseen = list(dict.fromkeys(missing_ids))  # in order of first appearance
             keys = list(map(str.encode, unseen))  # UTF-8
             stored = dict(txn.cursor(db=by_id_db).getmulti(sorted(keys)))
-            found = {i: _U32.unpack(stored[k])[0] for i, k in zip(unseen, keys) if k in stored}
-            fresh = [(i, k) for i, k in zip(unseen, keys) if k not in stored]
+            found = {i: _U32.unpack(stored[k])[0] for i, k in zip(unseen, keys, strict=False) if k in stored}
+            fresh = [(i, k) for i, k in zip(unseen, keys, strict=False) if k not in stored]
             if fresh:
                 first = counters[counter]
                 counters[counter] += len(fresh)
                 idx_keys = _be_keys(np.arange(first, first + len(fresh), dtype=np.uint64), 4)
                 fresh_keys = [k for _, k in fresh]
-                txn.cursor(db=by_id_db).putmulti(sorted(zip(fresh_keys, idx_keys)))
-                txn.cursor(db=by_idx_db).putmulti(zip(idx_keys, fresh_keys))  # increasing keys
-                found.update(zip([i for i, _ in fresh], range(first, first + len(fresh))))
+                txn.cursor(db=by_id_db).putmulti(sorted(zip(fresh_keys, idx_keys, strict=False)))
+                txn.cursor(db=by_idx_db).putmulti(zip(idx_keys, fresh_keys, strict=False))  # increasing keys
+                found.update(zip([i for i, _ in fresh], range(first, first + len(fresh)), strict=False))
             new.update(found)
             dense[missing] = list(map(found.__getitem__, missing_ids))
         return dense.astype(np.uint64)
@@ -388,12 +388,12 @@ class TripleStore:
         counters["n_pairs"] += int(len(keys) - np.count_nonzero(exists))
         ck, cm = keys[changed], new[changed]
         txn.cursor(db=self._pairs).putmulti(
-            zip([key_bytes[j] for j in changed.tolist()], map(_MASK_BYTES.__getitem__, cm.tolist())))
+            zip([key_bytes[j] for j in changed.tolist()], map(_MASK_BYTES.__getitem__, cm.tolist()), strict=False))
         low = np.uint64(0xFFFFFFFF)
         by_item = ((ck & low) << np.uint64(32)) | (ck >> np.uint64(32))
         o = np.argsort(by_item)
         txn.cursor(db=self._item_pairs).putmulti(
-            zip(_be_keys(by_item[o], 8), map(_MASK_BYTES.__getitem__, cm[o].tolist())))
+            zip(_be_keys(by_item[o], 8), map(_MASK_BYTES.__getitem__, cm[o].tolist()), strict=False))
         users = _be_keys(np.unique(ck >> np.uint64(32)), 4)
         txn.cursor(db=self._user_seq).putmulti(zip(users, repeat(seq_bytes)))
         items = _be_keys(np.unique(ck & low), 4)
@@ -406,7 +406,7 @@ class TripleStore:
     def put_scores(self, user_ids: Sequence, item_ids: Sequence, scores: Sequence[int]) -> dict:
         """Write triples directly (tools and tests); merged with what is stored like events."""
         pairs: dict[tuple[str, str], int] = {}
-        for u, i, s in zip(user_ids, item_ids, scores):
+        for u, i, s in zip(user_ids, item_ids, scores, strict=False):
             key = (str(u), str(i))
             pairs[key] = pairs.get(key, 0) | mask_for_score(int(s))
         return self.apply(pairs)
@@ -680,7 +680,7 @@ class TripleStore:
         for start in range(0, len(snap), batch):
             for u, i, s in zip(snap.user_idx[start:start + batch].tolist(),
                                snap.item_idx[start:start + batch].tolist(),
-                               snap.score[start:start + batch].tolist()):
+                               snap.score[start:start + batch].tolist(), strict=False):
                 yield snap.user_ids[u], snap.item_ids[i], int(s)
 
     def backup(self, dest_dir: str | os.PathLike) -> Path:

@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 
 from mcrecall.ingest import dead_letters, offset_range
 from mcrecall.ingest.attributes import split_attributes, version_key
-from mcrecall.ingest.consumers import (KAFKA_ERRORS, EventConsumer, PolledBatch, fetched_high_watermarks,
-                              open_consumer, open_dlq_producer)
+from mcrecall.ingest.consumers import (
+    KAFKA_ERRORS,
+    EventConsumer,
+    PolledBatch,
+    fetched_high_watermarks,
+    open_consumer,
+    open_dlq_producer,
+)
 from mcrecall.ingest.events import parse_scored_many
 from mcrecall.ingest.kafka_io import KafkaUnavailable, dlq_topic
 from mcrecall.ingest.offset_range import OffsetOutOfRangeError, PartitionRange
@@ -547,7 +553,7 @@ class IngestWorker:
         if self.consumer is not None and not final:
             try:
                 fields["partitions"] = len(self.consumer.assignment())
-            except Exception:  # noqa: BLE001 - progress must never fail the run
+            except Exception:
                 pass
         if final:
             fields["elapsed_s"] = round(time.monotonic() - s.started, 1)

@@ -66,11 +66,11 @@ def run_demo(args, cfg) -> int:
 
 
 def _demo(args, cfg, out: Path, rep: Report, stack: ExitStack) -> int:
+    from mcrecall.demo_stream import MALFORMED, DemoWorld
     from mcrecall.ingest.broker import LocalBroker
     from mcrecall.ingest.kafka_io import PLAINTEXT_OVERRIDES, ensure_topic, kafka_security_kwargs
     from mcrecall.ingest.produce import make_producer, produce_lines
     from mcrecall.ingest.store import TripleStore
-    from mcrecall.demo_stream import MALFORMED, DemoWorld
     from mcrecall.plugins.milvus_server import MilvusLiteServer
 
     rep.say("mcrecall demo — matrix-completion recall, end to end (embedded defaults)")
@@ -262,8 +262,8 @@ def _fresh_item(client, world, cfg, producer, store, rep, cluster, refresher_pid
     """A brand-new item is liked by the users of one cluster; the refresher gives it a vector in
     version 1 and a user of that cluster is recalled it in the top 10 — no retraining. Returns
     whether it got there within 20 s (a miss is printed as a failure)."""
-    from mcrecall.ingest.produce import produce_lines
     from mcrecall.demo_stream import _line
+    from mcrecall.ingest.produce import produce_lines
 
     item = "fresh-item-1"
     target = world.user_id(0)

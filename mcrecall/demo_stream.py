@@ -74,12 +74,13 @@ class DemoWorld:
         m = max(1, int(n / 2.0))  # about 2 events per exposure
         users = self.rng.integers(0, self.n_users, m)
         items = self._exposures(users)
-        liked = np.array([self.item_cluster[i] in self.tastes[u] for u, i in zip(users.tolist(), items.tolist())])
+        liked = np.array([self.item_cluster[i] in self.tastes[u]
+                          for u, i in zip(users.tolist(), items.tolist(), strict=True)])
         a = np.where(liked, 0.55, 0.04)
         draws = self.rng.random((m, 5))
         out: list[bytes] = []
         base = ts0 + len(self._sent)
-        for k, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
+        for k, (u, i) in enumerate(zip(users.tolist(), items.tolist(), strict=False)):
             uid, iid, ts = f"u{u}", f"i{i}", base + k
             out.append(_line(uid, iid, "impression", ts))
             if draws[k, 0] < a[k]:

@@ -74,14 +74,14 @@ def draw_panels(panels: Sequence[Panel], *, title: str | None = None,
     fig = Figure(figsize=(panel_size[0] * n, panel_size[1]), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=False):
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
         ax.grid(True, alpha=0.3)
         drawn, xs = 0, set()
         for s in panel.series:
-            pts = [(x, y) for x, y in zip(s.xs, s.ys) if y is not None]
+            pts = [(x, y) for x, y in zip(s.xs, s.ys, strict=False) if y is not None]
             if not pts:
                 continue
             style = {"marker": "o", "markersize": 4, **s.style}

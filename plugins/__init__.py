@@ -74,7 +74,8 @@ def backend_class(backend: str) -> type[VectorStore]:
     return cls
 
 
-def open_vector_store(backend: str, data_dir=None, uri: str = "", collection: str = "mcrecall_items", **options) -> VectorStore:
+def open_vector_store(backend: str, data_dir=None, uri: str = "", collection: str = "mcrecall_items",
+                      **options) -> VectorStore:
     """Open a vector store.
 
     Parameters

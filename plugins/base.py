@@ -9,7 +9,9 @@ in the ``mcrecall.vector_stores`` entry-point group.
 
 Versions (DESIGN §4) are immutable once finalized: ``create_version`` →
 ``upsert``\\* → ``finalize`` → ``make_current``; a finalized version is never
-modified, so readers in any process see either all of it or none of it.
+modified, so readers in any process see either all of it or none of it. The one exception is
+:meth:`VectorStore.replace_items` (item refresh): it replaces or adds whole items of a
+published version in one atomic step per call, so a reader sees each item's old or new vector.
 
 Exactly k (every backend, every index type): :meth:`VectorStore.search_batch`
 returns ``min(k, items in the version not excluded)`` distinct items, best first.
@@ -22,9 +24,6 @@ which versions exist and are complete. A store's own "finalized" marker is a
 convenience for stand-alone use; :meth:`VectorStore.adopt_version` lets a caller
 that read the version's spec from the registry search it without that marker
 (Milvus forgets collection properties on a server restart).
-modified, so readers in any process see either all of it or none of it. The one exception is
-:meth:`VectorStore.replace_items` (item refresh): it replaces or adds whole items of a
-published version in one atomic step per call, so a reader sees each item's old or new vector.
 """
 
 from __future__ import annotations
@@ -38,8 +37,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mcrecall.core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: E402,F401  (the one id rule; MAX_ID_BYTES re-exported)
-from mcrecall.core.ids import check_k as _check_k  # noqa: E402  (the one k rule)
+from mcrecall.core.ids import MAX_ID_BYTES, check_stored_ids  # noqa: F401  (the one id rule; MAX_ID_BYTES re-exported)
+from mcrecall.core.ids import check_k as _check_k
 from mcrecall.plugins.metric import MetricReduction, exact_top_k, normalize_metric, normalize_similarity, top_k
 
 log = logging.getLogger("mcrecall.plugins")
@@ -260,7 +259,7 @@ class VectorStore(abc.ABC):
             params=dict(self.params),
             created_at=time.time(),
         )
-        spec.reduction  # validates dim and max_norm
+        _ = spec.reduction  # validates dim and max_norm
         if version == self.current_version():
             raise ValueError(f"version {version} is current; refusing to overwrite it")
         self._create(spec)
@@ -444,10 +443,10 @@ class VectorStore(abc.ABC):
             if exact is not None:
                 ids, raw, kind = exact
                 return [self._rank(spec, row_ids, row_raw, kind, qnorms[j], excl[j], k)
-                        for j, (row_ids, row_raw) in enumerate(zip(ids, raw))]
+                        for j, (row_ids, row_raw) in enumerate(zip(ids, raw, strict=False))]
         ids, raw, kind = self._search(spec, stored_q, fetch)
         results = [self._rank(spec, row_ids, row_raw, kind, qnorms[j], excl[j], k)
-                   for j, (row_ids, row_raw) in enumerate(zip(ids, raw))]
+                   for j, (row_ids, row_raw) in enumerate(zip(ids, raw, strict=False))]
         short = [j for j, r in enumerate(results) if len(r) < k and len(set(ids[j])) < fetch]
         if short:
             # The index returned fewer than asked: complete unless it returned every item.
@@ -466,7 +465,7 @@ class VectorStore(abc.ABC):
         scores = spec.reduction.scores(np.asarray(row_raw, dtype=np.float64)[None, :], kind,
                                        np.asarray([qnorm]))[0]
         pairs, taken = [], set()
-        for i, s in zip(row_ids, scores):
+        for i, s in zip(row_ids, scores, strict=False):
             if i not in excluded and i not in taken:
                 taken.add(i)
                 pairs.append((i, float(s)))
@@ -555,7 +554,7 @@ class VectorStore(abc.ABC):
         """Number of items in a finalized version."""
         return self._count(self._published_spec(version).version)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a no-op default: a backend without resources keeps it)
         """Release connections and cached indexes."""
 
     def __enter__(self):
@@ -565,7 +564,8 @@ class VectorStore(abc.ABC):
         self.close()
 
     def __repr__(self):
-        return f"{type(self).__name__}(collection={self.collection!r}, uri={self.uri!r}, data_dir={str(self.data_dir)!r})"
+        return (f"{type(self).__name__}(collection={self.collection!r}, uri={self.uri!r}, "
+                f"data_dir={str(self.data_dir)!r})")
 
     # ------------------------------------------------------------------ helpers
     def _resolve_index_type(self, index_type: str) -> str:

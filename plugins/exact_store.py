@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mcrecall.plugins.file_store import FileVectorStore, LoadedVersion
-from mcrecall.plugins.metric import top_k  # noqa: F401  (re-exported)
+from mcrecall.plugins.metric import top_k
 
 
 class ExactVectorStore(FileVectorStore):

@@ -115,7 +115,7 @@ class LoadedVersion:
     def row_of(self) -> dict:
         row_of = self._row_of
         if row_of is None:  # two threads may both build it: same result, no lock needed
-            row_of = dict(zip(self.ids.tolist(), range(len(self.ids))))
+            row_of = dict(zip(self.ids.tolist(), range(len(self.ids)), strict=False))
             self._row_of = row_of
         return row_of
 
@@ -306,7 +306,7 @@ class FileVectorStore(VectorStore):
             ids, raws, kind = self._search_main(spec, queries, fetch)
             kept = []
             short = False
-            for row_ids, row_raw in zip(ids, raws):
+            for row_ids, row_raw in zip(ids, raws, strict=False):
                 keep = [j for j, i in enumerate(row_ids) if i not in delta.row_of]
                 kept.append(([row_ids[j] for j in keep], np.asarray(row_raw)[keep]))
                 short |= len(keep) < k
@@ -332,7 +332,7 @@ class FileVectorStore(VectorStore):
         labels, raw, kind = self._search_index(loaded, queries, k)
         ids = []
         raws = []
-        for lab_row, raw_row in zip(labels, raw):
+        for lab_row, raw_row in zip(labels, raw, strict=False):
             keep = lab_row >= 0  # an ANN index may return fewer than k
             ids.append(loaded.ids.take(lab_row[keep].tolist()))
             raws.append(np.asarray(raw_row)[keep])
@@ -385,7 +385,7 @@ class FileVectorStore(VectorStore):
                 ids, stored, norms, n_new = z["ids"], z["stored"], z["norms"], int(z["n_new"])
         except FileNotFoundError:  # the version was dropped meanwhile
             raise VersionNotFoundError(f"version {version} was dropped while loading") from None
-        d = _Delta(key, ids, stored, norms, n_new, dict(zip(ids.tolist(), range(len(ids)))))
+        d = _Delta(key, ids, stored, norms, n_new, dict(zip(ids.tolist(), range(len(ids)), strict=False)))
         self._deltas[version] = d
         return d
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mcrecall.core.net import free_port, port_open  # noqa: F401  (re-exported)
+from mcrecall.core.net import free_port, port_open
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19530
@@ -29,9 +29,9 @@ def engine_command(db_file, host: str, port: int) -> tuple[list[str], dict, str]
     """(argv, environment, lock path) of the Milvus Lite engine serving ``db_file`` on TCP,
     the way ``milvus_lite.server.Server`` runs it. (No ``Server`` object: its destructor
     deletes the lock file, which would let a second server take a database in use.)"""
-    from mcrecall.plugins.milvus_store import _lock_path, check_db_name  # first: silences milvus-lite's import warning
-
     from milvus_lite.server import BIN_PATH
+
+    from mcrecall.plugins.milvus_store import _lock_path, check_db_name  # first: silences milvus-lite's import warning
 
     db_file = check_db_name(str(db_file))
     bin_path = Path(os.environ.get("BIN_PATH") or BIN_PATH).absolute()

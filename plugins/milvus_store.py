@@ -624,13 +624,13 @@ class MilvusVectorStore(VectorStore):
         short = [j for j, row in enumerate(ids) if len(row) < want]
         if short and spec.index_type not in self.exact_index_types:
             more_ids, more_raw = self._search_rows(spec, name, queries[short], want, widen=True)
-            for j, a, b in zip(short, more_ids, more_raw):
+            for j, a, b in zip(short, more_ids, more_raw, strict=False):
                 ids[j], raw[j] = a, b
             short = [j for j, row in enumerate(ids) if len(row) < want]
         if short:  # the index still could not reach k items: scan the version
             log.info("%s: %d of %d searches short of k=%d; exact scan", name, len(short), len(ids), want)
             ex_ids, ex_raw, _ = self._exact_search(spec, queries[short], want)
-            for j, a, b in zip(short, ex_ids, ex_raw):
+            for j, a, b in zip(short, ex_ids, ex_raw, strict=False):
                 ids[j], raw[j] = a, b
         return ids, raw, _RAW_KIND[spec.metric]
 
@@ -694,7 +694,7 @@ class MilvusVectorStore(VectorStore):
             by_key = {id_key(i): i for i in chunk}
             rows = self._call(
                 version,
-                lambda: self.client.get(name, ids=list(by_key), output_fields=["id", "vector", "norm"],
+                lambda by_key=by_key: self.client.get(name, ids=list(by_key), output_fields=["id", "vector", "norm"],
                                         consistency_level=READ_CONSISTENCY, timeout=self.timeout_s),
                 "get",
             )
@@ -720,7 +720,7 @@ class MilvusVectorStore(VectorStore):
                 for r, i in enumerate(ids)]
         for start in range(0, len(rows), 10_000):
             batch = rows[start : start + 10_000]
-            self._call(spec.version, lambda: self.client.upsert(name, batch, timeout=self.timeout_s),
+            self._call(spec.version, lambda batch=batch: self.client.upsert(name, batch, timeout=self.timeout_s),
                        "upsert")
         self._counts.pop(spec.version, None)
         # searches read at Bounded consistency: return once such a read sees every new row and

@@ -56,7 +56,7 @@ def brute_force_topk(queries, items, k: int, similarity: str = "dot") -> tuple[n
 
 def recall_at_k(found: list[list[str]], truth: list[list[str]]) -> float:
     """Mean fraction of the true top-k ids that were found."""
-    hits = [len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth)]
+    hits = [len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth, strict=False)]
     return float(np.mean(hits)) if hits else 0.0
 
 
@@ -141,7 +141,7 @@ def check_hostile_ids_round_trip(store, version: int, index_type: str = "FLAT") 
     eye = np.eye(dim, dtype=np.float32)
     results = store.search_batch(version, eye, 1)
     got = [r[0][0] for r in results]
-    assert got == ids, [(a, b) for a, b in zip(got, ids) if a != b]
+    assert got == ids, [(a, b) for a, b in zip(got, ids, strict=False) if a != b]
     everything = store.search(version, eye[0], len(ids) + 5)
     assert sorted(i for i, _ in everything) == sorted(ids), "search over all items lost or changed ids"
     assert len({i for i, _ in everything}) == len(ids), "an id came back twice"
@@ -188,4 +188,4 @@ def check_exactly_k(store, version: int, index_type: str, n: int = 300, dim: int
                 assert len(set(got)) == len(got), "repeated ids"
                 assert not set(got) & set(exclude)
                 scores = [s for _, s in res]
-                assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:])), "not best first"
+                assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:], strict=False)), "not best first"

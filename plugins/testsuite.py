@@ -31,8 +31,14 @@ import pytest
 from mcrecall.plugins import VersionNotFoundError, open_vector_store
 from mcrecall.plugins.metric import MetricReduction
 from mcrecall.plugins.testing import (
-    HOSTILE_IDS, brute_force_topk, check_exactly_k, check_hostile_ids_round_trip, checkerboard,
-    clustered_vectors, queries_like, recall_at_k,
+    HOSTILE_IDS,
+    brute_force_topk,
+    check_exactly_k,
+    check_hostile_ids_round_trip,
+    checkerboard,
+    clustered_vectors,
+    queries_like,
+    recall_at_k,
 )
 
 SIMILARITIES = ["dot", "cosine"]
@@ -497,12 +503,12 @@ class VectorStoreBehaviour:
         max_norm = float(np.linalg.norm(x, axis=1).max())
         # two rounds: the second replaces an item the first added and one it replaced
         rounds = [(["i3", "i50", "new'\\\"\n\t1", "new2"], 0), (["new2", "i3", "new3"], 1)]
-        table = dict(zip(ids, x))
+        table = dict(zip(ids, x, strict=False))
         for round_ids, _ in rounds:
             v = rng.normal(size=(len(round_ids), dim)).astype(np.float32)
             v *= (0.9 * max_norm / np.linalg.norm(v, axis=1))[:, None]  # within M
             assert store.replace_items(3, round_ids, v) == len(round_ids)
-            table.update(zip(round_ids, v))
+            table.update(zip(round_ids, v, strict=False))
         all_ids = list(table)
         all_x = np.stack([table[i] for i in all_ids])
         assert store.count(3) == n + 3

@@ -29,7 +29,7 @@ def format_table(user_id: str, result) -> str:
 
     def line(cells):
         return "  ".join(c.rjust(w) if r else c.ljust(w)
-                         for c, w, r in zip(cells, widths, right)).rstrip()
+                         for c, w, r in zip(cells, widths, right, strict=False)).rstrip()
 
     out = [f"user {user_id}: {len(rows)} item(s) from model version {result.version} "
            f"(source {result.source})", line(head), line(["-" * w for w in widths])]

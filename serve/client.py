@@ -557,7 +557,7 @@ class RecallClient:
         need = k + len(seen)
         fetch = min(need, self.cfg.serve.overfetch * k + self.cfg.serve.exclude_direct_max)
         while True:
-            raw = self._store_call(number, lambda: vs.search(number, vec, fetch))
+            raw = self._store_call(number, lambda fetch=fetch: vs.search(number, vec, fetch))
             hits = [h for h in raw if h[0] not in seen]
             if len(hits) >= k or len(raw) < fetch or fetch >= need:
                 return hits[:k]

@@ -785,7 +785,6 @@ def add_replica_arguments(parser) -> None:
 def run_replica(args, cfg) -> int:
     """``mcrecall replica``: follow the event topic and the model log until SIGTERM / Ctrl-C."""
     from mcrecall.core.datadir import check_data_dir
-
     from mcrecall.ingest.cli import start_metrics_from_args
 
     check_data_dir(cfg.data_dir, write=True, must_exist=False)

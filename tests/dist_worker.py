@@ -18,14 +18,14 @@ from datetime import timedelta
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import numpy as np
+import torch.distributed as dist
 
-from mcrecall.core.config import load_config  # noqa: E402
-from mcrecall.train.distributed import DistContext, follow, init_from_env, model_for_fit, stop_followers, using  # noqa: E402
-from mcrecall.train.evaluate import evaluate  # noqa: E402
-from mcrecall.train.split import holdout_from_hashes, id_hashes  # noqa: E402
-from mcrecall.train.synthetic import make_synthetic  # noqa: E402
+from mcrecall.core.config import load_config
+from mcrecall.train.distributed import DistContext, follow, init_from_env, model_for_fit, stop_followers, using
+from mcrecall.train.evaluate import evaluate
+from mcrecall.train.split import holdout_from_hashes, id_hashes
+from mcrecall.train.synthetic import make_synthetic
 
 ALS_CONFIGS = [(obj, sim, solver) for obj in ("implicit", "squared")
                for sim, solver in (("dot", "cg"), ("dot", "cholesky"), ("cosine", "cholesky"))]

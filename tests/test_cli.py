@@ -83,7 +83,6 @@ def test_backfill_train_recall_triples_status(tmp_path):
 # ------------------------------------------------------------------ data-dir problems: one line
 import shutil  # noqa: E402
 
-
 EVERY_DATA_DIR_COMMAND = [["status"], ["status", "--json"], ["recall", "u1"], ["triples"], ["train"],
                           ["ingest", "--until-idle", "1"], ["ingest", "--from-file", os.devnull], ["milvus"]]
 

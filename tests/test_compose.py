@@ -227,7 +227,8 @@ def test_built_services_use_the_project_image(compose):
     assert {"ingest", "trainer", "kafka-init"} <= set(built)
     for name, s in built.items():
         b = s["build"]
-        ctx, dockerfile = (b, "Dockerfile") if isinstance(b, str) else (b.get("context", "."), b.get("dockerfile", "Dockerfile"))
+        ctx, dockerfile = ((b, "Dockerfile") if isinstance(b, str)
+                           else (b.get("context", "."), b.get("dockerfile", "Dockerfile")))
         assert (ROOT / ctx / dockerfile).is_file(), name
         assert s.get("pull_policy") == "build", f"{name} must not pull a registry image named like ours"
         assert s.get("entrypoint") in (None, ["python", "-c"]), name
@@ -363,7 +364,8 @@ def test_health_checks_and_start_order(compose):
 def test_published_ports_bind_loopback_by_default(compose):
     for name, s in compose["services"].items():
         for port in s.get("ports") or []:
-            spec = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port.get('published')}:{port['target']}"
+            spec = (port if isinstance(port, str)
+                    else f"{port.get('host_ip', '')}:{port.get('published')}:{port['target']}")
             assert spec.startswith("127.0.0.1:"), f"{name} publishes {spec} beyond loopback by default"
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from fixtures_kafka import worker_client
 
 from mcrecall.core.config import ConfigError, load_config
 from mcrecall.ingest import consumers
 from mcrecall.ingest.broker import free_port
 from mcrecall.ingest.consumers import Partition, open_consumer, open_dlq_producer
-from fixtures_kafka import worker_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
 

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eventlib import expected_scores, random_events, store_scores
 
 from mcrecall.ingest.backfill import EXCERPT_BYTES, backfill_file
-from mcrecall.ingest.events import (ACTION_BITS, MAX_MESSAGE_BYTES, BadEvent, parse_event, parse_scored,
-                           parse_scored_many)
-from mcrecall.ingest.store import COUNTERS, TripleStore, _PAIR, _U32, _U64
-from eventlib import expected_scores, random_events, store_scores
+from mcrecall.ingest.events import (
+    ACTION_BITS,
+    MAX_MESSAGE_BYTES,
+    BadEvent,
+    parse_event,
+    parse_scored,
+    parse_scored_many,
+)
+from mcrecall.ingest.store import _PAIR, _U32, _U64, COUNTERS, TripleStore
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE = [2**64 - 1, 2**64, 2**70, 10**40, 10**127, 10**128 - 1]
@@ -57,8 +63,10 @@ def test_integer_ids_beyond_64_bits_are_canonicalised_exactly(big):
 
 
 @pytest.mark.parametrize("raw,reason", [
-    (b'{"user_id": 1.5, "item_id": 1, "action": "click"}', "user_id must be a string or a non-negative integer, got float"),
-    (b'{"user_id": 1, "item_id": 1.0, "action": "click"}', "item_id must be a string or a non-negative integer, got float"),
+    (b'{"user_id": 1.5, "item_id": 1, "action": "click"}',
+     "user_id must be a string or a non-negative integer, got float"),
+    (b'{"user_id": 1, "item_id": 1.0, "action": "click"}',
+     "item_id must be a string or a non-negative integer, got float"),
     (b'{"user_id": 1e3, "item_id": 1, "action": "click"}', "got float"),
     (b'{"user_id": 18446744073709551616.0, "item_id": 1, "action": "click"}', "got float"),
     (b'{"user_id": 1e400, "item_id": 1, "action": "click"}', "not JSON"),
@@ -126,10 +134,10 @@ def test_client_recall_of_a_huge_integer_sees_what_ingest_stored(tmp_path):
 @pytest.mark.kafka
 def test_worker_and_produce_accept_huge_integer_ids(kafka_bootstrap, kafka_topic, tmp_path):
     from kafka import KafkaConsumer, TopicPartition
+    from test_ingest_worker import make_cfg
 
     from mcrecall.ingest.produce import produce_lines
     from mcrecall.ingest.worker import IngestWorker
-    from test_ingest_worker import make_cfg
 
     cfg = make_cfg(kafka_bootstrap, kafka_topic, tmp_path / "data")
     lines = [ev(2**70, 2**64, "click"), ev(2**64 - 1, 10**127, "share"), ev(2**70, 2**64, "like"),
@@ -219,7 +227,7 @@ def test_blank_and_whitespace_lines_are_neither_events_nor_rejects(tmp_path):
 @pytest.mark.parametrize("read_bytes", [7, 64, 1000, 1 << 20])
 def test_lines_over_the_limit_are_rejected_with_size_and_a_bounded_excerpt(tmp_path, read_bytes):
     limit = 100
-    exactly = b'{"user_id": "u", "item_id": "x", "action": "like", "pad": "' 
+    exactly = b'{"user_id": "u", "item_id": "x", "action": "like", "pad": "'
     exactly += b"p" * (limit - len(exactly) - 2) + b'"}'
     assert len(exactly) == limit
     long_lines = {2: b"L" * 10_000, 4: b'{"user_id": "' + "é".encode() * 200 + b'"}',
@@ -416,7 +424,7 @@ def test_vectorised_batches_write_exactly_what_the_per_pair_loop_writes(tmp_path
         items = [rng.choice(ids[:8 + 5 * batch]) for _ in range(n)]
         bits = [ACTION_BITS[rng.choice(actions)] for _ in range(n)]
         merged: dict = {}
-        for u, i, b in zip(users, items, bits):
+        for u, i, b in zip(users, items, bits, strict=False):
             merged[(u, i)] = merged.get((u, i), 0) | b
         offsets = {("t", batch % 3): 10 * batch} if batch % 2 else None
         if batch == 4:  # a second handle: the id caches start cold

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from eventlib import expected_scores, random_events, store_scores
+from fixtures_kafka import worker_client
 from kafka import KafkaConsumer, TopicPartition
 
 from mcrecall.core.config import load_config
-from fixtures_kafka import worker_client
 from mcrecall.ingest.broker import LocalBroker
 from mcrecall.ingest.kafka_io import ensure_topic
 from mcrecall.ingest.offset_range import OffsetOutOfRangeError
@@ -26,7 +27,6 @@ from mcrecall.ingest.produce import produce_lines
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
 from mcrecall.status import collect_status, render
-from eventlib import expected_scores, random_events, store_scores
 
 # every test runs once per [kafka] client (fixtures_kafka.kafka_client)
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
@@ -36,7 +36,8 @@ TOPIC = "resets"
 
 def _cfg(bootstrap, data_dir, **kafka):
     return load_config(environ={}).with_overrides(
-        kafka={"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "g", "session_timeout_ms": 6000, "client": worker_client(),
+        kafka={"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "g", "session_timeout_ms": 6000,
+               "client": worker_client(),
                **kafka},
         store={"data_dir": str(data_dir)})
 

@@ -16,16 +16,16 @@ import threading
 import time
 
 import pytest
+from eventlib import store_scores
+from fixtures_kafka import worker_client
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mcrecall.core.config import load_config
-from fixtures_kafka import worker_client
 from mcrecall.ingest import dead_letters
 from mcrecall.ingest.broker import broker_command, free_port, port_open
 from mcrecall.ingest.kafka_io import ensure_topic
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
-from eventlib import store_scores
 
 # every test runs once per [kafka] client (fixtures_kafka.kafka_client)
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]
@@ -34,7 +34,8 @@ MB = 1_000_000
 
 def _cfg(bootstrap, topic, data_dir, **ingest):
     return load_config(environ={}).with_overrides(
-        kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": "g", "session_timeout_ms": 6000, "client": worker_client()},
+        kafka={"bootstrap_servers": bootstrap, "topic": topic, "group_id": "g", "session_timeout_ms": 6000,
+               "client": worker_client()},
         store={"data_dir": str(data_dir)}, ingest=ingest)
 
 

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+from eventlib import expected_scores, random_events, store_scores
+from fixtures_kafka import worker_client
 
 from mcrecall.core.config import load_config
-from fixtures_kafka import worker_client
 from mcrecall.ingest.broker import LocalBroker, free_port
 from mcrecall.ingest.kafka_io import KafkaUnavailable, ensure_topic
 from mcrecall.ingest.produce import produce_lines
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
-from eventlib import expected_scores, random_events, store_scores
 
 # a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def test_until_idle_ends_when_the_broker_goes_away_mid_run(tmp_path):
         def run():
             try:
                 out["stats"] = worker.run(until_idle=8)
-            except Exception as e:  # noqa: BLE001 - the test inspects it
+            except Exception as e:
                 out["error"] = e
 
         thread = threading.Thread(target=run, daemon=True)

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from eventlib import expected_scores, random_events, store_scores
+from fixtures_kafka import worker_client
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from mcrecall.core.config import load_config
 from mcrecall.ingest.backfill import backfill_file
 from mcrecall.ingest.produce import produce_lines
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
-from mcrecall.core.config import load_config
-from fixtures_kafka import worker_client
-from eventlib import expected_scores, random_events, store_scores
 
 # every test runs once per [kafka] client (fixtures_kafka.kafka_client)
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.usefixtures("kafka_client")]

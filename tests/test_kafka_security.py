@@ -22,15 +22,14 @@ import time
 import uuid
 
 import pytest
+from eventlib import expected_scores, random_events, store_scores
 
+from mcrecall.core.config import ConfigError, load_config
 from mcrecall.ingest.broker import free_port, port_open, tansu_binary
-from mcrecall.ingest.kafka_io import (admin_client, confluent_security_conf, ensure_topic,
-                             kafka_security_kwargs)
+from mcrecall.ingest.kafka_io import admin_client, confluent_security_conf, ensure_topic, kafka_security_kwargs
 from mcrecall.ingest.produce import produce_lines
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
-from mcrecall.core.config import ConfigError, load_config
-from eventlib import expected_scores, random_events, store_scores
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

@@ -225,7 +225,7 @@ def test_report_plot_names_the_objective_and_keeps_legends_off_the_data(tmp_path
         # the title clears the top tick labels
         lo, hi = ax.get_ylim()
         top = max(t.get_window_extent(renderer).y1
-                  for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= v <= hi)
+                  for t, v in zip(ax.get_yticklabels(), ax.get_yticks(), strict=False) if lo <= v <= hi)
         assert ax.title.get_window_extent(renderer).y0 >= top
     labels = [t.get_text() for t in axes[1].get_legend().get_texts()]
     assert any("most popular" in s for s in labels) and any("squared" in s for s in labels)

@@ -8,8 +8,14 @@ import pytest
 
 from mcrecall.core.config import TrainConfig
 from mcrecall.train.foldin import fold_in
-from mcrecall.train.objectives import (FactorModel, available_objectives, model_class, model_from_config,
-                              objective_spec, rows_with_data)
+from mcrecall.train.objectives import (
+    FactorModel,
+    available_objectives,
+    model_class,
+    model_from_config,
+    objective_spec,
+    rows_with_data,
+)
 from mcrecall.train.synthetic import make_synthetic
 
 CASES = [(o, s) for o in available_objectives() for s in ("dot", "cosine")]

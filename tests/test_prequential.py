@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from mcrecall.ingest.events import ACTION_BITS
 from mcrecall.cli import main
 from mcrecall.core.config import load_config
+from mcrecall.ingest.events import ACTION_BITS
 from mcrecall.plot import plot_prequential
 from mcrecall.train.prequential import STRATEGIES, prequential, read_events
 from mcrecall.train.synthetic import make_stream

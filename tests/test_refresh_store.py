@@ -36,11 +36,11 @@ def test_item_histories_match_the_pairs(tmp_path):
     expect: dict[str, dict[str, float]] = {}
     for u in users:
         its, sc = s.user_history(u)
-        for i, y in zip(its, sc):
+        for i, y in zip(its, sc, strict=False):
             expect.setdefault(i, {})[u] = float(y)
     got = s.item_histories(items + ["unknown"])
-    for item, (us, sc) in zip(items, got):
-        assert dict(zip(us, sc.tolist())) == expect.get(item, {})
+    for item, (us, sc) in zip(items, got, strict=False):
+        assert dict(zip(us, sc.tolist(), strict=False)) == expect.get(item, {})
     assert got[-1][0] == [] and len(got[-1][1]) == 0
     assert sorted(s.changed_items(0)[0]) == sorted(i for i in items if i in expect)
 
@@ -55,4 +55,4 @@ def test_store_written_before_the_index_is_indexed_once(tmp_path):
     assert TripleStore(tmp_path, readonly=True).item_histories(["a"])[0][0] == []
     s2 = TripleStore(tmp_path)
     us, sc = s2.item_histories(["a"])[0]
-    assert dict(zip(us, sc.tolist())) == {"u1": 1.0, "u2": 3.0}
+    assert dict(zip(us, sc.tolist(), strict=False)) == {"u1": 1.0, "u2": 3.0}

@@ -126,7 +126,8 @@ def test_warm_rows_replace_random_rows_and_nan_rows_stay_random():
     u, i, y = rng.integers(0, 4, 50), rng.integers(0, 5, 50), rng.integers(1, 5, 50).astype(
         np.float32)
     for m in (ALS(u, i, y, 4, 5, objective="implicit", dim=3), BCE(u, i, y, 4, 5, similarity="cosine", dim=3)):
-        cold = type(m)(u, i, y, 4, 5, **({"objective": "implicit"} if isinstance(m, ALS) else {"similarity": "cosine"}), dim=3)
+        kind = {"objective": "implicit"} if isinstance(m, ALS) else {"similarity": "cosine"}
+        cold = type(m)(u, i, y, 4, 5, **kind, dim=3)
         cold.init_factors(7)
         m.init_factors(7, init, None)
         assert torch.allclose(m.U[1], torch.tensor([1.0, 2, 3]))

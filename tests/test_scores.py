@@ -6,11 +6,11 @@ import json
 import random
 
 import pytest
+from eventlib import ACTIONS, expected_scores, store_scores
 
 from mcrecall.ingest.backfill import backfill_file
 from mcrecall.ingest.events import ACTION_BITS, BadEvent, parse_event, score_of
 from mcrecall.ingest.store import TripleStore
-from eventlib import ACTIONS, expected_scores, store_scores
 
 
 def test_every_combination_of_actions_and_duplicates(tmp_path):
@@ -97,7 +97,8 @@ def test_backfill_rejects_bad_lines_with_line_numbers(tmp_path):
     stats = backfill_file(f, store)
     assert (stats.events, stats.rejected) == (2, 2)
     rejected = [json.loads(line) for line in (tmp_path / "mixed.jsonl.rejected.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["raw"]) for r in rejected] == [(2, "garbage"), (3, '{"user_id": 1, "item_id": 2, "action": "fly"}')]
+    assert [(r["line"], r["raw"]) for r in rejected] == [
+        (2, "garbage"), (3, '{"user_id": 1, "item_id": 2, "action": "fly"}')]
     assert "unknown action" in rejected[1]["reason"]
     assert store_scores(store) == {("1", "1"): 1, ("2", "1"): 1}
     assert store.counts()["bad_events"] == 2
@@ -108,10 +109,10 @@ def test_snapshot_and_history(tmp_path):
     store.put_scores(["a", "a", "b"], ["x", "y", "x"], [3, 0, 4])
     snap = store.snapshot()
     triples = {(snap.user_ids[u], snap.item_ids[i], float(s))
-               for u, i, s in zip(snap.user_idx, snap.item_idx, snap.score)}
+               for u, i, s in zip(snap.user_idx, snap.item_idx, snap.score, strict=False)}
     assert triples == {("a", "x", 3.0), ("a", "y", 0.0), ("b", "x", 4.0)}
     items, scores = store.user_history("a")
-    assert dict(zip(items, scores.tolist())) == {"x": 3.0, "y": 0.0}
+    assert dict(zip(items, scores.tolist(), strict=False)) == {"x": 3.0, "y": 0.0}
     assert store.user_history("nobody")[0] == []
     s_before = store.user_seq("a")
     store.put_scores(["b"], ["y"], [1])

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcrecall.ingest.store import TripleStore
 from mcrecall.core.config import load_config
+from mcrecall.ingest.store import TripleStore
 from mcrecall.plugins import vector_store_from_config
 from mcrecall.serve import RecallClient
 from mcrecall.serve.testing import publish_vectors
@@ -87,7 +87,7 @@ def test_all_backends_serve_the_same_answers(tmp_path, metric, milvus_uri, milvu
                               ("u17", U[17], "model"), ("newbie", x_new, "fold_in")):
         for ex in (False, True):
             truth[user, ex] = (source, *top(vec, seen.get(user, ()) if ex else ()))
-    for backend, (v, got, _) in answers.items():
+    for backend, (_v, got, _) in answers.items():
         for (user, ex), (source, ids, scores) in truth.items():
             res = got[user, ex]
             assert res.source == source, (backend, user, ex)

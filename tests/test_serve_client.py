@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mcrecall import serve
-from mcrecall.ingest.store import TripleStore
 from mcrecall.core.config import ConfigError, load_config
+from mcrecall.ingest.store import TripleStore
 from mcrecall.plugins import vector_store_from_config
 from mcrecall.serve import NoModelError, RecallClient, Recalled, VectorStoreUnavailableError
 from mcrecall.serve.testing import publish_vectors
@@ -78,7 +78,7 @@ def assert_matches(got: list[Recalled], ids, scores, source, rel=1e-4):
     assert [r.item_id for r in got] == ids
     assert [r.source for r in got] == [source] * len(ids)
     np.testing.assert_allclose([r.score for r in got], scores, rtol=rel, atol=1e-4)
-    assert all(a.score >= b.score for a, b in zip(got, got[1:])), "not best first"
+    assert all(a.score >= b.score for a, b in zip(got, got[1:], strict=False)), "not best first"
 
 
 def implicit_solve(V, y, G, reg, alpha):
@@ -178,7 +178,7 @@ def test_fold_in_follows_new_triples_within_a_second(env):
     _, V = env.versions[v]
     env.triples.put_scores(["fresh"], ["i7"], [2])
     first = env.client.recall("fresh", 5)
-    for step, item in enumerate(["i8", "i9", "i30"]):
+    for item in ["i8", "i9", "i30"]:
         env.triples.put_scores(["fresh"], [item], [3])
         t0 = time.monotonic()
         res = env.client.recall("fresh", 5)
@@ -304,7 +304,7 @@ def test_version_swaps_under_concurrent_recalls(env):
         while not stop.is_set():
             try:
                 answers.append((user, env.client.recall_result(user, 10)))
-            except Exception as e:  # noqa: BLE001 - any error fails the test below
+            except Exception as e:
                 errors.append(e)
 
     threads = [threading.Thread(target=loop, args=(f"u{j}",)) for j in range(3)]

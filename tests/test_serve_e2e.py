@@ -20,11 +20,11 @@ import uuid
 import numpy as np
 import pytest
 
+from mcrecall.core.config import load_config
 from mcrecall.ingest.kafka_io import ensure_topic
 from mcrecall.ingest.produce import event_line, produce_lines
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
-from mcrecall.core.config import load_config
 from mcrecall.plugins import vector_store_from_config
 from mcrecall.serve import RecallClient
 
@@ -118,7 +118,7 @@ def test_recall_returns_the_planted_best_items(world):
         assert {r.source for r in got} == {"model"}
         top = client.recall(user, PER_CLUSTER)
         assert sum(r.item_id in own for r in top) >= PER_CLUSTER - 1, (user, top)
-        assert all(a.score >= b.score for a, b in zip(top, top[1:]))
+        assert all(a.score >= b.score for a, b in zip(top, top[1:], strict=False))
     # scores are the model's predicted interest (not L2 distances): score() agrees
     got = client.recall("c1u0", 6)
     np.testing.assert_allclose(client.score("c1u0", [r.item_id for r in got]),
@@ -177,7 +177,7 @@ def test_fold_in_over_milvus_is_the_training_step(world):
     finally:
         vs.close()
     keep = ~np.isnan(pub).any(axis=1)
-    row = {i: j for j, i in enumerate(i for i, k in zip(ids, keep) if k)}
+    row = {i: j for j, i in enumerate(i for i, k in zip(ids, keep, strict=False) if k)}
     hist, scores = store.user_history("fresh-2")
     want = training_user_step(client._registry.metadata(uv.version), pub[keep],
                               [row[i] for i in hist], scores)
@@ -217,7 +217,7 @@ def test_version_swap_while_recalling(world):
             u = probe[j % len(probe)]
             try:
                 answers.append((u, client.recall_result(u, k)))
-            except Exception as e:  # noqa: BLE001 - reported below
+            except Exception as e:
                 errors.append(e)
             j += 1
 

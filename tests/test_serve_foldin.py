@@ -66,7 +66,7 @@ def test_fold_in_is_the_training_step_with_items_fixed(tmp_path, data, objective
         ids = ts.snapshot().item_ids
         pub = vs.get_vectors(v, ids, missing="nan")
         keep = ~np.isnan(pub).any(axis=1)
-        item_ids = [i for i, kp in zip(ids, keep) if kp]
+        item_ids = [i for i, kp in zip(ids, keep, strict=False) if kp]
         item_pub = pub[keep]
         row = {i: j for j, i in enumerate(item_ids)}
         # a brand-new user, and a trained user who clicks on more items
@@ -80,7 +80,7 @@ def test_fold_in_is_the_training_step_with_items_fixed(tmp_path, data, objective
             assert uv.version == v and uv.source == "fold_in"
             hist, scores = ts.user_history(user)
             known = [i in row for i in hist]
-            want = training_user_step(meta, item_pub, [row[i] for i, k in zip(hist, known) if k],
+            want = training_user_step(meta, item_pub, [row[i] for i, k in zip(hist, known, strict=False) if k],
                                       np.asarray(scores)[known])
             np.testing.assert_allclose(uv.vector, want, **tol, err_msg=user)
             # and the recall ranks by exactly that vector

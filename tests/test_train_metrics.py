@@ -10,7 +10,7 @@ from mcrecall.train.evaluate import evaluate
 def _eval(scores: np.ndarray, train, test) -> dict:
     """Evaluate a user × item score matrix: item vectors = identity, user vectors = scores."""
     n_items = scores.shape[1]
-    arr = lambda t: tuple(np.asarray(c) for c in zip(*t))  # noqa: E731
+    arr = lambda t: tuple(np.asarray(c) for c in zip(*t, strict=False))  # noqa: E731
     return evaluate(scores.astype(np.float32), np.eye(n_items, dtype=np.float32), 1.0,
                     arr(train), arr(test), max_users=10_000, baselines=False)["model"]
 

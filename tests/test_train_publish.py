@@ -346,7 +346,7 @@ def test_concurrent_trainers_publish_one_at_a_time(tmp_path, data, n_trainers):
         for p in procs:
             p.wait(timeout=600)
         outs = [r.join() for r in readers]
-        for p, out in zip(procs, outs):
+        for p, out in zip(procs, outs, strict=False):
             assert p.returncode == 0, out[-3000:]
             assert "Traceback" not in out, out[-3000:]
         published += [int(line.split("published version ")[1].split()[0])

@@ -44,7 +44,7 @@ def test_exact_search_equals_model_ranking(tmp_path, data, backend, metric, simi
     item_ids = sorted({data.item_ids[i] for i in np.unique(data.item_idx)})
     items = vs.get_vectors(res.version, item_ids, missing="nan")
     known = ~np.isnan(items).any(1)
-    item_ids = [i for i, k in zip(item_ids, known) if k]
+    item_ids = [i for i, k in zip(item_ids, known, strict=False) if k]
     items = items[known].astype(np.float64)
     assert len(item_ids) == meta["n_items"]
     checked = 0

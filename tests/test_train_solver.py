@@ -86,7 +86,7 @@ def test_cg_warm_start_keeps_improving(data):
     h1 = m.fit(3, log=lambda s: None)
     h2 = m.fit(3, log=lambda s: None)
     losses = [h["loss"] for h in h1 + h2]
-    assert all(b <= a * (1 + 1e-4) for a, b in zip(losses, losses[1:]))
+    assert all(b <= a * (1 + 1e-4) for a, b in zip(losses, losses[1:], strict=False))
     U, V = m.published()
     warm = _als(data, "implicit", "cg")
     warm.init_factors(5, U, V)
@@ -151,7 +151,7 @@ def test_bce_written_out_gradients_equal_autograd(data):
     data_w, *grads_w = m._dot_grads(a.clone(), bp.clone(), bn.clone())
     data_a, *grads_a = m._autograd_grads(a.clone(), bp.clone(), bn.clone())
     assert float(data_w) == pytest.approx(float(data_a), rel=1e-5)
-    for gw, ga in zip(grads_w, grads_a):
+    for gw, ga in zip(grads_w, grads_a, strict=False):
         torch.testing.assert_close(gw, ga, rtol=1e-4, atol=1e-6)
 
 

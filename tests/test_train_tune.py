@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from mcrecall.core.config import load_config  # noqa: E402
-from mcrecall.train.synthetic import make_synthetic  # noqa: E402
-from mcrecall.train.testing import fill_store, small_config  # noqa: E402
-from mcrecall.train.tune import SPACES, TuneError, toml_text, tune  # noqa: E402
+from mcrecall.core.config import load_config
+from mcrecall.train.synthetic import make_synthetic
+from mcrecall.train.testing import fill_store, small_config
+from mcrecall.train.tune import SPACES, TuneError, toml_text, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 

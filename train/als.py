@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -74,16 +73,6 @@ from .report import end_epoch
 from .warm import overlay_known_rows
 
 _TC = TrainConfig()  # the constructors' defaults are the configuration's
-
-
-@dataclass
-class ALSResult:
-    user: np.ndarray  # published user vectors (n_users, dim')
-    item: np.ndarray  # published item vectors (n_items, dim')
-    score_scale: float  # prediction = score_scale * <user, item> (1 for dot)
-    mu: float
-    history: list[dict] = field(default_factory=list)
-    gram: np.ndarray | None = None  # implicit: Gram matrix of the published item vectors
 
 
 def _sphere_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

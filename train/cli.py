@@ -150,7 +150,7 @@ def train_every(cfg, every: float, *, force: bool = False, wait: bool = True, lo
         started = time.monotonic()
         try:
             state = store_state(cfg)
-        except Exception:  # noqa: BLE001 - unknown state: let the run itself say what is wrong
+        except Exception:
             state = None
         msg = None
         if state is not None and refused_at == state:

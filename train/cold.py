@@ -116,7 +116,7 @@ def cold_evaluation(snap, tc, item_tokens: TokenMatrix, cold_item: np.ndarray, t
         prof = np.zeros((len(ub), n_tok))
         sel = pos & np.isin(u, ub)
         at = np.searchsorted(ub, u[sel])
-        for r, it in zip(at.tolist(), i[sel].tolist()):
+        for r, it in zip(at.tolist(), i[sel].tolist(), strict=False):
             t = item_tokens.rows_of(it)
             if len(t):
                 prof[r, t] += 1.0 / len(t)

@@ -62,24 +62,24 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (docs/measurements.md)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import timedelta  # noqa: E402
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import numpy as np
+import torch
+import torch.distributed as dist
 
-from .als import ALS  # noqa: E402
-from .objectives import model_from_config  # noqa: E402
-from .report import end_epoch  # noqa: E402
-from .sgd import BCE  # noqa: E402
+from .als import ALS
+from .objectives import model_from_config
+from .report import end_epoch
+from .sgd import BCE
 
 KILL_ENV = "MCR_DIST_KILL_AT"
 LAUNCHED_ENV = "MCR_DIST_LAUNCHED"  # set by launch_local: the launcher writes the failure line

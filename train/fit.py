@@ -14,13 +14,13 @@ import os
 # 10-65x slower on these 2-core machines (docs/measurements.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import time  # noqa: E402
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from .attributes import snapshot_tokens  # noqa: E402
-from .distributed import model_for_fit  # noqa: E402
+from .attributes import snapshot_tokens
+from .distributed import model_for_fit
 
 
 def resolve_device(name: str) -> str:

@@ -48,7 +48,7 @@ ATTRIBUTES = "+ attributes"
 @dataclass
 class _Version:
     U: np.ndarray  # (n_users_v, d) published user vectors (zero rows: no vector)
-    I: np.ndarray  # (n_items_v, d) published item vectors
+    I: np.ndarray  # noqa: E741  (n_items_v, d) published item vectors (the notation's A, B: U, I)
     user_has: np.ndarray
     item_has: np.ndarray
     meta: dict  # {"foldin": ...}
@@ -189,7 +189,7 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
         snap = Snap()
         model, _, _ = fit_model(snap, replace(tc, attributes=attributes), device="cpu",
                                 train_mask=np.ones(len(sc), bool), log=lambda s: None)
-        U, I = model.published()
+        U, I = model.published()  # noqa: E741  (the notation's user and item matrices)
         uh = rows_with_data(snap.user_idx, sc, len(users.ids), tc.objective)
         ih = rows_with_data(snap.item_idx, sc, len(items.ids), tc.objective)
         tables = model.token_tables() if attributes else None
@@ -300,7 +300,7 @@ def prequential(events, tc, *, retrain_every: int = 5000, refresh_every: int = 1
                     vec = _part(ver_a, "user", tokens["user"].get(u))
                 vmodes.append(popular_top(ver_a.popular, seen) if vec is None
                               else topk(I_ref_a, avail_ref_a, vec, seen))
-            for s, top in zip(strategies, vmodes):
+            for s, top in zip(strategies, vmodes, strict=False):
                 res.hits[s] += i in top
         new = old | bits  # ... then train
         if new != old:

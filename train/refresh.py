@@ -36,8 +36,8 @@ from mcrecall.core.crashpoints import REFRESH as CRASH_HOOK
 from mcrecall.core.crashpoints import crash_point as _crash_point
 from mcrecall.train.foldin import fold_in_item
 from mcrecall.train.lock import PublisherBusyError, publisher_lock
-from mcrecall.train.objectives import OBJECTIVES
 from mcrecall.train.model_log import ModelLogError, model_log_from_config
+from mcrecall.train.objectives import OBJECTIVES
 from mcrecall.train.versions import ModelRegistry
 
 CRASH_ENV = CRASH_HOOK.env  # MCR_REFRESH_CRASH_AT (core/crashpoints.py)
@@ -195,7 +195,7 @@ class Refresher:
         row = {u: j for j, u in enumerate(users)}
         gram = self._user_gram(version) if meta["foldin"]["objective"] == "implicit" else None
         ids, vecs = [], []
-        for k, (item, (us, scores)) in enumerate(zip(items, hist)):
+        for k, (item, (us, scores)) in enumerate(zip(items, hist, strict=False)):
             prior = None if priors is None or not priors[k].any() else priors[k]
             known = np.zeros(0, bool)
             if us:

@@ -13,26 +13,26 @@ import os
 # 10-65x slower on these 2-core machines (docs/measurements.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, replace  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from .attributes import snapshot_tokens  # noqa: E402
-from .cold import cold_evaluation, cold_item_mask  # noqa: E402
-from . import gate  # noqa: E402
-from .distributed import world_size  # noqa: E402
-from .evaluate import evaluate, popularity  # noqa: E402
-from .fit import _log_default, fit_model, resolve_device  # noqa: E402,F401  (re-exported)
-from .foldin import NEG_POOL  # noqa: E402,F401  (re-exported)
-from .model_log import model_log_from_config  # noqa: E402
-from .objectives import OBJECTIVES, objective_spec, rows_with_data  # noqa: E402
-from .publish import cleanup_stale, next_version, publish  # noqa: E402
-from .report import format_table  # noqa: E402
-from .split import holdout_from_hashes, id_hashes, split_metadata  # noqa: E402
-from .versions import ModelRegistry  # noqa: E402
+from . import gate
+from .attributes import snapshot_tokens
+from .cold import cold_evaluation, cold_item_mask
+from .distributed import world_size
+from .evaluate import evaluate, popularity
+from .fit import _log_default, fit_model, resolve_device
+from .foldin import NEG_POOL  # noqa: F401  (re-exported)
+from .model_log import model_log_from_config
+from .objectives import OBJECTIVES, objective_spec, rows_with_data
+from .publish import cleanup_stale, next_version, publish
+from .report import format_table
+from .split import holdout_from_hashes, id_hashes, split_metadata
+from .versions import ModelRegistry
 
 # objective -> (figure, direction, tolerance key): "lower" = smaller is better
 GATE_METRIC = {name: spec.gate for name, spec in OBJECTIVES.items()}

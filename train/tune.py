@@ -148,8 +148,8 @@ def tune(cfg, *, budget_s: float, objective: str | None = None, n_trials: int | 
     import torch
 
     from .evaluate import eval_users, evaluate
-    from .split import holdout_from_hashes, id_hashes
     from .objectives import rows_with_data
+    from .split import holdout_from_hashes, id_hashes
     from .trainer import fit_model, resolve_device
 
     t_start = time.monotonic()

@@ -281,7 +281,7 @@ class ModelRegistry:
         env = self._writer()
         for s in range(0, len(ids), batch):
             with env.begin(write=True) as txn:
-                for uid, vec in zip(ids[s:s + batch], vectors[s:s + batch]):
+                for uid, vec in zip(ids[s:s + batch], vectors[s:s + batch], strict=False):
                     txn.put(prefix + str(uid).encode("utf-8"), vec.tobytes())
 
     def write_tokens(self, version: int, kind: str, vocab, emb: np.ndarray) -> None:
