@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mcrecall.plugins import open_vector_store, vector_store_from_config
 from mcrecall.plugins.base import DEFAULT_PARAMS
 from mcrecall.train import model_log as ml
@@ -321,7 +323,7 @@ class Replica:
             with self.env.begin(write=True) as txn:
                 txn.put(okey, nxt)
             return True
-        if kind in ("users", "items"):
+        if kind in ml.CHUNK_KINDS:
             if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
                 return self._mark_bad(version, f"{kind} chunk seq {header.get('seq')} at offset "
                                       f"{record.offset}: bad checksum", okey, nxt)
@@ -446,7 +448,7 @@ class Replica:
         """Why the staged version is not what its end record says (None: it is)."""
         if len(chunks) != int(end["chunks"]):
             return f"{len(chunks)} chunks staged, the end record says {end['chunks']}"
-        digests, n = [], {"users": 0, "items": 0}
+        digests, n = [], dict.fromkeys(ml.CHUNK_KINDS, 0)
         for j, (h, payload) in enumerate(chunks):
             if int(h["seq"]) != j:
                 return f"chunk {j} missing"
@@ -460,6 +462,9 @@ class Replica:
         if n["users"] != int(end["n_users"]) or n["items"] != int(end["n_items"]):
             return (f"{n['users']} user / {n['items']} item vectors, the end record says "
                     f"{end['n_users']} / {end['n_items']}")
+        for kind in ("item_tokens", "user_tokens"):
+            if n[kind] != int(end.get(f"n_{kind}", 0)):
+                return f"{n[kind]} {kind}, the end record says {end.get(f'n_{kind}', 0)}"
         return None
 
     def _local_store_seq(self, meta: dict) -> int | None:
@@ -594,10 +599,18 @@ class Replica:
         if version in self.registry.stored_versions():  # a kill during an earlier apply
             self.registry.drop(version, in_flight_ok=True)
         t0 = time.perf_counter()
+        tokens: dict[str, tuple[list, list]] = {}
         for h, payload in chunks:
             if h["kind"] == "users":
                 ids, vecs = ml.decode_chunk(h, payload, verify=False)
                 self.registry.write_users(version, ids, vecs)
+            elif h["kind"] in ("item_tokens", "user_tokens"):  # the hybrid model's token tables
+                ids, vecs = ml.decode_chunk(h, payload, verify=False)
+                vocab, parts = tokens.setdefault(h["kind"].split("_")[0], ([], []))
+                vocab.extend(ids)
+                parts.append(vecs)
+        for side, (vocab, parts) in tokens.items():
+            self.registry.write_tokens(version, side, vocab, np.concatenate(parts))
         self._timing["users_s"] = round(time.perf_counter() - t0, 2)
         _crash("users")
         spec = VersionSpec(**meta["vector_store"])

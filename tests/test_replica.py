@@ -349,6 +349,42 @@ def test_two_replicas_and_a_replica_from_a_snapshot(world):
     assert assert_same(r1, r3, USERS) == v1
 
 
+def test_replica_serves_the_hybrid_model_like_the_primary(world):
+    """A version of the hybrid model (attributes): its token tables travel in the log, so users
+    served from their attributes (and fold-in with an attribute part) answer the same."""
+    from mcrecall.train.versions import ModelRegistry
+
+    primary = world["make"]("hprimary", publish=True)
+    rep = world["make"]("hrep")
+    lines = events(N_USERS, N_ITEMS, 500, seed=7)
+    lines += [json.dumps({"item_id": f"i{j}", "attributes": {"genre": f"g{j % 4}", "tags": ["a", f"t{j % 3}"]},
+                          "ts": 1}).encode() for j in range(N_ITEMS + 1)]  # i{N_ITEMS}: attributes only
+    lines += [json.dumps({"user_id": u, "attributes": {"likes": f"g{k % 4}"}, "ts": 1}).encode()
+              for k, u in enumerate([f"u{j}" for j in range(N_USERS)] + ["newbie", "newbie2"])]
+    produce_lines(lines, primary.cfg)
+    ingest(primary)
+    v1 = train(primary)
+    pr = ModelRegistry(primary.data_dir, readonly=True)
+    try:
+        tables = {side: pr.tokens(v1, side) for side in ("item", "user")}
+    finally:
+        pr.close()
+    assert tables["item"] is not None and tables["user"] is not None, "the hybrid model was not trained"
+    rep.start_replica()
+    rep.wait_current(v1, events=store_events(primary))
+    rr = ModelRegistry(rep.data_dir, readonly=True)
+    try:
+        for side, (vocab, emb) in tables.items():
+            got = rr.tokens(v1, side)
+            assert got is not None and list(got[0]) == list(vocab), side
+            np.testing.assert_array_equal(got[1], emb)
+    finally:
+        rr.close()
+    assert assert_same(primary, rep, USERS + ["newbie", "newbie2"]) == v1
+    with RecallClient(rep.cfg) as c:
+        assert c.recall_result("newbie", 5).items[0].source == "attributes"
+
+
 def test_replica_metrics_port_serves_worker_counters_and_its_version(world):
     """`mcrecall replica --metrics-port P`: the event worker's counters and the replica's gauges."""
     import urllib.request

@@ -40,7 +40,10 @@ log = logging.getLogger("mcrecall.train")
 CHUNK_BYTES = 256 << 10  # well under Kafka's default 1 MiB message limit, headers included
 FORMAT = 1
 CONTROL_KEY = b"current"
-KINDS = ("meta", "users", "items", "end", "refresh")
+KINDS = ("meta", "users", "items", "item_tokens", "user_tokens", "end", "refresh")
+# chunked records of (ids, float32 vectors): the version's vectors, and the hybrid model's token
+# embeddings (ids = the token vocabulary, train/attributes.py) that fold-in and refresh read
+CHUNK_KINDS = ("users", "items", "item_tokens", "user_tokens")
 _LEN = struct.Struct(">H")
 
 
@@ -156,11 +159,14 @@ def combined_checksum(digests: Iterable[bytes]) -> str:
 
 
 def version_records(version: int, meta: dict, user_ids: Sequence[str], user_vectors: np.ndarray,
-                    item_ids: Sequence[str], item_vectors: np.ndarray) -> tuple[list[tuple[bytes, bytes]], dict]:
+                    item_ids: Sequence[str], item_vectors: np.ndarray,
+                    tokens: dict | None = None) -> tuple[list[tuple[bytes, bytes]], dict]:
     """The records of version N in log order, as (key, value); and the end record's header.
 
     ``meta`` is the version's complete metadata (what the registry stores, with
-    ``vector_store``); vectors are the model-space vectors the primary published.
+    ``vector_store``); vectors are the model-space vectors the primary published; ``tokens``:
+    the hybrid model's ``{"item"|"user": (vocab, embeddings)}`` (``item_tokens`` /
+    ``user_tokens`` chunks, counted and checksummed with the rest).
     """
     version = int(version)
     user_vectors = np.asarray(user_vectors, dtype=np.float32)
@@ -169,7 +175,11 @@ def version_records(version: int, meta: dict, user_ids: Sequence[str], user_vect
     out = [(b"meta", encode_record({"kind": "meta", "format": FORMAT, "version": version,
                                     "meta": meta}))]
     digests, seq, counts = [], 0, {"users": 0, "items": 0}
-    for kind, ids, vecs in (("users", user_ids, user_vectors), ("items", item_ids, item_vectors)):
+    parts = [("users", user_ids, user_vectors), ("items", item_ids, item_vectors)]
+    for side, (vocab, emb) in sorted((tokens or {}).items()):
+        parts.append((f"{side}_tokens", list(vocab), np.asarray(emb, dtype=np.float32)))
+        counts[f"{side}_tokens"] = 0
+    for kind, ids, vecs in parts:
         for c_ids, c_vecs in _chunks(list(map(str, ids)), vecs):
             payload, nid = _chunk_payload(c_ids, c_vecs)
             digests.append(chunk_digest(payload))
@@ -180,6 +190,7 @@ def version_records(version: int, meta: dict, user_ids: Sequence[str], user_vect
             counts[kind] += len(c_ids)
     end = {"kind": "end", "format": FORMAT, "version": version, "chunks": seq, "dim": dim,
            "n_users": counts["users"], "n_items": counts["items"],
+           **{f"n_{k}": n for k, n in counts.items() if k.endswith("_tokens")},
            "checksum": combined_checksum(digests)}
     out.append((b"end", encode_record(end)))
     return out, end
@@ -303,14 +314,15 @@ class ModelLog:
 
     # -- the writes ------------------------------------------------------------------------
     def publish_version(self, version: int, meta: dict, user_ids, user_vectors, item_ids,
-                        item_vectors) -> dict:
+                        item_vectors, tokens: dict | None = None) -> dict:
         """Write version N completely, then point the control topic at it.
 
         Returns ``{"topic", "records", "bytes", "checksum"}``. Raises ModelLogError.
         """
         deadline = time.monotonic() + self.timeout_s
         topic = version_topic(self.control, version)
-        records, end = version_records(version, meta, user_ids, user_vectors, item_ids, item_vectors)
+        records, end = version_records(version, meta, user_ids, user_vectors, item_ids, item_vectors,
+                                       tokens=tokens)
         self._ensure_topics([(self.control, {"cleanup.policy": "compact"}), (topic, {})], deadline)
         nbytes = self._send_all(topic, records, deadline)
         self._send_all(self.control, [control_record(version, topic, end, nbytes)], deadline)

@@ -201,7 +201,7 @@ def publish(registry: ModelRegistry, vs, *, version: int, user_ids: list[str],
                            item_vectors, meta, metric, index_type)
             if model_log is not None:  # replicas can rebuild N from the log before N serves
                 sent = model_log.publish_version(version, registry.metadata(version), user_ids,
-                                                 user_vectors, item_ids, item_vectors)
+                                                 user_vectors, item_ids, item_vectors, tokens=tokens)
                 log(f"  model log: version {version} -> {sent['topic']} ({sent['records']} "
                     f"records, {sent['bytes'] / 1e6:.1f} MB, acknowledged)")
             crash_point("logged")
