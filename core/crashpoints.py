@@ -13,6 +13,8 @@ Hooks (the environment variables have no ``MCRECALL_`` prefix: the config loader
   (``subprocess`` reports ``-9``).
 * :data:`REFRESH` — ``MCR_REFRESH_CRASH_AT``: the steps of ``mcrecall refresh``
   (train/refresh.py ``CRASH_POINTS``); the process leaves with ``os._exit(87)``.
+* :data:`REPLICA` — ``MCR_REPLICA_CRASH_AT``: the steps of ``mcrecall replica``
+  (serve/replica.py ``CRASH_POINTS``); SIGKILL.
 
 A ground module (imports no part), so every part may call it.
 """
@@ -43,7 +45,8 @@ class CrashHook:
 
 TRAIN = CrashHook("MCR_TRAIN_CRASH_AT", -int(signal.SIGKILL))
 REFRESH = CrashHook("MCR_REFRESH_CRASH_AT", 87)
-HOOKS = (TRAIN, REFRESH)
+REPLICA = CrashHook("MCR_REPLICA_CRASH_AT", -int(signal.SIGKILL))
+HOOKS = (TRAIN, REFRESH, REPLICA)
 
 
 def crash_point(name: str, hook: CrashHook = TRAIN) -> None:

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mcrecall.core.crashpoints import REPLICA as CRASH_HOOK
+from mcrecall.core.crashpoints import crash_point
 from mcrecall.plugins import open_vector_store, vector_store_from_config
 from mcrecall.plugins.base import DEFAULT_PARAMS
 from mcrecall.train import model_log as ml
@@ -57,13 +59,12 @@ OFFSET = b"replica/offset/"
 BAD = b"replica/bad/"
 STAGE = b"rstage/"
 _U32 = struct.Struct(">I")
-CRASH_ENV = "MCR_REPLICA_CRASH_AT"  # tests: SIGKILL at a named step
+CRASH_ENV = CRASH_HOOK.env  # MCR_REPLICA_CRASH_AT (core/crashpoints.py): SIGKILL at a named step
 CRASH_POINTS = ("staged", "verified", "users", "index", "metadata", "current")
 
 
 def _crash(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    crash_point(name, CRASH_HOOK)
 
 
 def _stage(version: int, what: bytes) -> bytes:

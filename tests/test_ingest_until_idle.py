@@ -22,7 +22,7 @@ from mcrecall.ingest.produce import produce_lines
 from mcrecall.ingest.store import TripleStore
 from mcrecall.ingest.worker import IngestWorker
 
-# a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
+# a Kafka-protocol broker per test, subprocesses, group joins: the slow lane
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +110,12 @@ def test_a_worker_without_partitions_ends_on_until_idle_and_says_why(tmp_path, c
         stats = idle.run(until_idle=6)
         took = time.monotonic() - started
         assert stats.exit_reason == "idle 6s" and took < 30, (stats.exit_reason, took)
-        warned = [r for r in caplog.records if r.getMessage() == "no_partitions"]
+        # the idle worker's own lines (it runs in this thread; the holder logs from its own, and
+        # may itself be without its partition for a moment while the group rebalances)
+        mine = [r for r in caplog.records if r.thread == threading.get_ident()]
+        warned = [r for r in mine if r.getMessage() == "no_partitions"]
         assert len(warned) == 1 and warned[0].group == "grp-1", [r.getMessage() for r in caplog.records]
-        progress = [r for r in caplog.records if r.getMessage() == "ingest_progress"
+        progress = [r for r in mine if r.getMessage() == "ingest_progress"
                     and r.name == "mcrecall.ingest" and getattr(r, "partitions", None) == 0]
         assert progress and all(r.lag == "unknown" for r in progress)
         holder.stop()

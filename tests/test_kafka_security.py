@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
-# a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
+# a Kafka-protocol broker per test, subprocesses, group joins: the slow lane
 pytestmark = pytest.mark.slow
 
 

@@ -17,15 +17,15 @@ from mcrecall.plugins.milvus_server import MilvusLiteServer, free_port, port_ope
 from mcrecall.plugins.milvus_store import MilvusStoreLockedError
 from mcrecall.plugins.testing import clustered_vectors
 
+# Milvus Lite servers started, killed and restarted per test: the slow lane
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 _HOLDER = r"""
 import sys, time
 from mcrecall.plugins import open_vector_store
-
-# a Kafka-protocol broker (or Milvus Lite server) per test, subprocesses, group joins: the slow lane
-pytestmark = pytest.mark.slow
 store = open_vector_store("milvus", uri=sys.argv[1])
 print("ready", flush=True)
 time.sleep(60)

@@ -71,6 +71,10 @@ def test_failure_line_names_the_rank_that_was_killed():
     line = failure_line({0: pf(0, -signal.SIGTERM, 5), 1: pf(1, -signal.SIGKILL, 5)})
     assert line.startswith("rank 1: killed by SIGKILL")
     assert failure_line({0: pf(0, 1, 9), 1: pf(1, -signal.SIGTERM, 9)}) == "rank 0: exited with status 1"
+    # a survivor's gloo aborts (SIGABRT) once its peer raised: the peer's error is the cause,
+    # whichever the agent recorded first (CI: rank 0's abort came before rank 1's MemoryError)
+    assert failure_line({0: pf(0, -signal.SIGABRT, 4), 1: pf(1, 1, 5)}) == "rank 1: exited with status 1"
+    assert failure_line({0: pf(0, -signal.SIGABRT, 4)}) == "rank 0: killed by SIGABRT"
 
 
 @pytest.mark.slow

@@ -744,10 +744,12 @@ def main(argv=None) -> int:
 def failure_line(failures: dict) -> str:
     """One line from the elastic agent's failures (global rank -> ProcessFailure): the rank
     killed by a signal if any (the others failed because it did; SIGTERM is the agent stopping
-    the survivors), else the first that failed with an error, and the cause."""
-    def order(rf):  # a signal (not the agent's SIGTERM to the survivors), then an error, then SIGTERM
+    the survivors, SIGABRT a survivor's collective library aborting once a peer is gone), else
+    the first that failed with an error, and the cause."""
+    def order(rf):  # a signal, an error, then the consequences: SIGABRT, the agent's SIGTERM
         code = rf[1].exitcode
-        return (1 if code >= 0 else 2 if code == -signal.SIGTERM else 0), rf[1].timestamp, rf[0]
+        consequence = {-signal.SIGABRT: 2, -signal.SIGTERM: 3}
+        return (1 if code >= 0 else consequence.get(code, 0)), rf[1].timestamp, rf[0]
 
     rank, f = min(failures.items(), key=order)
     if f.exitcode < 0:
