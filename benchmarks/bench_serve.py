@@ -78,6 +78,19 @@ def timed_calls(fn, args: list, seconds: float, max_calls: int) -> np.ndarray:
     return np.asarray(out)
 
 
+def _run_threads(work, threads: int, seconds: float, stop: threading.Event) -> float:
+    """Run ``work(j)`` on ``threads`` threads for ``seconds``, then set ``stop``; wall seconds."""
+    ts = [threading.Thread(target=work, args=(j,)) for j in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def throughput(fn, args: list, threads: int, seconds: float) -> float:
     """Calls per second of ``threads`` threads calling fn in a loop for ``seconds``."""
     stop = threading.Event()
@@ -91,15 +104,8 @@ def throughput(fn, args: list, threads: int, seconds: float) -> float:
             n += 1
         counts[j] = n
 
-    ts = [threading.Thread(target=work, args=(j,)) for j in range(threads)]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in ts:
-        t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    wall = _run_threads(work, threads, seconds, stop)  # counts are final once it returns
+    return sum(counts) / wall
 
 
 def build(backend: str, n_items: int, args, tmp: Path, milvus_uri: str):
@@ -437,15 +443,7 @@ def thread_load(fn, args: list, threads: int, seconds: float) -> tuple[float, np
             mine.append(clock() - t0)
             i += threads
 
-    ts = [threading.Thread(target=work, args=(j,)) for j in range(threads)]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = _run_threads(work, threads, seconds, stop)
     all_lats = np.concatenate([np.asarray(x) for x in lats])
     return len(all_lats) / wall, all_lats
 
