@@ -75,6 +75,15 @@ def test_failure_line_names_the_rank_that_was_killed():
     # whichever the agent recorded first (CI: rank 0's abort came before rank 1's MemoryError)
     assert failure_line({0: pf(0, -signal.SIGABRT, 4), 1: pf(1, 1, 5)}) == "rank 1: exited with status 1"
     assert failure_line({0: pf(0, -signal.SIGABRT, 4)}) == "rank 0: killed by SIGABRT"
+    # CI: only rank 0's abort had been seen when the agent stopped; rank 1 recorded its cause
+    assert (failure_line({0: pf(0, -signal.SIGABRT, 4)}, {1: "out of memory (simulated)"})
+            == "rank 1: out of memory (simulated)")
+    # a rank that lost its peer is a consequence of the peer's SIGKILL
+    assert failure_line({0: pf(0, -signal.SIGKILL, 6), 1: pf(1, 1, 5)},
+                        {1: "lost a peer (Connection closed by peer)"}).startswith("rank 0: killed by SIGKILL")
+    # the one that timed out waiting is the cause when the other only hangs (stopped by SIGTERM)
+    assert (failure_line({0: pf(0, 1, 5), 1: pf(1, -signal.SIGTERM, 6)}, {0: "a peer did not answer within x"})
+            == "rank 0: a peer did not answer within x")
 
 
 @pytest.mark.slow

@@ -726,6 +726,7 @@ def main(argv=None) -> int:
     except (Exception, MemoryError) as e:
         line = describe_failure(e, cfg.train.dist_timeout_s)
         _write_error_file(line)
+        _record_failure(args.result_file, rank, line)
         if not launched:
             print(f"mcrecall train: rank {rank}: {line}; nothing published", file=sys.stderr, flush=True)
         return 1
@@ -741,26 +742,66 @@ def main(argv=None) -> int:
 
 
 # -- `mcrecall train --nproc N` -----------------------------------------------------------------
-def failure_line(failures: dict) -> str:
-    """One line from the elastic agent's failures (global rank -> ProcessFailure): the rank
-    killed by a signal if any (the others failed because it did; SIGTERM is the agent stopping
-    the survivors, SIGABRT a survivor's collective library aborting once a peer is gone), else
-    the first that failed with an error, and the cause."""
-    def order(rf):  # a signal, an error, then the consequences: SIGABRT, the agent's SIGTERM
-        code = rf[1].exitcode
-        consequence = {-signal.SIGABRT: 2, -signal.SIGTERM: 3}
-        return (1 if code >= 0 else consequence.get(code, 0)), rf[1].timestamp, rf[0]
+def failure_line(failures: dict, recorded: dict | None = None) -> str:
+    """One line from the elastic agent's failures (global rank -> ProcessFailure) and the lines
+    the ranks recorded themselves (global rank -> line, see ``_record_failure``).
 
-    rank, f = min(failures.items(), key=order)
-    if f.exitcode < 0:
-        name = f.signal_name()
-        cause = f"killed by {name}"
-        if name == "SIGKILL":
-            cause += " (kill -9, or the kernel's out-of-memory killer)"
-    else:
-        msg = f.message if isinstance(f.message, str) else ""
-        cause = msg if msg and not msg.startswith("To enable traceback") else f"exited with status {f.exitcode}"
+    The cause, in this order: a rank killed by a signal (the others failed because it did), a
+    rank's own error, a rank that lost its peer or timed out waiting for it, then the
+    consequences: SIGABRT (a survivor's collective library aborting once a peer is gone) and
+    SIGTERM (the agent stopping the survivors). A rank's recorded line counts even when the agent
+    stopped it before it exited: it may abort its peer on the way out and be seen second.
+    """
+    recorded = recorded or {}
+    consequence = {-signal.SIGABRT: 3, -signal.SIGTERM: 4}
+    lines = {}
+    for rank, f in failures.items():
+        code = f.exitcode
+        if code < 0:
+            name = f.signal_name()
+            cause = f"killed by {name}"
+            if name == "SIGKILL":
+                cause += " (kill -9, or the kernel's out-of-memory killer)"
+            lines[rank] = (consequence.get(code, 0), f.timestamp, cause)
+        else:
+            msg = f.message if isinstance(f.message, str) else ""
+            cause = msg if msg and not msg.startswith("To enable traceback") else f"exited with status {code}"
+            lines[rank] = (2 if _waited_for_peer(cause) else 1, f.timestamp, cause)
+    for rank, cause in recorded.items():
+        key = (2 if _waited_for_peer(cause) else 1, 0, cause)
+        if rank not in lines or lines[rank][0] >= 3 or lines[rank][2].startswith("exited with status"):
+            lines[rank] = key
+    rank, (_, _, cause) = min(lines.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))
     return f"rank {rank}: {cause}"
+
+
+def _waited_for_peer(cause: str) -> bool:
+    return cause.startswith(("lost a peer", "a peer did not answer"))
+
+
+def _record_failure(result_file: str | None, rank: str, line: str) -> None:
+    """This rank's cause beside the launcher's result file, before the process exits: its exit
+    can abort a peer whose SIGABRT the agent then sees first."""
+    if not result_file:
+        return
+    try:
+        with open(f"{result_file}.rank{int(rank)}", "w") as f:
+            f.write(line)
+    except (OSError, ValueError):
+        pass
+
+
+def _recorded_failures(result_file: str) -> dict:
+    import glob
+
+    out = {}
+    for path in glob.glob(glob.escape(result_file) + ".rank*"):
+        try:
+            with open(path) as f:
+                out[int(path.rsplit(".rank", 1)[1])] = f.read().strip()
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def launch_once(nproc: int, worker_args: list[str], timeout_s: float) -> tuple[dict | None, str | None]:
@@ -794,7 +835,7 @@ def launch_once(nproc: int, worker_args: list[str], timeout_s: float) -> tuple[d
             elastic_launch(lc, sys.executable)("-m", "mcrecall.train.distributed", *worker_args,
                                                "--result-file", result)
         except ChildFailedError as e:
-            return None, failure_line(e.failures)
+            return None, failure_line(e.failures, _recorded_failures(result))
         except SignalException as e:  # Ctrl-C / SIGTERM: the agent has stopped the ranks
             raise KeyboardInterrupt(str(e)) from None
         try:
