@@ -16,6 +16,10 @@ version, medians reported:
   acknowledged) until the replica's ``users.lmdb`` says the version is current, i.e. fetched,
   staged, verified, users written, index built, pointer flipped;
 * log bytes per version: keys + values of the version's records (vectors as float32, ids).
+
+Writes benchmarks/results/replica.md whole (``--append`` keeps its earlier runs): one section a
+run, and a summary computed from their tables (``--render`` rewrites the file from its run
+sections without measuring).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchmarks.resultsfile import RESULTS, add_run, machine_note, table_md, write_file  # noqa: E402
+from resultsfile import RESULTS, add_run, machine_note, marked, num, parse_tables, run_sections, table_md, write_file  # noqa: E402
+
 from mcrecall.core.config import load_config  # noqa: E402
 from mcrecall.ingest.broker import LocalBroker  # noqa: E402
 from mcrecall.ingest.kafka_io import ensure_topic  # noqa: E402
@@ -49,6 +55,9 @@ from mcrecall.train.versions import ModelRegistry  # noqa: E402
 TITLE = "Replica transfer (issue 18)"
 INTRO = ("Produced by `benchmarks/bench_replica.py`: a version published with `[replication] "
          "publish = true` until `mcrecall replica` serves it. Target: <= 10 s for 100k users x 64 dims.")
+TARGET_S = 10.0  # publication -> current on the replica (issue 18) ...
+TARGET_SIZE = (100_000, 64)  # ... for this many users x dims
+_RUN_HEADING = re.compile(r"## ([\d,]+) users × (\d+) dims, ([\d,]+) items, (\S+), (\d+) versions")
 
 
 def host(tmp: Path, name: str, bootstrap: str, backend: str, publish: bool):
@@ -89,7 +98,11 @@ def main() -> None:
     ap.add_argument("--backend", default="faiss")
     ap.add_argument("--out", type=Path, default=RESULTS / "replica.md")
     ap.add_argument("--append", action="store_true")
+    ap.add_argument("--render", action="store_true", help="rewrite --out from its run sections")
     args = ap.parse_args()
+    if args.render:
+        print(render(args.out))
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-replica-"))
     rng = np.random.default_rng(0)
@@ -178,9 +191,49 @@ def main() -> None:
                f"ratios against the primary's own publication without the log, same run.\n\n{table}\n\n"
                f"Target publication -> current on the replica <= 10 s: **{target}** "
                f"({med['to_current']:.2f} s).")
-    runs = add_run(args.out, section, append=args.append)
-    write_file(args.out, TITLE, INTRO, "", runs)
+    render(args.out, add_run(args.out, section, append=args.append))
     print(f"wrote {args.out}")
+
+
+def render(path: Path, runs: list[str] | None = None) -> str:
+    runs = run_sections(path) if runs is None else runs
+    return write_file(path, TITLE, INTRO, summary(runs), runs)
+
+
+def summary(runs: list[str]) -> str:
+    """A row a run (backend, size): publication -> current on the replica against the target,
+    the primary's publication with the log against without, the log's bytes per version."""
+    rows = []
+    for run in runs:
+        head = _RUN_HEADING.match(run)
+        t = next((x for x in parse_tables(run) if x.header[:2] == ["measure", "median"]), None)
+        if head is None or t is None:
+            continue
+        users, dims, items, backend, versions = head.groups()
+        got = {r[0]: r for r in t.rows}
+
+        def cell(prefix, col=1, got=got):
+            return next((r[col] for k, r in got.items() if k.startswith(prefix)), "—")
+
+        secs = num(cell("publication -> current"))
+        if (int(users.replace(",", "")), int(dims)) != TARGET_SIZE:
+            met = "— (another size)"
+        else:
+            met = "met" if secs is not None and secs <= TARGET_S else "NOT met"
+        rows.append([backend, f"{users} × {dims}", items, versions, cell("publication -> current"),
+                     met, cell("of which: build the index"),
+                     cell("primary publish, with the model log", 2),
+                     f"{cell('log bytes per version')} ({cell('log bytes per version', 2)})"])
+    if not rows:
+        return ""
+    return marked("replica", "\n\n".join([
+        f"Medians of each run (a section of `benchmarks/results/replica.md` each), ratios against the "
+        f"primary's publication without the log in the same run; target: publication -> current on "
+        f"the replica ≤ {TARGET_S:g} s for {TARGET_SIZE[0]:,} users × {TARGET_SIZE[1]} dims.",
+        table_md(["backend", "users × dims", "items", "versions", "publication -> current on the replica",
+                  f"target ≤ {TARGET_S:g} s", "of which: index build (replica)",
+                  "primary publish with the log / without", "log bytes per version"],
+                 rows, "llrrrlrrl")]))
 
 
 if __name__ == "__main__":

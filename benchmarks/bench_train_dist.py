@@ -14,8 +14,10 @@ Measured, one thread a rank (``[train] threads = 1``), every launch a real torch
   rank sends a sweep (its factor blocks to every peer: the all_gather) and once (the shards);
 - from those constants, a table on paper for 1B triples x dim 64 on 8, 32 and 128 ranks.
 
-Writes ``benchmarks/results/train_dist.md`` whole. The data reach the ranks as an ``.npz`` in a
-temporary directory read by rank 0 only (the trainer's rank 0 reads the LMDB store instead).
+Writes ``benchmarks/results/train_dist.md`` whole: the run section, and a summary computed from
+its tables (``--render`` rewrites the file from its run section without measuring). The data
+reach the ranks as an ``.npz`` in a temporary directory read by rank 0 only (the trainer's rank 0
+reads the LMDB store instead).
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from resultsfile import machine_note, table_md, write_file  # noqa: E402
+from resultsfile import add_run, machine_note, marked, num, parse_tables, run_sections, table_md, write_file  # noqa: E402
 
 OBJECTIVES = ("implicit", "squared")
+TITLE = "Distributed training (`mcrecall train --nproc N`)"
+INTRO = ("Written by `benchmarks/bench_train_dist.py` (issue 19). Every figure of a run comes from "
+         "that run.")
+SCALING_TARGET = 0.6  # 2 ranks' median sweep at most this share of one rank's (issue 19)
 
 
 # -- one launch (every rank runs this) ---------------------------------------------------------
@@ -153,9 +159,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2, help="launches of each world size (interleaved)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_dist.md"))
+    ap.add_argument("--render", action="store_true", help="rewrite --out from its run section")
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a)
+    if a.render:
+        print(render(Path(a.out)))
+        return 0
     sys.path.insert(0, str(ROOT))
     from mcrecall.train.synthetic import make_synthetic
 
@@ -181,10 +191,9 @@ def main(argv=None) -> int:
         return statistics.median(c[q] for r in runs[w] for f in r["fits"] if f["objective"] == obj
                                  for c in f["cpu"])
 
-    scale_rows, ratios = [], {}
+    scale_rows = []
     for obj in OBJECTIVES:
         m1, m2 = statistics.median(sweeps(1, obj)), statistics.median(sweeps(2, obj))
-        ratios[obj] = m2 / m1
         f2 = next(f for f in runs[2][0]["fits"] if f["objective"] == obj)
         share = [statistics.median(rs[q] for rs in f2["rank_seconds"]) for q in range(2)]
         scale_rows.append([obj, f"{m1:.2f} s", f"{m2:.2f} s", f"**{m2 / m1:.2f}x**",
@@ -246,14 +255,51 @@ def main(argv=None) -> int:
         "whole each sweep (a ring all_gather); gathering only the rows a shard references is the "
         "next step for catalogues that size.",
     ])
-    summary = (f"2 ranks / 1 rank, median sweep: implicit **{ratios['implicit']:.2f}x**, squared "
-               f"**{ratios['squared']:.2f}x** (target <= 0.6x) on {n_scal / 1e6:.1f}M triples, dim {a.dim}, "
-               f"one thread a rank; machine: {note}.")
-    text = write_file(Path(a.out), "Distributed training (`mcrecall train --nproc N`)",
-                      "Written by `benchmarks/bench_train_dist.py` (issue 19). Every figure of a run "
-                      f"comes from that run.\n\n**Summary.** {summary}", "", [section])
-    print(text)
+    print(render(Path(a.out), add_run(Path(a.out), section, append=False)))
     return 0
+
+
+# -- the results file --------------------------------------------------------------------------
+def render(path: Path, runs: list[str] | None = None) -> str:
+    runs = run_sections(path) if runs is None else runs
+    return write_file(path, TITLE, INTRO, summary(runs), runs)
+
+
+def summary(runs: list[str]) -> str:
+    """The latest run's strong scaling against the target and its peak RSS a rank at the largest
+    set, from its tables."""
+    if not runs:
+        return ""
+    run = runs[-1]
+    tables = parse_tables(run)
+    scaling = next(t for t in tables if t.header[:4] == ["objective", "1 rank", "2 ranks", "2 / 1"])
+    rows = []
+    for r in scaling.dicts():
+        ratio = num(r["2 / 1"])
+        met = "met" if ratio is not None and ratio <= SCALING_TARGET else "NOT met"
+        rows.append([r["objective"], r["1 rank"], r["2 ranks"], f"{ratio:.2f}×", met])
+    setting = run.split("### Strong scaling: ", 1)[1].split("\n", 1)[0]
+    machine = next(ln for ln in run.splitlines() if ln.startswith("Machine: "))
+    machine = machine.split(". ", 1)[0].removeprefix("Machine: ")
+    body = [f"Strong scaling, median sweep of `train --nproc N` (torchrun, one thread a rank) on "
+            f"{setting}:",
+            table_md(["objective", "1 rank", "2 ranks", "2 / 1",
+                      f"target 2 ranks ≤ {SCALING_TARGET:g}× 1 rank"], rows, "lrrrl")]
+    said = []
+    rss = next((t for t in tables if t.header[:4] == ["triples", "ranks", "rank 0", "rank 1"]), None)
+    if rss is not None and rss.rows:
+        n = max(rss.rows, key=lambda r: num(r[0]) or 0)[0]
+        by_world = {r["ranks"]: r for r in rss.dicts() if r["triples"] == n}
+        one, two = by_world.get("1"), by_world.get("2")
+        if one and two and num(one["rank 0"]):
+            said.append(f"- Peak RSS a rank on {n} random triples (implicit): {one['rank 0']} at 1 "
+                        f"rank; at 2 ranks {two['rank 0']} on rank 0 "
+                        f"({num(two['rank 0']) / num(one['rank 0']):.2f}×; it also holds the snapshot "
+                        f"and builds every shard) and {two['rank 1']} on rank 1 "
+                        f"({num(two['rank 1']) / num(one['rank 0']):.2f}×).")
+    said.append(f"- Machine: {machine} (shared: the wall ratio also measures how much of the second "
+                "core the other tenants left).")
+    return marked("train_dist", "\n\n".join([*body, "\n".join(said)]))
 
 
 if __name__ == "__main__":
