@@ -277,6 +277,7 @@ class Replica:
             self._reset_consumer()
             self._stop.wait(1.0)
             return
+        newest = self.control.get("version") if self.control else None
         for tp, records in sorted(polled.items(), key=lambda kv: kv[0].topic != self.control_topic):
             if tp.topic == self.control_topic:
                 for r in records:
@@ -294,7 +295,8 @@ class Replica:
                     self._consumer.seek(tp, self._offset(tp.topic))  # read again from the store
                     break
         self._update_lag()
-        self._write_status()
+        # a new version on the log shows in the status at once (else at most a second late)
+        self._write_status(force=(self.control or {}).get("version") != newest)
 
     def _reset_consumer(self) -> None:
         try:
@@ -352,6 +354,7 @@ class Replica:
                 txn.put(okey, nxt)
         self._drop_stage(version)
         self._assigned = None  # follow the current version again
+        self._write_status(force=True)  # status shows the refusal with its newest version at once
         return False
 
     def _is_bad(self, version: int) -> bool:
