@@ -49,8 +49,10 @@ section); its block ``spark_als`` is for benchmarks/update_docs.py.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,13 +92,21 @@ HEADER = ["system", "cores", "s / iteration (median)", "× Spark", "Recall@10", 
 def spark_session(threads: int, memory: str):
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the JVM's own address: loopback only
     spark = (SparkSession.builder.master(f"local[{threads}]").appName("mcrecall-bench-als")
              .config("spark.driver.memory", memory)
+             .config("spark.driver.host", "127.0.0.1")  # else it binds the host's outside address
+             .config("spark.driver.bindAddress", "127.0.0.1")
              .config("spark.ui.enabled", "false")
              .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", str(2 * threads))
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
+    # ALS's lineage grows with every iteration: without a checkpoint dir (checkpointInterval
+    # 10 is ignored then) fits of 20 iterations overflowed the JVM's stack (StackOverflowError)
+    ckpt = tempfile.mkdtemp(prefix="mcrecall-spark-ckpt-")
+    atexit.register(shutil.rmtree, ckpt, True)
+    spark.sparkContext.setCheckpointDir(ckpt)
     return spark
 
 
